@@ -1,0 +1,80 @@
+"""Serve dp-studio: ``python app.py`` or ``dp-studio serve`` (http://127.0.0.1:7860 by default).
+
+Flags win over the usual Gradio environment variables (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Binding
+beyond localhost needs ``--auth USER:PASSWORD``; share links are never opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dp-studio serve", description=__doc__)
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)))
+    p.add_argument("--auth", default=os.environ.get("DP_STUDIO_AUTH"),
+                   help="USER:PASSWORD; required when --host is not a loopback address")
+    return p.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
+    """The auth pair to use; refuses to expose the studio beyond this machine without one."""
+    if auth is None:
+        if not is_loopback(host):
+            raise SystemExit(f"refusing to serve on {host} without --auth USER:PASSWORD "
+                             "(the studio can start training runs and read files); "
+                             f"use --host {DEFAULT_HOST} or add --auth.")
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth must look like USER:PASSWORD")
+    return user, password
+
+
+def build(roots=None):
+    """The Blocks and the folders it may serve files from (the run roots)."""
+    import studio
+    from studio.services import Services
+    from trainers.demo_profile import prepare_demo
+    from trainers.runs import RunManager
+
+    demo_main = prepare_demo()
+    manager = RunManager(roots)
+    services = Services(manager=manager, demo_main=demo_main, allowed_roots=list(manager.roots))
+    return studio.build_app(services), services
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from studio.layout import CSS
+
+    args = parse_args(argv)
+    auth = check_exposure(args.host, args.auth)
+    blocks, services = build()
+    print(f"dp-studio on http://{args.host}:{args.port}", flush=True)
+    blocks.queue(default_concurrency_limit=4).launch(
+        server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS,
+        allowed_paths=[str(p) for p in services.allowed_roots], footer_links=["api"], quiet=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

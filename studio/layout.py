@@ -1,0 +1,37 @@
+"""The page: a header and the studio's tabs, wired to the shared services."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.services import Services
+from studio.tabs import builder, datasets, monitor, wizard
+
+CSS = """
+#dp-header h1 {margin-bottom: 0}
+#dp-status {min-height: 2.5em}
+"""
+
+TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR = "wizard", "builder", "datasets", "monitor"
+
+
+def build_app(services: Services) -> gr.Blocks:
+    """Blocks with the four tabs; per-session data lives in gr.State, never in module globals."""
+    with gr.Blocks(title="dp-studio") as demo:
+        gr.Markdown("# dp-studio\nTrain LoRAs for Chroma and every diffusion-pipe model, and watch them learn.",
+                    elem_id="dp-header")
+        current_run = gr.State(None)
+        with gr.Tabs(selected=TAB_WIZARD) as tabs:
+            with gr.Tab("Chroma setup", id=TAB_WIZARD):
+                wiz = wizard.render(services)
+            with gr.Tab("Config builder", id=TAB_BUILDER):
+                build = builder.render(services)
+            with gr.Tab("Dataset browser", id=TAB_DATASETS):
+                data = datasets.render(services)
+            with gr.Tab("Live monitor", id=TAB_MONITOR):
+                mon = monitor.render(services)
+        builder.wire(build, services)
+        datasets.wire(data, services)
+        monitor.wire(mon, services, current_run, demo)
+        wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon)
+    return demo

@@ -1,0 +1,147 @@
+"""Pure view logic for the studio: events in, figures and texts out. No Gradio, no torch.
+
+``MonitorState`` folds a run's events (in order) into what the live monitor shows; the ``render_*``
+functions turn it into a plotly figure, gallery items and texts. Everything here is unit-tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from trainers.events import Event
+
+LOG_TAIL_LINES = 200
+
+
+@dataclass
+class MonitorState:
+    """Everything the monitor needs, accumulated from events."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    epoch: int = 0
+    total_steps: int | None = None
+    it_per_s: float | None = None
+    eta_s: float | None = None
+    phase: str = "waiting"
+    phase_message: str = ""
+    samples: list[tuple[int, str, str, int]] = field(default_factory=list)  # (step, path, prompt, seed)
+    saves: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    outcome: str | None = None  # "completed" | "stopped" | "failed: ..."
+
+    def apply(self, ev: Event, run_dir: Path) -> None:
+        """Fold one event into the state."""
+        handler = getattr(self, f"_on_{ev.kind}", None)
+        if handler is not None:
+            handler(ev, run_dir)
+
+    def _on_phase(self, ev, run_dir: Path) -> None:
+        self.phase, self.phase_message = ev.phase, ev.message
+        self._log("info", f"phase: {ev.phase}" + (f" ({ev.message})" if ev.message else ""))
+
+    def _on_step(self, ev, run_dir: Path) -> None:
+        self.steps.append(ev.step)
+        self.losses.append(ev.loss)
+        self.lrs.append(ev.lr)
+        self.epoch, self.total_steps = ev.epoch, ev.total_steps or self.total_steps
+        self.it_per_s, self.eta_s = ev.it_per_s, ev.eta_s
+
+    def _on_sample(self, ev, run_dir: Path) -> None:
+        self.samples.append((ev.step, str(run_dir / ev.path), ev.prompt, ev.seed))
+
+    def _on_checkpoint(self, ev, run_dir: Path) -> None:
+        self.saves.append(ev.path)
+        self._log("info", f"saved {ev.what} to {ev.path} (step {ev.step}, epoch {ev.epoch})")
+
+    def _on_eval(self, ev, run_dir: Path) -> None:
+        self._log("info", f"eval {ev.name}: loss {ev.loss:.4f}")
+
+    def _on_log(self, ev, run_dir: Path) -> None:
+        self._log(ev.level, ev.message)
+
+    def _on_finished(self, ev, run_dir: Path) -> None:
+        self.outcome, self.phase = ev.reason, "finished"
+        self._log("info", f"run {ev.reason} at step {ev.step}")
+
+    def _on_failed(self, ev, run_dir: Path) -> None:
+        self.outcome, self.phase = f"failed: {ev.error}", "finished"
+        self._log("error", f"run failed: {ev.error}")
+
+    def _log(self, level: str, message: str) -> None:
+        self.logs.append(f"[{level.upper()}] {message}")
+        if len(self.logs) > LOG_TAIL_LINES * 2:
+            del self.logs[: len(self.logs) - LOG_TAIL_LINES]
+
+
+def fold(events: list[Event], run_dir: Path, state: MonitorState | None = None) -> MonitorState:
+    """Apply ``events`` in order to ``state`` (a new one when None) and return it."""
+    state = state or MonitorState()
+    for ev in events:
+        state.apply(ev, run_dir)
+    return state
+
+
+def ema(values: list[float], alpha: float) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled toward 0."""
+    out: list[float] = []
+    avg, weight = 0.0, 0.0
+    for v in values:
+        if not math.isfinite(v):
+            out.append(out[-1] if out else v)
+            continue
+        avg = alpha * avg + (1 - alpha) * v
+        weight = alpha * weight + (1 - alpha)
+        out.append(avg / weight)
+    return out
+
+
+def loss_figure(state: MonitorState, smoothing: float = 0.9) -> go.Figure:
+    """Raw and EMA-smoothed loss against the step."""
+    fig = go.Figure()
+    fig.add_scatter(x=state.steps, y=state.losses, mode="lines", name="loss",
+                    line={"width": 1, "color": "rgba(99,110,250,0.35)"})
+    if state.losses:
+        fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines",
+                        name=f"EMA {smoothing:g}", line={"width": 2, "color": "rgb(99,110,250)"})
+    fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="loss",
+                      xaxis_title="step", legend={"orientation": "h", "y": -0.25}, uirevision="loss")
+    return fig
+
+
+def gallery_items(state: MonitorState, limit: int = 48) -> list[tuple[str, str]]:
+    """Newest samples first, captioned with step, seed and prompt."""
+    newest = sorted(state.samples, key=lambda s: s[0], reverse=True)[:limit]
+    return [(path, f"step {step} · seed {seed} · {prompt}") for step, path, prompt, seed in newest]
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def status_markdown(state: MonitorState, run_id: str | None) -> str:
+    """One-line summary: run, phase or outcome, step/total, epoch, last loss, speed and ETA."""
+    if not run_id:
+        return "No run attached. Start one from the **Chroma setup** tab, or pick a run above."
+    head = f"**Run** `{run_id}` · **{state.outcome or state.phase}**"
+    if not state.steps:
+        return head + (f" · {state.phase_message}" if state.phase_message else "")
+    total = f"/{state.total_steps}" if state.total_steps else ""
+    speed = f" · {state.it_per_s:.2f} it/s" if state.it_per_s else ""
+    eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
+    return (f"{head} · step {state.steps[-1]}{total} · epoch {state.epoch} · "
+            f"loss {state.losses[-1]:.4f}{speed}{eta}")
+
+
+def log_text(state: MonitorState, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(state.logs[-lines:])

@@ -1,0 +1,1 @@
+"""Stand-ins used where a test is about the plumbing, not about training."""

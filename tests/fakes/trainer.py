@@ -1,0 +1,58 @@
+"""A torch-free trainer double: writes the same events as the native trainer and honours commands.
+
+Run as ``python -m tests.fakes.trainer --run-dir DIR``. Steps every 50 ms with a decaying loss; writes a
+sample PNG every 5 steps and honours stop/save/sample commands, so RunManager and the UI can be tested
+without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from trainers.commands import Command, take_commands
+from trainers.events import (CheckpointEvent, EventWriter, FinishedEvent, LogEvent, PhaseEvent, SampleEvent,
+                             StepEvent)
+
+TOTAL = 40
+
+
+def _sample(run_dir: Path, w: EventWriter, step: int) -> None:
+    from PIL import Image
+
+    rel = f"samples/step{step:06d}_p0_s42.png"
+    (run_dir / "samples").mkdir(exist_ok=True)
+    Image.new("RGB", (16, 16), (step * 6 % 256, 80, 160)).save(run_dir / rel)
+    w.emit(SampleEvent(step=step, epoch=1, path=rel, prompt="a fake prompt", seed=42))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    run_dir = Path(ap.parse_args().run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    total = meta.get("max_steps") or TOTAL
+    w = EventWriter(run_dir)
+    w.emit(PhaseEvent(phase="starting"))
+    w.emit(PhaseEvent(phase="training", total=total))
+    for step in range(1, total + 1):
+        time.sleep(0.05)
+        w.emit(StepEvent(step=step, epoch=1, loss=math.exp(-step / 10), lr=1e-4, total_steps=total,
+                         it_per_s=20.0, eta_s=(total - step) / 20))
+        cmds = take_commands(run_dir)
+        if Command.SAMPLE in cmds or step % 5 == 0:
+            _sample(run_dir, w, step)
+        if Command.SAVE in cmds:
+            w.emit(CheckpointEvent(step=step, epoch=1, path=f"step{step}"))
+        if Command.STOP in cmds:
+            w.emit(LogEvent(message="stop requested"))
+            w.emit(FinishedEvent(step=step, epoch=1, reason="stopped"))
+            return
+    w.emit(FinishedEvent(step=total, epoch=1))
+
+
+if __name__ == "__main__":
+    main()

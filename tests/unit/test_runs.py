@@ -1,0 +1,96 @@
+"""RunManager against the torch-free fake trainer: start, watch, command, derive state from the folder."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import write_pair
+from trainers.events import EventWriter, FinishedEvent, PhaseEvent, StepEvent
+from trainers.runs import RunError, RunManager, derive_status
+
+
+@pytest.fixture
+def manager(tmp_path):
+    return RunManager([tmp_path / "runs"], trainer_module="tests.fakes.trainer")
+
+
+def test_start_copies_configs_byte_for_byte_and_runs_to_completion(manager, tmp_path):
+    main = write_pair(tmp_path / "profile", max_steps=12)
+    run_id = manager.start(main, name="t", max_steps=12)
+    run_dir = manager.run_dir(run_id)
+    assert run_dir.parent == tmp_path / "profile" / "out"  # output_dir resolves against the main file
+    assert (run_dir / "main.toml").read_bytes() == main.read_bytes()
+    assert (run_dir / "ds.toml").read_bytes() == (tmp_path / "profile" / "ds.toml").read_bytes()
+    kinds = [ev.kind for ev in manager.events(run_id)]
+    assert kinds[0] == "phase" and kinds[-1] == "finished"
+    assert kinds.count("step") == 12
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["pid"] and meta["main_config"] == "main.toml"
+    _wait(lambda: manager.info(run_id).status == "completed")
+    assert [r.run_id for r in manager.runs()] == [run_id]
+
+
+def test_stop_command_ends_the_run_as_stopped(manager, tmp_path):
+    run_id = manager.start(write_pair(tmp_path / "p", max_steps=400))
+    steps = 0
+    for ev in manager.events(run_id):
+        if ev.kind == "step":
+            steps += 1
+            if steps == 3:
+                manager.send(run_id, "stop")
+        last = ev
+    assert last.kind == "finished" and last.reason == "stopped"
+    assert steps < 50
+    _wait(lambda: manager.info(run_id).status == "stopped")
+    with pytest.raises(RunError, match="stopped"):
+        manager.send(run_id, "stop")
+
+
+def test_since_skips_already_seen_events(manager, tmp_path):
+    run_id = manager.start(write_pair(tmp_path / "p", max_steps=5))
+    everything = list(manager.events(run_id))
+    assert list(manager.events(run_id, since=3, follow=False)) == everything[3:]
+
+
+def test_status_is_derived_from_events_and_pid():
+    steps = [PhaseEvent(phase="training"), StepEvent(step=1, epoch=1, loss=1.0, lr=0.1)]
+    assert derive_status([], alive=True) == "starting"
+    assert derive_status(steps, alive=True) == "running"
+    assert derive_status(steps, alive=False) == "interrupted"
+    assert derive_status(steps + [FinishedEvent(step=1, epoch=1)], alive=False) == "completed"
+
+
+def test_a_run_whose_process_died_reads_as_interrupted(manager, tmp_path):
+    run_dir = tmp_path / "runs" / "20260101_00-00-00"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"pid": 999999999, "name": "x", "created": "2026"}))
+    EventWriter(run_dir).emit(StepEvent(step=1, epoch=1, loss=1.0, lr=0.1))
+    assert manager.info("20260101_00-00-00").status == "interrupted"
+    assert [b for b in manager.event_batches("20260101_00-00-00")][0][0].kind == "step"
+
+
+def test_bad_configs_are_refused_with_the_reason(manager, tmp_path):
+    with pytest.raises(RunError, match="not found"):
+        manager.start(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3\n")
+    with pytest.raises(RunError, match="not valid TOML"):
+        manager.start(bad)
+    no_ds = tmp_path / "nods.toml"
+    no_ds.write_text("output_dir = 'o'\n")
+    with pytest.raises(RunError, match="'dataset' is missing"):
+        manager.start(no_ds)
+    with pytest.raises(RunError, match="no run named"):
+        manager.info("nope")
+
+
+def _wait(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from studio import view
+from trainers.events import (CheckpointEvent, FailedEvent, FinishedEvent, LogEvent, PhaseEvent, SampleEvent,
+                             StepEvent)
+
+
+def _events():
+    return [PhaseEvent(phase="training", total=3),
+            StepEvent(step=1, epoch=1, loss=1.0, lr=1e-4, total_steps=3, it_per_s=2.0, eta_s=65),
+            SampleEvent(step=1, epoch=1, path="samples/a.png", prompt="zxq cat", seed=7),
+            StepEvent(step=2, epoch=1, loss=0.5, lr=2e-4, total_steps=3, it_per_s=2.0, eta_s=3700),
+            SampleEvent(step=2, epoch=1, path="samples/b.png", prompt="zxq cat", seed=7),
+            CheckpointEvent(step=2, epoch=1, path="epoch1"), LogEvent(level="warning", message="careful")]
+
+
+def test_fold_accumulates_steps_samples_and_logs():
+    state = view.fold(_events(), Path("/runs/r1"))
+    assert state.steps == [1, 2] and state.losses == [1.0, 0.5] and state.lrs == [1e-4, 2e-4]
+    assert state.phase == "training" and state.total_steps == 3
+    assert [s[1] for s in state.samples] == ["/runs/r1/samples/a.png", "/runs/r1/samples/b.png"]
+    assert state.saves == ["epoch1"]
+    assert state.logs[-1] == "[WARNING] careful"
+
+
+def test_gallery_is_newest_first_with_captions():
+    items = view.gallery_items(view.fold(_events(), Path("/r")))
+    assert items[0] == ("/r/samples/b.png", "step 2 · seed 7 · zxq cat")
+    assert [i[0] for i in items] == ["/r/samples/b.png", "/r/samples/a.png"]
+
+
+def test_status_line_shows_progress_then_outcome():
+    state = view.fold(_events(), Path("/r"))
+    line = view.status_markdown(state, "r1")
+    assert "step 2/3" in line and "loss 0.5000" in line and "ETA 1:01:40" in line
+    view.fold([FinishedEvent(step=2, epoch=1, reason="stopped")], Path("/r"), state)
+    line = view.status_markdown(state, "r1")
+    assert "**stopped**" in line and "ETA" not in line
+    failed = view.fold([FailedEvent(error="CUDA out of memory")], Path("/r"))
+    assert "failed: CUDA out of memory" in view.status_markdown(failed, "r2")
+    assert "No run attached" in view.status_markdown(view.MonitorState(), None)
+
+
+def test_ema_is_bias_corrected_and_skips_non_finite():
+    assert view.ema([2.0, 2.0, 2.0], 0.9) == [2.0, 2.0, 2.0]
+    smoothed = view.ema([1.0, float("nan"), 0.0], 0.5)
+    assert smoothed[1] == 1.0 and math.isclose(smoothed[2], 1 / 3)
+
+
+def test_loss_figure_has_raw_and_smoothed_traces():
+    fig = view.loss_figure(view.fold(_events(), Path("/r")), smoothing=0.5)
+    assert [t.name for t in fig.data] == ["loss", "EMA 0.5"]
+    assert list(fig.data[0].y) == [1.0, 0.5]
+    assert len(view.loss_figure(view.MonitorState()).data) == 1
+
+
+def test_log_tail_is_bounded():
+    state = view.MonitorState()
+    view.fold([LogEvent(message=str(i)) for i in range(1000)], Path("/r"), state)
+    assert len(state.logs) <= 2 * view.LOG_TAIL_LINES
+    assert view.log_text(state).splitlines()[-1] == "[INFO] 999"
+
+
+def test_eta_format():
+    assert view.format_eta(None) == "–" and view.format_eta(59.6) == "1:00" and view.format_eta(3661) == "1:01:01"

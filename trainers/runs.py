@@ -1,0 +1,293 @@
+"""RunManager: starts runs as detached child processes and reads their state back from the run folder.
+
+The run folder is the truth (docs/run-folder.md). Nothing here keeps state that the folder and the live
+pid cannot rebuild, so a restarted web server sees exactly what the previous one saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from trainers.commands import Command, send_command
+from trainers.events import TERMINAL_KINDS, Event, FailedEvent, EventWriter, load_all, read_events
+from trainers.paths import REPO_ROOT, default_runs_root
+
+RUN_FILE = "run.json"
+RunStatus = Literal["starting", "running", "completed", "stopped", "failed", "interrupted"]
+
+
+class RunError(RuntimeError):
+    """A run could not be started or found; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the studio shows about one run, derived from its folder and its pid."""
+
+    run_id: str
+    run_dir: Path
+    name: str
+    backend: str
+    created: str
+    status: RunStatus
+    pid: int | None
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("starting", "running")
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise RunError(f"config file not found: {path}. Pick an existing main TOML.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise RunError(f"{path}: not valid TOML ({exc}). Fix the file, then start again.") from exc
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _new_run_dir(output_dir: Path) -> Path:
+    """``<output_dir>/<UTC %Y%m%d_%H-%M-%S>``, as diffusion-pipe names runs, suffixed when taken."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H-%M-%S")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = output_dir / (stamp if n == 1 else f"{stamp}_{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a run folder in {output_dir}")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON via a temp file + rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int | None, create_time: float | None) -> bool:
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # A recycled pid belongs to another process: its start time differs.
+        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def derive_status(events: list[Event], alive: bool) -> RunStatus:
+    """Status from the events a run wrote and whether its process still lives."""
+    for ev in reversed(events):
+        if ev.kind == "finished":
+            return "stopped" if ev.reason == "stopped" else "completed"
+        if ev.kind == "failed":
+            return "failed"
+    if alive:
+        return "running" if any(ev.kind == "step" for ev in events) else "starting"
+    return "interrupted"
+
+
+class RunManager:
+    """Starts, lists, watches and commands runs. Safe to share between Gradio sessions."""
+
+    def __init__(self, roots: list[Path] | None = None, python: str | None = None,
+                 trainer_module: str = "trainers.native"):
+        self.roots: list[Path] = [Path(r) for r in (roots or [default_runs_root()])]
+        self.python = python or sys.executable
+        self.trainer_module = trainer_module
+        self._lock = threading.Lock()
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # ---- starting -------------------------------------------------------------------------------
+    def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
+              max_steps: int | None = None, backend: str = "native") -> str:
+        """Copy the config pair into a new run folder and launch its trainer; returns the run id."""
+        if backend != "native":
+            raise RunError(f"backend {backend!r} is not available yet; use 'native'.")
+        main_path = Path(main_config).expanduser().resolve()
+        cfg = _read_toml(main_path)
+        for key in ("output_dir", "dataset"):
+            if not cfg.get(key):
+                raise RunError(f"{main_path}: top-level key '{key}' is missing; add it (see diffusion-pipe's examples).")
+        base = main_path.parent
+        dataset_path = _resolve(base, cfg["dataset"])
+        if not dataset_path.is_file():
+            raise RunError(f"{main_path}: dataset = '{cfg['dataset']}' does not exist ({dataset_path}).")
+        output_dir = _resolve(base, cfg["output_dir"])
+        run_dir = _new_run_dir(output_dir)
+        shutil.copy2(main_path, run_dir / main_path.name)
+        shutil.copy2(dataset_path, run_dir / dataset_path.name)
+        meta = {
+            "run_id": run_dir.name, "backend": backend, "name": name or main_path.stem,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "main_config": main_path.name, "dataset_config": dataset_path.name,
+            "source_main": str(main_path), "max_steps": max_steps, "pid": None, "pid_create_time": None,
+        }
+        write_json_atomic(run_dir / RUN_FILE, meta)
+        self._remember_root(output_dir)
+        self._spawn(run_dir, meta, cwd=base)
+        return run_dir.name
+
+    def _remember_root(self, output_dir: Path) -> None:
+        with self._lock:
+            if output_dir not in self.roots:
+                self.roots.append(output_dir)
+
+    def _spawn(self, run_dir: Path, meta: dict, cwd: Path) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [self.python, "-m", self.trainer_module, "--run-dir", str(run_dir)],
+                cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # the web server may die; the run goes on
+            )
+        except OSError as exc:
+            EventWriter(run_dir).emit(FailedEvent(error=f"could not launch the trainer: {exc}"))
+            raise RunError(f"could not launch the trainer: {exc}") from exc
+        finally:
+            log.close()
+        meta.update(pid=proc.pid, pid_create_time=_create_time(proc.pid))
+        write_json_atomic(run_dir / RUN_FILE, meta)
+        with self._lock:
+            self._children[run_dir.name] = proc
+        # Reap the child when it ends so it never lingers as a zombie that looks alive.
+        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{run_dir.name}").start()
+
+    # ---- finding --------------------------------------------------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of ``run_id`` under any known root."""
+        for root in list(self.roots):
+            candidate = root / run_id
+            if (candidate / RUN_FILE).is_file():
+                return candidate
+        raise RunError(f"no run named {run_id!r} under {', '.join(map(str, self.roots))}")
+
+    def info(self, run_id: str) -> RunInfo:
+        return self._info(self.run_dir(run_id))
+
+    def _info(self, run_dir: Path) -> RunInfo:
+        meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
+        status = derive_status(load_all(run_dir), alive)
+        return RunInfo(run_id=run_dir.name, run_dir=run_dir, name=meta.get("name", run_dir.name),
+                       backend=meta.get("backend", "native"), created=meta.get("created", ""),
+                       status=status, pid=meta.get("pid"), meta=meta)
+
+    def runs(self) -> list[RunInfo]:
+        """Every run under the known roots, newest first."""
+        found: list[RunInfo] = []
+        for root in list(self.roots):
+            if not root.is_dir():
+                continue
+            for run_file in root.glob(f"*/{RUN_FILE}"):
+                try:
+                    found.append(self._info(run_file.parent))
+                except (OSError, ValueError):
+                    continue  # a folder being written right now; it shows up on the next call
+        return sorted(found, key=lambda r: (r.created, r.run_id), reverse=True)
+
+    # ---- watching and commanding ----------------------------------------------------------------
+    def event_batches(self, run_id: str, *, follow: bool = True, poll_s: float = 0.25,
+                      idle_timeout_s: float | None = None) -> Iterator[list[Event]]:
+        """Yield the run's events in batches as they are written, from the first one.
+
+        Ends after a terminal event, or when the process is gone and nothing new was written. A batch is
+        never empty; readers that redraw per batch stay cheap however fast the trainer writes.
+        """
+        run_dir = self.run_dir(run_id)
+        offset, last_new = 0, time.monotonic()
+        while True:
+            batch, offset = read_events(run_dir, offset)
+            if batch:
+                last_new = time.monotonic()
+                end = next((i for i, ev in enumerate(batch) if ev.kind in TERMINAL_KINDS), None)
+                yield batch if end is None else batch[: end + 1]
+                if end is not None:
+                    return
+                continue
+            if not follow:
+                return
+            if not self._alive(run_dir):
+                # The process may have written its last lines just before dying: read once more.
+                batch, offset = read_events(run_dir, offset)
+                if batch:
+                    yield batch
+                return
+            if idle_timeout_s is not None and time.monotonic() - last_new > idle_timeout_s:
+                return
+            time.sleep(poll_s)
+
+    def events(self, run_id: str, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
+               idle_timeout_s: float | None = None) -> Iterator[Event]:
+        """Yield the run's events from index ``since`` (0 = from the start, as after a page reload)."""
+        seen = 0
+        for batch in self.event_batches(run_id, follow=follow, poll_s=poll_s, idle_timeout_s=idle_timeout_s):
+            for ev in batch:
+                seen += 1
+                if seen > since:
+                    yield ev
+
+    def _alive(self, run_dir: Path) -> bool:
+        try:
+            meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
+
+    def send(self, run_id: str, command: Command | str) -> None:
+        """Queue ``command`` for the run's trainer (taken at its next step boundary)."""
+        info = self.info(run_id)
+        if not info.live:
+            raise RunError(f"run {run_id} is {info.status}; commands only reach a running trainer.")
+        send_command(info.run_dir, command)
+
+    def kill(self, run_id: str, timeout_s: float = 10.0) -> None:
+        """Last resort when a trainer ignores ``stop``: end its process group and record why."""
+        info = self.info(run_id)
+        if not info.pid or not info.live:
+            return
+        try:
+            os.killpg(info.pid, 15)
+            psutil.Process(info.pid).wait(timeout=timeout_s)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+        except psutil.TimeoutExpired:
+            os.killpg(info.pid, 9)
+        # The trainer is gone, so this process may write the run's closing event for it.
+        EventWriter(info.run_dir).emit(FailedEvent(error="killed from the studio after it did not stop"))
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
