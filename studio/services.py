@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers.runs import RunManager
+
+
+def resolve_from(main_path: Path, value: str) -> Path:
+    """A path from a config, relative ones taken from the main TOML's folder (the trainer's cwd)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else main_path.parent / p
 
 
 @dataclass
@@ -16,9 +23,8 @@ class Services:
 
     @property
     def demo_dataset_dir(self) -> Path:
-        """The demo dataset folder named by the demo profile's dataset TOML."""
-        import tomllib
-
+        """The first dataset folder named by the demo profile's dataset TOML."""
         main = tomllib.loads(self.demo_main.read_text(encoding="utf-8"))
-        dataset = tomllib.loads(Path(main["dataset"]).read_text(encoding="utf-8"))
-        return Path(dataset["directory"][0]["path"])
+        dataset_toml = resolve_from(self.demo_main, main["dataset"])
+        dataset = tomllib.loads(dataset_toml.read_text(encoding="utf-8"))
+        return resolve_from(self.demo_main, dataset["directory"][0]["path"])

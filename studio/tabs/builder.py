@@ -28,11 +28,11 @@ def render(services: Services) -> BuilderHandles:
         main_path = gr.Textbox(label="Main TOML", value=str(services.demo_main), scale=5, elem_id="builder-path")
         load = gr.Button("Load", scale=1, elem_id="builder-load")
     with gr.Row():
-        main_text = gr.Code(label="Main config", language="toml", lines=24, elem_id="builder-main")
+        main_text = gr.Code(label="Main config", lines=24, elem_id="builder-main")
         with gr.Column():
             dataset_path = gr.Textbox(label="Dataset TOML (from the main config's `dataset` key)",
                                       interactive=False)
-            dataset_text = gr.Code(label="Dataset config", language="toml", lines=20, elem_id="builder-dataset")
+            dataset_text = gr.Code(label="Dataset config", lines=20, elem_id="builder-dataset")
     save = gr.Button("Save both", variant="primary", elem_id="builder-save")
     message = gr.Markdown("", elem_id="builder-message")
     return BuilderHandles(main_path, load, main_text, dataset_path, dataset_text, save, message)

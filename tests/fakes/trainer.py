@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import time
+import tomllib
 from pathlib import Path
 
 from trainers.commands import Command, take_commands
@@ -34,7 +35,8 @@ def main() -> None:
     ap.add_argument("--run-dir", required=True)
     run_dir = Path(ap.parse_args().run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
-    total = meta.get("max_steps") or TOTAL
+    config = tomllib.loads((run_dir / meta["main_config"]).read_text())
+    total = meta.get("max_steps") or config.get("max_steps") or TOTAL
     w = EventWriter(run_dir)
     w.emit(PhaseEvent(phase="starting"))
     w.emit(PhaseEvent(phase="training", total=total))
