@@ -10,6 +10,8 @@ from studio.tabs import builder, datasets, monitor, wizard
 CSS = """
 #dp-header h1 {margin-bottom: 0}
 #dp-status {min-height: 2.5em}
+.dp-bar {height: 8px; background: #e5e7eb; border-radius: 4px; margin-top: 4px; overflow: hidden}
+.dp-fill {height: 100%; background: #f97316; transition: width 0.4s}
 """
 
 TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR = "wizard", "builder", "datasets", "monitor"
@@ -32,6 +34,7 @@ def build_app(services: Services) -> gr.Blocks:
                 mon = monitor.render(services)
         builder.wire(build, services)
         datasets.wire(data, services)
-        monitor.wire(mon, services, current_run, demo)
-        wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon)
+        tokens = monitor.StreamTokens()
+        monitor.wire(mon, services, current_run, demo, tokens)
+        wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
     return demo

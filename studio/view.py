@@ -101,8 +101,8 @@ def ema(values: list[float], alpha: float) -> list[float]:
     return out
 
 
-def loss_figure(state: MonitorState, smoothing: float = 0.9) -> go.Figure:
-    """Raw and EMA-smoothed loss against the step."""
+def loss_figure(state: MonitorState, smoothing: float = 0.9, log_y: bool = False) -> go.Figure:
+    """Raw and EMA-smoothed loss against the step (log scale on request)."""
     fig = go.Figure()
     fig.add_scatter(x=state.steps, y=state.losses, mode="lines", name="loss",
                     line={"width": 1, "color": "rgba(99,110,250,0.35)"})
@@ -110,7 +110,17 @@ def loss_figure(state: MonitorState, smoothing: float = 0.9) -> go.Figure:
         fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines",
                         name=f"EMA {smoothing:g}", line={"width": 2, "color": "rgb(99,110,250)"})
     fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="loss",
-                      xaxis_title="step", legend={"orientation": "h", "y": -0.25}, uirevision="loss")
+                      xaxis_title="step", legend={"orientation": "h", "y": -0.25}, uirevision="loss",
+                      yaxis_type="log" if log_y else "linear")
+    return fig
+
+
+def lr_figure(state: MonitorState) -> go.Figure:
+    """The learning rate the optimizer actually used at each step (warmup and schedule visible)."""
+    fig = go.Figure()
+    fig.add_scatter(x=state.steps, y=state.lrs, mode="lines", name="lr", line={"width": 2, "color": "#EF553B"})
+    fig.update_layout(height=300, margin={"l": 50, "r": 10, "t": 30, "b": 30}, title="learning rate",
+                      xaxis_title="step", uirevision="lr", yaxis_exponentformat="e")
     return fig
 
 
@@ -140,8 +150,41 @@ def status_markdown(state: MonitorState, run_id: str | None) -> str:
     speed = f" · {state.it_per_s:.2f} it/s" if state.it_per_s else ""
     eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
     return (f"{head} · step {state.steps[-1]}{total} · epoch {state.epoch} · "
-            f"loss {state.losses[-1]:.4f}{speed}{eta}")
+            f"loss {state.losses[-1]:.4g}{speed}{eta}")
 
 
-def log_text(state: MonitorState, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(state.logs[-lines:])
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_text(state: MonitorState, lines: int = LOG_TAIL_LINES, level: str = "debug", query: str = "") -> str:
+    """The newest log lines at ``level`` or above that contain ``query`` (case-insensitive)."""
+    floor = LEVELS.index(level) if level in LEVELS else 0
+    wanted = {f"[{name.upper()}]" for name in LEVELS[floor:]}
+    needle = query.strip().lower()
+    kept = [line for line in state.logs
+            if line.split(" ", 1)[0] in wanted and (not needle or needle in line.lower())]
+    return "\n".join(kept[-lines:])
+
+
+def progress_html(state: MonitorState) -> str:
+    """Phase, a progress bar over the planned steps, and the ETA."""
+    label = state.outcome or state.phase
+    done = state.steps[-1] if state.steps else 0
+    pct = 100.0 * done / state.total_steps if state.total_steps else 0.0
+    if state.outcome == "completed":
+        pct = 100.0
+    eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
+    steps = f"{done}/{state.total_steps} steps" if state.total_steps else f"{done} steps"
+    return (f'<div class="dp-progress" data-phase="{label}"><b>{label}</b> · {steps}{eta}'
+            f'<div class="dp-bar"><div class="dp-fill" style="width:{pct:.1f}%"></div></div></div>')
+
+
+def resources_markdown(res) -> str:
+    """One line per device: CPU/RAM/disk, then each GPU's memory and utilisation."""
+    disk = f" · disk free {res.disk_free_gb:.1f} GB" if res.disk_free_gb is not None else ""
+    parts = [f"CPU {res.cpu_pct:.0f}% · RAM {res.ram_used_gb:.1f}/{res.ram_total_gb:.1f} GB{disk}"]
+    parts += [f"GPU{g.index} {g.name}: {g.mem_used_gb:.1f}/{g.mem_total_gb:.1f} GB · {g.util_pct:.0f}%"
+              for g in res.gpus]
+    if not res.gpus and res.gpu_note:
+        parts.append(f"GPU: {res.gpu_note}")
+    return "  \n".join(parts)

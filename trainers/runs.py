@@ -217,14 +217,16 @@ class RunManager:
 
     # ---- watching and commanding ----------------------------------------------------------------
     def event_batches(self, run_id: str, *, follow: bool = True, poll_s: float = 0.25,
-                      idle_timeout_s: float | None = None) -> Iterator[list[Event]]:
+                      idle_timeout_s: float | None = None,
+                      heartbeat_s: float | None = None) -> Iterator[list[Event]]:
         """Yield the run's events in batches as they are written, from the first one.
 
-        Ends after a terminal event, or when the process is gone and nothing new was written. A batch is
-        never empty; readers that redraw per batch stay cheap however fast the trainer writes.
+        Ends after a terminal event, or when the process is gone and nothing new was written. Readers that
+        redraw per batch stay cheap however fast the trainer writes. With ``heartbeat_s``, an empty batch
+        comes every that many seconds of silence, so a reader can refresh clocks or notice it is unwanted.
         """
         run_dir = self.run_dir(run_id)
-        offset, last_new = 0, time.monotonic()
+        offset, last_new, last_beat = 0, time.monotonic(), time.monotonic()
         while True:
             batch, offset = read_events(run_dir, offset)
             if batch:
@@ -242,8 +244,12 @@ class RunManager:
                 if batch:
                     yield batch
                 return
-            if idle_timeout_s is not None and time.monotonic() - last_new > idle_timeout_s:
+            now = time.monotonic()
+            if idle_timeout_s is not None and now - last_new > idle_timeout_s:
                 return
+            if heartbeat_s is not None and now - max(last_new, last_beat) >= heartbeat_s:
+                last_beat = now
+                yield []
             time.sleep(poll_s)
 
     def events(self, run_id: str, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
@@ -251,7 +257,7 @@ class RunManager:
         """Yield the run's events from index ``since`` (0 = from the start, as after a page reload)."""
         seen = 0
         for batch in self.event_batches(run_id, follow=follow, poll_s=poll_s, idle_timeout_s=idle_timeout_s):
-            for ev in batch:
+            for ev in batch:  # heartbeats are off here, so batches are never empty
                 seen += 1
                 if seen > since:
                     yield ev

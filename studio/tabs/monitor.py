@@ -1,20 +1,29 @@
-"""Live monitor: attach to a run and stream its status, loss chart, samples and log into the page.
+"""Live monitor: attach to a run and stream its progress, charts, samples, log and resources into the page.
 
-The stream is a generator callback over ``RunManager.event_batches``: the trainer runs in its own
-process, the handler only reads the run folder, so a page reload simply attaches again from the start.
+The stream is a generator callback over ``RunManager.event_batches``: the trainer runs in its own process
+and the handler only reads the run folder, so a page reload simply attaches again from the start. Changing
+a view option re-attaches too (re-reading a run folder is cheap); each browser session has one live stream,
+and an older one notices at its next heartbeat that it was replaced and ends.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from studio import view
 from studio.services import Services
 from trainers.commands import Command
+from trainers.resources import snapshot
 from trainers.runs import RunError, RunInfo
+
+HEARTBEAT_S = 1.0
+RESOURCES_EVERY_S = 2.0
+MIN_FRAME_S = 0.5
 
 
 @dataclass
@@ -23,15 +32,44 @@ class MonitorHandles:
     refresh: gr.Button
     attach: gr.Button
     stop: gr.Button
+    save_now: gr.Button
+    sample_now: gr.Button
     status: gr.Markdown
-    loss_plot: gr.Plot
-    gallery: gr.Gallery
-    log: gr.Textbox
+    progress: gr.HTML
     message: gr.Markdown
+    smoothing: gr.Slider
+    log_y: gr.Checkbox
+    loss_plot: gr.Plot
+    lr_plot: gr.Plot
+    gallery: gr.Gallery
+    level: gr.Dropdown
+    search: gr.Textbox
+    log: gr.Textbox
+    resources: gr.Markdown
 
     @property
     def stream_outputs(self) -> list:
-        return [self.status, self.loss_plot, self.gallery, self.log]
+        return [self.status, self.progress, self.loss_plot, self.lr_plot, self.gallery, self.log, self.resources]
+
+    @property
+    def view_options(self) -> list:
+        return [self.smoothing, self.log_y, self.level, self.search]
+
+
+@dataclass
+class StreamTokens:
+    """The newest stream of each browser session; older ones end when they see they were replaced."""
+
+    counter: itertools.count = field(default_factory=itertools.count)
+    current: dict[str, int] = field(default_factory=dict)
+
+    def claim(self, session: str) -> int:
+        token = next(self.counter)
+        self.current[session] = token
+        return token
+
+    def is_current(self, session: str, token: int) -> bool:
+        return self.current.get(session) == token
 
 
 def run_label(info: RunInfo) -> str:
@@ -47,46 +85,75 @@ def render(services: Services) -> MonitorHandles:
         picker = gr.Dropdown(label="Run", choices=[], value=None, scale=4, elem_id="monitor-run")
         refresh = gr.Button("↻ Refresh list", scale=1, size="sm")
         attach = gr.Button("Attach", scale=1, size="sm", elem_id="monitor-attach")
-        stop = gr.Button("■ Stop", variant="stop", scale=1, size="sm", elem_id="monitor-stop")
+    with gr.Row():
+        stop = gr.Button("■ Stop", variant="stop", size="sm", elem_id="monitor-stop")
+        save_now = gr.Button("Save now", size="sm", elem_id="monitor-save")
+        sample_now = gr.Button("Sample now", size="sm", elem_id="monitor-sample")
     status = gr.Markdown(view.status_markdown(view.MonitorState(), None), elem_id="dp-status")
+    progress = gr.HTML(view.progress_html(view.MonitorState()), elem_id="monitor-progress")
     message = gr.Markdown("", elem_id="monitor-message")
     with gr.Row():
+        smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="Loss smoothing (EMA)")
+        log_y = gr.Checkbox(label="Log-scale loss", value=False)
+    with gr.Row():
         loss_plot = gr.Plot(label="Loss", elem_id="monitor-loss")
-        gallery = gr.Gallery(label="Samples (newest first)", columns=4, height=360, elem_id="monitor-samples",
-                             format="png")
-    log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
-                     elem_id="monitor-log")
-    return MonitorHandles(picker, refresh, attach, stop, status, loss_plot, gallery, log, message)
+        lr_plot = gr.Plot(label="Learning rate", elem_id="monitor-lr")
+    gallery = gr.Gallery(label="Samples (newest first; click to enlarge)", columns=4, height=360,
+                         elem_id="monitor-samples", format="png")
+    with gr.Row():
+        level = gr.Dropdown(list(view.LEVELS), value="info", label="Log level", scale=1)
+        search = gr.Textbox(label="Search the log", placeholder="text, then Enter", scale=3,
+                            elem_id="monitor-search")
+    log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="monitor-log")
+    resources = gr.Markdown("", elem_id="monitor-resources")
+    return MonitorHandles(picker, refresh, attach, stop, save_now, sample_now, status, progress, message,
+                          smoothing, log_y, loss_plot, lr_plot, gallery, level, search, log, resources)
 
 
-def stream(services: Services, run_id: str | None) -> Iterator[tuple]:
-    """Yield (status, figure, gallery, log) after every batch of new events, until the run ends."""
+def stream(services: Services, run_id: str | None, options: tuple, still_wanted=lambda: True) -> Iterator[tuple]:
+    """Yield the monitor's outputs after every batch of new events until the run ends (or a newer stream
+    replaces this one). ``options`` = (smoothing, log_y, level, query)."""
     state = view.MonitorState()
     if not run_id:
-        yield _frame(state, None)
+        yield _frame(state, None, options, "")
         return
+    res_text, res_at, drawn_at, dirty = "", 0.0, 0.0, False
     try:
         run_dir = services.manager.run_dir(run_id)
-        for batch in services.manager.event_batches(run_id):
+        for batch in services.manager.event_batches(run_id, heartbeat_s=HEARTBEAT_S):
+            if not still_wanted():
+                return
             view.fold(batch, run_dir, state)
-            yield _frame(state, run_id)
+            dirty = dirty or bool(batch)
+            now = time.monotonic()
+            if now - res_at >= RESOURCES_EVERY_S:
+                res_text, res_at, dirty = view.resources_markdown(snapshot(run_dir)), now, True
+            # Frames are throttled: a fast trainer must not flood a slow browser with redraws.
+            if dirty and now - drawn_at >= MIN_FRAME_S:
+                drawn_at, dirty = now, False
+                yield _frame(state, run_id, options, res_text)
     except RunError as exc:
         state.logs.append(f"[ERROR] {exc}")
-    yield _frame(state, run_id)
+    yield _frame(state, run_id, options, res_text)
 
 
-def streamer(services: Services):
+def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str) -> tuple:
+    smoothing, log_y, level, query = options
+    return (view.status_markdown(state, run_id), view.progress_html(state),
+            view.loss_figure(state, smoothing, log_y), view.lr_figure(state), view.gallery_items(state),
+            view.log_text(state, level=level, query=query or ""), res_text)
+
+
+def streamer(services: Services, tokens: StreamTokens):
     """The generator callback streaming one run into the monitor's outputs (shared with the wizard)."""
 
-    def do_stream(run_id):
-        yield from stream(services, run_id)
+    def do_stream(run_id, smoothing, log_y, level, query, request: gr.Request):
+        session = getattr(request, "session_hash", None) or "anonymous"
+        token = tokens.claim(session)
+        yield from stream(services, run_id, (smoothing, log_y, level, query),
+                          still_wanted=lambda: tokens.is_current(session, token))
 
     return do_stream
-
-
-def _frame(state: view.MonitorState, run_id: str | None) -> tuple:
-    return (view.status_markdown(state, run_id), view.loss_figure(state), view.gallery_items(state),
-            view.log_text(state))
 
 
 def _default_run(services: Services) -> str | None:
@@ -95,28 +162,39 @@ def _default_run(services: Services) -> str | None:
     return pick[0].run_id if pick else None
 
 
-def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.Blocks) -> None:
+def _commander(services: Services, command: Command, done: str):
+    def send(run_id):
+        if not run_id:
+            return "No run attached: pick one in the list first."
+        try:
+            services.manager.send(run_id, command)
+        except RunError as exc:
+            return f"⚠ {exc}"
+        return done
+
+    return send
+
+
+def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.Blocks,
+         tokens: StreamTokens) -> None:
     def on_load():
         run_id = _default_run(services)
         return gr.Dropdown(choices=run_choices(services), value=run_id), run_id
 
-    def on_refresh(run_id):
-        return gr.Dropdown(choices=run_choices(services), value=run_id)
-
-    def on_stop(run_id):
-        if not run_id:
-            return "No run attached: pick one in the list first."
-        try:
-            services.manager.send(run_id, Command.STOP)
-        except RunError as exc:
-            return f"⚠ {exc}"
-        return "Stop requested: the trainer saves its LoRA and stops at the next step."
-
-    do_stream = streamer(services)
-    h.refresh.click(on_refresh, inputs=current_run, outputs=h.picker, api_name="list_runs")
+    do_stream = streamer(services, tokens)
+    stream_inputs = [current_run, *h.view_options]
+    h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
+                    outputs=h.picker, api_name="list_runs")
     attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: r, inputs=h.picker, outputs=current_run)
-    attach_ev.then(do_stream, inputs=current_run, outputs=h.stream_outputs, concurrency_limit=None,
+    attach_ev.then(do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None,
                    api_name="watch_run")
+    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit], do_stream,
+          inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     demo.load(on_load, outputs=[h.picker, current_run]).then(
-        do_stream, inputs=current_run, outputs=h.stream_outputs, concurrency_limit=None)
-    h.stop.click(on_stop, inputs=current_run, outputs=h.message, api_name="stop_run")
+        do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
+    h.stop.click(_commander(services, Command.STOP, "Stop requested: the trainer saves its LoRA and stops "
+                            "at the next step."), inputs=current_run, outputs=h.message, api_name="stop_run")
+    h.save_now.click(_commander(services, Command.SAVE, "Save requested: a LoRA is written at the next step."),
+                     inputs=current_run, outputs=h.message, api_name="save_now")
+    h.sample_now.click(_commander(services, Command.SAMPLE, "Sample requested: previews render at the next "
+                                  "step."), inputs=current_run, outputs=h.message, api_name="sample_now")

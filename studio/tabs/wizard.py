@@ -35,7 +35,7 @@ def render(services: Services) -> WizardHandles:
 
 
 def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.Tabs, monitor_tab: str,
-         mon: monitor.MonitorHandles) -> None:
+         mon: monitor.MonitorHandles, tokens: monitor.StreamTokens) -> None:
     def on_start(main_path):
         try:
             run_id = services.manager.start(main_path, name="Chroma demo")
@@ -47,5 +47,5 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
 
     started = h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message],
                             api_name="start_run")
-    started.then(monitor.streamer(services), inputs=current_run, outputs=mon.stream_outputs,
-                 concurrency_limit=None)
+    started.then(monitor.streamer(services, tokens), inputs=[current_run, *mon.view_options],
+                 outputs=mon.stream_outputs, concurrency_limit=None)

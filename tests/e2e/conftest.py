@@ -65,3 +65,16 @@ def shot(page, name: str) -> None:
     """Keep a screenshot of what the user would see (for humans reading a failed run)."""
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        page_ = item.funcargs.get("page")
+        if page_ is not None:
+            try:
+                shot(page_, f"FAILED-{item.name}")
+            except Exception:  # noqa: BLE001 - a screenshot must never hide the real failure
+                pass
+    return report

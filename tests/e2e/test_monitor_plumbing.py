@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def fake_studio(tmp_path):
-    main = write_pair(tmp_path / "profile", max_steps=300)
+    main = write_pair(tmp_path / "profile", max_steps=100000)
     manager = RunManager([tmp_path / "profile" / "out"], trainer_module="tests.fakes.trainer")
     (tmp_path / "profile" / "data" / "a.png").write_bytes(b"")
     services = Services(manager=manager, demo_main=main, allowed_roots=[tmp_path])
@@ -41,3 +41,25 @@ def test_start_watch_stop_and_reattach(page, fake_studio):
     shot(page, "plumbing-stopped")
     run = manager.runs()[0]
     assert run.status == "stopped"
+
+
+def test_sample_now_save_now_and_log_search(page, fake_studio):
+    url, manager, _ = fake_studio
+    page.goto(url)
+    page.get_by_role("button", name="▶ Start demo").click()
+    page.locator("#monitor-lr .js-plotly-plot").wait_for()
+    page.wait_for_function("document.querySelector('#monitor-progress').innerText.includes('steps')")
+    page.locator("#monitor-save").click()
+    page.wait_for_function("document.querySelector('#monitor-message').innerText.includes('Save requested')")
+    page.locator("#monitor-log textarea").wait_for()
+    page.wait_for_function(
+        "document.querySelector('#monitor-log textarea').value.includes('saved lora to step')")
+    page.locator("#monitor-search input, #monitor-search textarea").first.fill("saved lora")
+    page.locator("#monitor-search input, #monitor-search textarea").first.press("Enter")
+    page.wait_for_function(
+        "(() => { const v = document.querySelector('#monitor-log textarea').value;"
+        " return v.length > 0 && !v.includes('phase:') && v.includes('saved lora'); })()")
+    page.wait_for_function("document.querySelector('#monitor-resources').innerText.includes('RAM')")
+    shot(page, "plumbing-search")
+    page.locator("#monitor-stop").click()
+    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('stopped')", timeout=20_000)

@@ -35,7 +35,7 @@ def test_gallery_is_newest_first_with_captions():
 def test_status_line_shows_progress_then_outcome():
     state = view.fold(_events(), Path("/r"))
     line = view.status_markdown(state, "r1")
-    assert "step 2/3" in line and "loss 0.5000" in line and "ETA 1:01:40" in line
+    assert "step 2/3" in line and "loss 0.5 " in line and "ETA 1:01:40" in line
     view.fold([FinishedEvent(step=2, epoch=1, reason="stopped")], Path("/r"), state)
     line = view.status_markdown(state, "r1")
     assert "**stopped**" in line and "ETA" not in line
@@ -66,3 +66,42 @@ def test_log_tail_is_bounded():
 
 def test_eta_format():
     assert view.format_eta(None) == "–" and view.format_eta(59.6) == "1:00" and view.format_eta(3661) == "1:01:01"
+
+
+def test_log_filter_by_level_and_search():
+    state = view.fold([LogEvent(level="debug", message="d"), LogEvent(level="info", message="Cache ready"),
+                       LogEvent(level="warning", message="bucket dropped"), LogEvent(level="error", message="e")],
+                      Path("/r"))
+    assert view.log_text(state, level="warning").splitlines() == ["[WARNING] bucket dropped", "[ERROR] e"]
+    assert view.log_text(state, query="cache") == "[INFO] Cache ready"
+    assert len(view.log_text(state).splitlines()) == 4
+
+
+def test_progress_html_tracks_steps_and_outcome():
+    state = view.fold(_events(), Path("/r"))
+    html = view.progress_html(state)
+    assert "2/3 steps" in html and "width:66.7%" in html and "ETA" in html and 'data-phase="training"' in html
+    view.fold([FinishedEvent(step=3, epoch=1)], Path("/r"), state)
+    assert "width:100.0%" in view.progress_html(state) and "ETA" not in view.progress_html(state)
+
+
+def test_lr_figure_and_log_scale():
+    state = view.fold(_events(), Path("/r"))
+    assert list(view.lr_figure(state).data[0].y) == [1e-4, 2e-4]
+    assert view.loss_figure(state, log_y=True).layout.yaxis.type == "log"
+
+
+def test_resources_line_names_gpus_or_why_none():
+    from trainers.resources import GpuInfo, Resources
+
+    res = Resources(12.0, 3.5, 24.0, 80.2, [GpuInfo(0, "H100", 10.0, 80.0, 97.0)])
+    text = view.resources_markdown(res)
+    assert "CPU 12%" in text and "disk free 80.2 GB" in text and "GPU0 H100: 10.0/80.0 GB · 97%" in text
+    assert "no NVIDIA GPU" in view.resources_markdown(Resources(1, 1, 2, None, [], "no NVIDIA GPU"))
+
+
+def test_resources_snapshot_reads_this_machine(tmp_path):
+    from trainers.resources import snapshot
+
+    res = snapshot(tmp_path)
+    assert res.ram_total_gb > 0 and res.disk_free_gb is not None and res.disk_free_gb > 0
