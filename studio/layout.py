@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.services import Services
-from studio.tabs import builder, datasets, monitor, wizard
+from studio.tabs import builder, datasets, monitor, runs, wizard
 
 CSS = """
 #dp-header h1 {margin-bottom: 0}
@@ -14,7 +14,7 @@ CSS = """
 .dp-fill {height: 100%; background: #f97316; transition: width 0.4s}
 """
 
-TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR = "wizard", "builder", "datasets", "monitor"
+TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR, TAB_RUNS = "wizard", "builder", "datasets", "monitor", "runs"
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -32,8 +32,13 @@ def build_app(services: Services) -> gr.Blocks:
                 data = datasets.render(services)
             with gr.Tab("Live monitor", id=TAB_MONITOR):
                 mon = monitor.render(services)
+            with gr.Tab("Runs library", id=TAB_RUNS) as runs_tab:
+                lib = runs.render(services)
         builder.wire(build, services)
         datasets.wire(data, services)
+        runs.wire(lib, services)
+        runs_tab.select(lambda: runs.refresh_all(services),
+                        outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run])
         tokens = monitor.StreamTokens()
         monitor.wire(mon, services, current_run, demo, tokens)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)

@@ -1,0 +1,63 @@
+"""Runs library in a browser: two finished runs, overlaid, diffed, their sample grid, best epoch, delete."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.services import Services
+from tests.conftest import write_pair
+from tests.e2e.conftest import serve, shot
+from trainers.runs import RunManager
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    manager = RunManager([tmp_path / "a" / "out"], trainer_module="tests.fakes.trainer")
+    ids = []
+    for name, steps in (("a", 12), ("b", 20)):
+        main = write_pair(tmp_path / name, max_steps=steps, extra_main=f"warmup_steps = {steps}\n")
+        ids.append(manager.start(main, name=f"run {name}"))
+        list(manager.events(ids[-1]))
+        (manager.run_dir(ids[-1]) / "epoch1").mkdir()
+        (manager.run_dir(ids[-1]) / "epoch1" / "adapter_model.safetensors").write_bytes(b"")
+    services = Services(manager=manager, demo_main=tmp_path / "a" / "main.toml", allowed_roots=[tmp_path])
+    blocks, url = serve(services)
+    yield url, manager, ids
+    blocks.close()
+
+
+def test_compare_diff_grid_best_and_delete(page, two_runs):
+    url, manager, (a, b) = two_runs
+    page.goto(url)
+    page.get_by_role("tab", name="Runs library").click()
+    page.wait_for_function(f"(() => {{ const t = document.querySelector('#runs-table').innerText;"
+                           f" return t.includes('{a}') && t.includes('{b}'); }})()")
+    compare = page.locator("#runs-compare")
+    compare.get_by_label(a).check()
+    compare.get_by_label(b).check()
+    page.wait_for_function("document.querySelectorAll('#runs-overlay .scatterlayer .trace').length == 2")
+    page.get_by_role("button", name="Config diff").click()
+    _choose(page, "#runs-diff-a", a)
+    _choose(page, "#runs-diff-b", b)
+    page.wait_for_function("document.querySelector('#runs-diff').innerText.includes('warmup_steps')")
+    page.get_by_role("button", name="Samples: prompt × step").click()
+    _choose(page, "#runs-grid-run", b)
+    page.locator("#runs-grid img").wait_for()
+    _choose(page, "#runs-saved", "epoch1")
+    page.locator("#runs-best").click()
+    page.locator("#runs-message").get_by_text("best save").wait_for()
+    shot(page, "runs-library")
+    page.get_by_role("button", name="Delete a run").click()
+    page.locator("#runs-confirm textarea, #runs-confirm input").first.fill(b)
+    page.locator("#runs-delete").click()
+    page.locator("#runs-message").get_by_text("Deleted run").wait_for()
+    assert [r.run_id for r in manager.runs()] == [a]
+
+
+def _choose(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"{elem_id} input").first
+    box.click()
+    box.fill(value)
+    page.get_by_role("option", name=value, exact=True).click()
