@@ -58,6 +58,7 @@ def build(roots=None):
 
     demo_main = prepare_demo()
     manager = RunManager(roots)
+    manager.resume_queue()  # runs queued before a restart still start when the device frees up
     services = Services(manager=manager, demo_main=demo_main, allowed_roots=list(manager.roots))
     return studio.build_app(services), services
 

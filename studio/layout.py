@@ -38,7 +38,8 @@ def build_app(services: Services) -> gr.Blocks:
         datasets.wire(data, services)
         runs.wire(lib, services)
         runs_tab.select(lambda: runs.refresh_all(services),
-                        outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run])
+                        outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run, lib.queue_table,
+                                 lib.queue_pick])
         tokens = monitor.StreamTokens()
         monitor.wire(mon, services, current_run, demo, tokens)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)

@@ -25,9 +25,11 @@ import psutil
 from trainers.commands import Command, send_command
 from trainers.events import TERMINAL_KINDS, Event, FailedEvent, EventWriter, load_all, read_events
 from trainers.paths import REPO_ROOT, default_runs_root
+from trainers.run_queue import RunQueue
 
 RUN_FILE = "run.json"
-RunStatus = Literal["starting", "running", "completed", "stopped", "failed", "interrupted"]
+RunStatus = Literal["queued", "cancelled", "starting", "running", "completed", "stopped", "failed", "interrupted"]
+PUMP_EVERY_S = 1.0
 
 
 class RunError(RuntimeError):
@@ -67,12 +69,16 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _new_run_dir(output_dir: Path) -> Path:
-    """``<output_dir>/<UTC %Y%m%d_%H-%M-%S>``, as diffusion-pipe names runs, suffixed when taken."""
+def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
+    """``<output_dir>/<UTC %Y%m%d_%H-%M-%S>``, as diffusion-pipe names runs, suffixed when the name is
+    taken in this or any other known output folder (the name is the run's id in the studio)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H-%M-%S")
     output_dir.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
-        candidate = output_dir / (stamp if n == 1 else f"{stamp}_{n}")
+        name = stamp if n == 1 else f"{stamp}_{n}"
+        if any((root / name).exists() for root in other_roots):
+            continue
+        candidate = output_dir / name
         try:
             candidate.mkdir()
             return candidate
@@ -101,8 +107,13 @@ def _pid_alive(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
-def derive_status(events: list[Event], alive: bool) -> RunStatus:
-    """Status from the events a run wrote and whether its process still lives."""
+def derive_status(events: list[Event], alive: bool, meta: dict | None = None) -> RunStatus:
+    """Status from the events a run wrote, whether its process still lives, and its queue flags."""
+    meta = meta or {}
+    if meta.get("cancelled"):
+        return "cancelled"
+    if meta.get("queued") and not meta.get("pid"):
+        return "queued"
     for ev in reversed(events):
         if ev.kind == "finished":
             return "stopped" if ev.reason == "stopped" else "completed"
@@ -121,13 +132,19 @@ class RunManager:
         self.roots: list[Path] = [Path(r) for r in (roots or [default_runs_root()])]
         self.python = python or sys.executable
         self.trainer_module = trainer_module
+        self.queue = RunQueue()
         self._lock = threading.Lock()
         self._children: dict[str, subprocess.Popen] = {}
+        self._pump_thread: threading.Thread | None = None
 
     # ---- starting -------------------------------------------------------------------------------
     def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
-              max_steps: int | None = None, backend: str = "native") -> str:
-        """Copy the config pair into a new run folder and launch its trainer; returns the run id."""
+              max_steps: int | None = None, backend: str = "native", queue: bool = True) -> str:
+        """Copy the config pair into a new run folder and launch its trainer; returns the run id.
+
+        With ``queue`` (the default) a run started while another one trains waits in the queue for the
+        device and starts by itself when the device is free.
+        """
         if backend != "native":
             raise RunError(f"backend {backend!r} is not available yet; use 'native'.")
         main_path = Path(main_config).expanduser().resolve()
@@ -140,7 +157,8 @@ class RunManager:
         if not dataset_path.is_file():
             raise RunError(f"{main_path}: dataset = '{cfg['dataset']}' does not exist ({dataset_path}).")
         output_dir = _resolve(base, cfg["output_dir"])
-        run_dir = _new_run_dir(output_dir)
+        with self._lock:
+            run_dir = _new_run_dir(output_dir, list(self.roots))
         shutil.copy2(main_path, run_dir / main_path.name)
         shutil.copy2(dataset_path, run_dir / dataset_path.name)
         meta = {
@@ -149,10 +167,78 @@ class RunManager:
             "main_config": main_path.name, "dataset_config": dataset_path.name,
             "source_main": str(main_path), "max_steps": max_steps, "pid": None, "pid_create_time": None,
         }
-        write_json_atomic(run_dir / RUN_FILE, meta)
         self._remember_root(output_dir)
+        if queue and (self.queue.items() or self._busy(exclude=run_dir)):
+            meta["queued"] = True
+            write_json_atomic(run_dir / RUN_FILE, meta)
+            self.queue.push(run_dir)
+            self.resume_queue()
+            return run_dir.name
+        write_json_atomic(run_dir / RUN_FILE, meta)
         self._spawn(run_dir, meta, cwd=base)
         return run_dir.name
+
+    # ---- the queue ------------------------------------------------------------------------------
+    def _busy(self, exclude: Path | None = None) -> bool:
+        return any(r.live for r in self.runs() if r.run_dir != exclude)
+
+    def pump(self) -> str | None:
+        """Start the first queued run when no run is live; returns its id, or None."""
+        if self._busy():
+            return None
+        run_dir = self.queue.pop_first(lambda p: self._queued_meta(p) is not None)
+        if run_dir is None:
+            return None
+        meta = self._queued_meta(run_dir)
+        meta["queued"] = False
+        meta["dequeued"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._remember_root(run_dir.parent)
+        self._spawn(run_dir, meta, cwd=Path(meta["source_main"]).parent)
+        return run_dir.name
+
+    @staticmethod
+    def _queued_meta(run_dir: Path) -> dict | None:
+        try:
+            meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if meta.get("queued") and not meta.get("cancelled") and not meta.get("pid") else None
+
+    def resume_queue(self) -> None:
+        """Make sure queued runs get started (after a server restart too): one background pump thread."""
+        with self._lock:
+            if self._pump_thread is not None and self._pump_thread.is_alive():
+                return
+            self._pump_thread = threading.Thread(target=self._pump_loop, daemon=True, name="run-queue")
+            self._pump_thread.start()
+
+    def _pump_loop(self) -> None:
+        while self.queue.items():
+            try:
+                self.pump()
+            except (OSError, RunError):
+                pass  # a broken entry was dropped by pop_first; keep serving the rest
+            time.sleep(PUMP_EVERY_S)
+
+    def queued(self) -> list[RunInfo]:
+        """Queued runs in the order they will start."""
+        return [self._info(p) for p in self.queue.items() if (p / RUN_FILE).is_file()]
+
+    def move(self, run_id: str, position: int) -> None:
+        """Reorder: put a queued run at 0-based ``position``."""
+        try:
+            self.queue.move(self.run_dir(run_id), position)
+        except KeyError as exc:
+            raise RunError(f"run {run_id} is not queued") from exc
+
+    def cancel(self, run_id: str) -> None:
+        """Take a queued run out of the queue; its folder stays, marked cancelled."""
+        run_dir = self.run_dir(run_id)
+        if not self.queue.remove(run_dir):
+            raise RunError(f"run {run_id} is not queued; use Stop for a running one")
+        meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        meta.update(queued=False, cancelled=True)
+        write_json_atomic(run_dir / RUN_FILE, meta)
 
     def _remember_root(self, output_dir: Path) -> None:
         with self._lock:
@@ -197,7 +283,7 @@ class RunManager:
     def _info(self, run_dir: Path) -> RunInfo:
         meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
-        status = derive_status(load_all(run_dir), alive)
+        status = derive_status(load_all(run_dir), alive, meta)
         return RunInfo(run_id=run_dir.name, run_dir=run_dir, name=meta.get("name", run_dir.name),
                        backend=meta.get("backend", "native"), created=meta.get("created", ""),
                        status=status, pid=meta.get("pid"), meta=meta)
@@ -263,10 +349,13 @@ class RunManager:
                     yield ev
 
     def _alive(self, run_dir: Path) -> bool:
+        """Whether more events can still come: the process lives, or the run waits in the queue."""
         try:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
+        if self._queued_meta(run_dir) is not None:
+            return True
         return _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
 
     def send(self, run_id: str, command: Command | str) -> None:

@@ -33,12 +33,24 @@ class RunsHandles:
     confirm: gr.Textbox
     delete: gr.Button
     message: gr.Markdown
+    queue_table: gr.Dataframe
+    queue_pick: gr.Dropdown
+    queue_up: gr.Button
+    queue_front: gr.Button
+    queue_cancel: gr.Button
 
 
 def render(services: Services) -> RunsHandles:
     refresh = gr.Button("↻ Refresh", size="sm", elem_id="runs-refresh")
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="runs-table")
     message = gr.Markdown("", elem_id="runs-message")
+    with gr.Accordion("Queue (runs waiting for the device)", open=False):
+        queue_table = gr.Dataframe(headers=["position", "run", "name"], interactive=False, elem_id="runs-queue")
+        with gr.Row():
+            queue_pick = gr.Dropdown(label="Queued run", choices=[], elem_id="runs-queue-pick")
+            queue_up = gr.Button("▲ Move up", size="sm")
+            queue_front = gr.Button("⇈ To front", size="sm")
+            queue_cancel = gr.Button("✕ Cancel", size="sm", variant="stop", elem_id="runs-queue-cancel")
     with gr.Accordion("Compare loss curves", open=True):
         compare = gr.CheckboxGroup(label="Runs to overlay", choices=[], elem_id="runs-compare")
         smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="Smoothing (EMA)")
@@ -60,7 +72,8 @@ def render(services: Services) -> RunsHandles:
         confirm = gr.Textbox(label="Type the run id to confirm", elem_id="runs-confirm")
         delete = gr.Button("Delete run", variant="stop", elem_id="runs-delete")
     return RunsHandles(refresh, table, compare, smoothing, overlay, diff_a, diff_b, diff, grid_run, grid_prompt,
-                       grid, saved, best, confirm, delete, message)
+                       grid, saved, best, confirm, delete, message, queue_table, queue_pick, queue_up,
+                       queue_front, queue_cancel)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -75,12 +88,29 @@ def _state(info: RunInfo) -> view.MonitorState:
 
 
 def refresh_all(services: Services):
-    """Table rows and the choices of every run picker."""
+    """Table rows, the choices of every run picker, and the queue."""
     infos = services.manager.runs()
     rows = [_row(info, _state(info)) for info in infos]
     ids = [i.run_id for i in infos]
     pick = gr.Dropdown(choices=ids)
-    return rows, gr.CheckboxGroup(choices=ids), pick, pick, pick
+    return (rows, gr.CheckboxGroup(choices=ids), pick, pick, pick, *queue_view(services))
+
+
+def queue_view(services: Services):
+    queued = services.manager.queued()
+    rows = [[i + 1, info.run_id, info.name] for i, info in enumerate(queued)]
+    return rows, gr.Dropdown(choices=[q.run_id for q in queued], value=None)
+
+
+def queue_action(services: Services, run_id: str | None, action: str):
+    if not run_id:
+        raise RunError("pick a queued run first")
+    ids = [q.run_id for q in services.manager.queued()]
+    if action == "cancel":
+        services.manager.cancel(run_id)
+    elif run_id in ids:
+        services.manager.move(run_id, 0 if action == "front" else max(0, ids.index(run_id) - 1))
+    return queue_view(services)
 
 
 def overlay(services: Services, run_ids: list[str], smoothing: float):
@@ -122,7 +152,10 @@ def wire(h: RunsHandles, services: Services) -> None:
                 raise gr.Error(str(exc)) from exc
         return inner
 
-    refresh_outputs = [h.table, h.compare, h.diff_a, h.diff_b, h.grid_run]
+    refresh_outputs = [h.table, h.compare, h.diff_a, h.diff_b, h.grid_run, h.queue_table, h.queue_pick]
+    for button, action in ((h.queue_up, "up"), (h.queue_front, "front"), (h.queue_cancel, "cancel")):
+        button.click(guarded(lambda r, a=action: queue_action(services, r, a)), inputs=h.queue_pick,
+                     outputs=[h.queue_table, h.queue_pick], api_name=f"queue_{action}")
     h.refresh.click(guarded(lambda: refresh_all(services)), outputs=refresh_outputs, api_name="runs_table")
     gr.on([h.compare.input, h.smoothing.release], guarded(lambda ids, s: overlay(services, ids, s)),
           inputs=[h.compare, h.smoothing], outputs=h.overlay)

@@ -42,8 +42,10 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
         except RunError as exc:
             return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}"
         choices = monitor.run_choices(services)
-        return (run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id),
-                f"Started run `{run_id}`.")
+        queued = [q.run_id for q in services.manager.queued()]
+        note = (f"Run `{run_id}` is queued (position {queued.index(run_id) + 1}): it starts when the device "
+                "is free." if run_id in queued else f"Started run `{run_id}`.")
+        return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note
 
     started = h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message],
                             api_name="start_run")

@@ -94,3 +94,24 @@ def _wait(cond, timeout=10.0):
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_second_run_waits_in_the_queue_then_starts_by_itself(manager, tmp_path):
+    first = manager.start(write_pair(tmp_path / "a", max_steps=100000))
+    _wait(lambda: manager.info(first).status == "running")
+    second = manager.start(write_pair(tmp_path / "b", max_steps=5))
+    third = manager.start(write_pair(tmp_path / "c", max_steps=5))
+    assert manager.info(second).status == "queued" and manager.info(second).pid is None
+    assert len({first, second, third}) == 3  # ids stay unique across output folders
+    assert [r.run_id for r in manager.queued()] == [second, third]
+    manager.move(third, 0)
+    assert [r.run_id for r in manager.queued()] == [third, second]
+    manager.cancel(second)
+    assert manager.info(second).status == "cancelled" and [r.run_id for r in manager.queued()] == [third]
+    with pytest.raises(RunError, match="not queued"):
+        manager.cancel(second)
+    # A fresh manager (a restarted server) sees the same queue.
+    assert [r.run_id for r in RunManager(manager.roots, trainer_module="tests.fakes.trainer").queued()] == [third]
+    manager.send(first, "stop")
+    _wait(lambda: manager.info(third).status == "completed", timeout=30)
+    assert manager.queued() == []
