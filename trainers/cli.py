@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from trainers.config.cli_commands import add_profile, add_validate
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -48,7 +50,8 @@ def _prepare_demo(args: argparse.Namespace) -> int:
 
 
 # Sub-command registrars; other modules append theirs here (validate, profile, train ...).
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_prepare_demo]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_prepare_demo, add_validate,
+                                                                  add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,125 @@
+"""Files and folders a config names must exist, and placeholders (``'<fill in: ...>'``) must be filled in.
+
+Relative paths resolve against the base folders given, first match wins. dp-studio runs trainers with the main
+TOML's folder as the working directory (docs/run-folder.md), so that folder comes first; the CLI adds the current
+directory, which is what diffusion-pipe itself uses (it resolves against its checkout, its working directory).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainers.config.issues import Reporter
+from trainers.config.model_keys import MODEL_KEYS
+from trainers.config.toml_io import walk_leaves
+
+PLACEHOLDER = re.compile(r"^<fill in:?\s*(?P<what>.*?)\s*>$", re.IGNORECASE)
+_KIND_BY_MODEL_KIND = {"file": "file", "dir": "dir", "path": "any"}
+
+
+def placeholder_text(value: Any) -> str | None:
+    """What to fill in, when ``value`` is a placeholder string; else None."""
+    match = PLACEHOLDER.match(value) if isinstance(value, str) else None
+    return match.group("what") if match else None
+
+
+def check_placeholders(data: dict[str, Any], report: Reporter, *, as_error: bool) -> None:
+    """Report every ``'<fill in: ...>'`` value (as an error, or a warning when path checks are skipped)."""
+    for key, value in walk_leaves(data):
+        values = value if isinstance(value, list) else [value]
+        for index, item in enumerate(values):
+            what = placeholder_text(item)
+            if what is None:
+                continue
+            dotted = f"{key}[{index}]" if isinstance(value, list) else key
+            add = report.error if as_error else report.warning
+            add(dotted, f"not filled in yet: {what}", f"set {dotted} to the {what}")
+
+
+def main_paths(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, kind) for every path in a main TOML; kind is file | dir | any | output."""
+    found: list[tuple[str, Any, str]] = [("dataset", data.get("dataset"), "file"),
+                                         ("output_dir", data.get("output_dir"), "output")]
+    for index, entry in enumerate(_list(data.get("eval_datasets"))):
+        if isinstance(entry, dict):
+            found.append((f"eval_datasets[{index}].config", entry.get("config"), "file"))
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    for key, value in model.items():
+        found.extend(_model_path(key, value))
+    adapter = data.get("adapter") if isinstance(data.get("adapter"), dict) else {}
+    found.append(("adapter.init_from_existing", adapter.get("init_from_existing"), "any"))
+    for index, entry in enumerate(_list(adapter.get("fuse_adapters"))):
+        if isinstance(entry, dict):
+            found.append((f"adapter.fuse_adapters[{index}].path", entry.get("path"), "file"))
+    return found
+
+
+def _model_path(key: str, value: Any) -> list[tuple[str, Any, str]]:
+    spec = MODEL_KEYS.get(key)
+    if spec is None:
+        return []
+    if spec.kind in _KIND_BY_MODEL_KIND:
+        return [(f"model.{key}", value, _KIND_BY_MODEL_KIND[spec.kind])]
+    if spec.kind == "file_list":
+        return [(f"model.{key}[{i}]", item, "file") for i, item in enumerate(_list(value))]
+    if spec.kind == "text_encoders":
+        out = []
+        for i, entry in enumerate(_list(value)):
+            if isinstance(entry, dict):
+                out.append((f"model.{key}[{i}].path", entry.get("path"), "file"))
+                out += [(f"model.{key}[{i}].paths[{j}]", p, "file") for j, p in enumerate(_list(entry.get("paths")))]
+        return out
+    return []
+
+
+def dataset_paths(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, kind) for every path in a dataset TOML."""
+    found: list[tuple[str, Any, str]] = []
+    for index, directory in enumerate(_list(data.get("directory"))):
+        if isinstance(directory, dict):
+            for key, kind in (("path", "dir"), ("mask_path", "dir"), ("control_path", "dir"),
+                              ("default_mask_file", "file")):
+                found.append((f"directory[{index}].{key}", directory.get(key), kind))
+    return found
+
+
+def check_paths(paths: list[tuple[str, Any, str]], bases: Sequence[Path], report: Reporter) -> None:
+    """Report paths that do not exist or have the wrong kind (relative ones tried against each base)."""
+    for dotted, value, kind in paths:
+        if isinstance(value, str) and value and placeholder_text(value) is None:
+            _check_one(dotted, value, kind, bases, report)
+
+
+def resolve(value: str, bases: Path | Sequence[Path]) -> Path:
+    """A config path as the trainer will see it: absolute as is, else under the first base where it exists
+    (or the first base when it exists nowhere)."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    bases = [bases] if isinstance(bases, Path) else list(bases)
+    return next((base / path for base in bases if (base / path).exists()), bases[0] / path)
+
+
+def _check_one(dotted: str, value: str, kind: str, bases: Sequence[Path], report: Reporter) -> None:
+    if value.startswith("~"):
+        report.error(dotted, f"{value!r}: diffusion-pipe does not expand ~", "write the full path")
+        return
+    path = resolve(value, bases)
+    hint = f"check the path (relative paths are resolved against {' or '.join(str(b) for b in bases)})"
+    if kind == "output":
+        if path.exists() and not path.is_dir():
+            report.error(dotted, f"{path} exists and is not a folder", "choose a folder for training runs")
+        return
+    if not path.exists():
+        report.error(dotted, f"not found: {path}", hint)
+    elif kind == "file" and not path.is_file():
+        report.error(dotted, f"{path} is a folder, expected a file", "point it at the file itself")
+    elif kind == "dir" and not path.is_dir():
+        report.error(dotted, f"{path} is a file, expected a folder", "point it at the folder")
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -1,0 +1,192 @@
+"""Read, edit and write TOML without losing a byte of what the user wrote.
+
+tomlkit keeps the whole document (comments, order, quoting, blank lines), so loading and dumping an unchanged
+file gives identical bytes, and ``set_value`` changes only the value it is asked to change.
+Dotted keys are ``a.b.c`` with ``[N]`` for array entries: ``directory[0].path``, ``eval_datasets[1].config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import ParseError, TOMLKitError
+from tomlkit.items import String, StringType
+from tomlkit.toml_document import TOMLDocument
+
+from trainers.config.issues import ConfigParseError
+
+_SEGMENT = re.compile(r"^([^.\[\]]+)((?:\[\d+\])*)$")
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text exactly as stored (no newline translation); raise ConfigParseError if unreadable."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigParseError(str(path), 1, 1, f"cannot read the file: {exc}") from exc
+
+
+def loads(text: str, file: str = "<text>") -> TOMLDocument:
+    """Parse TOML text; raise ConfigParseError with line and column on bad syntax."""
+    try:
+        return tomlkit.parse(text)
+    except ParseError as exc:
+        message = str(exc).split(" at line ")[0].replace("Unexpected character: '\\x00'", "unexpected end of file")
+        raise ConfigParseError(file, exc.line, exc.col + 1, message) from exc  # tomlkit columns are 0-based
+    except (TOMLKitError, ValueError) as exc:  # e.g. duplicate keys raise other tomlkit errors
+        raise ConfigParseError(file, 1, 1, str(exc)) from exc
+
+
+def load(path: str | os.PathLike[str]) -> TOMLDocument:
+    """Read and parse a TOML file."""
+    return loads(read_text(path), str(path))
+
+
+def loads_plain(text: str, file: str = "<text>") -> dict[str, Any]:
+    """Parse to plain Python data (stdlib tomllib: several times faster than tomlkit; used for validation).
+
+    On a syntax error, tomlkit's position is reported when it has one (tomllib often says "end of document").
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        loads(text, file)  # raises ConfigParseError with tomlkit's line and column when tomlkit also fails
+        where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, column = (int(where.group(1)), int(where.group(2))) if where else (text.count("\n") + 1, 1)
+        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
+        raise ConfigParseError(file, line, column, message) from exc
+
+
+def dumps(doc: TOMLDocument) -> str:
+    """The document as text; byte-identical to the input when nothing was edited."""
+    return doc.as_string()
+
+
+def to_plain(doc: TOMLDocument) -> dict[str, Any]:
+    """Plain Python dicts/lists/scalars (what diffusion-pipe sees after ``toml.load``)."""
+    return doc.unwrap()
+
+
+def save(path: str | os.PathLike[str], content: TOMLDocument | str) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then ``os.replace``."""
+    text = content if isinstance(content, str) else dumps(content)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so readers see either the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_key(dotted: str) -> list[str | int]:
+    """``directory[0].path`` -> ``['directory', 0, 'path']``; raise ValueError on a malformed key."""
+    parts: list[str | int] = []
+    for segment in dotted.split("."):
+        match = _SEGMENT.match(segment.strip())
+        if not match:
+            raise ValueError(f"malformed dotted key {dotted!r}")
+        parts.append(match.group(1))
+        parts.extend(int(index) for index in re.findall(r"\[(\d+)\]", match.group(2)))
+    return parts
+
+
+def join_key(parts: list[str | int] | tuple[str | int, ...]) -> str:
+    """Inverse of ``split_key``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def get_value(doc: Any, dotted: str, default: Any = None) -> Any:
+    """The value at a dotted key (tomlkit item or plain), or ``default`` when any step is missing."""
+    node = doc
+    for part in split_key(dotted):
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return node
+
+
+def set_value(doc: TOMLDocument, dotted: str, value: Any) -> None:
+    """Set one value, creating missing tables; comments, order and quoting elsewhere stay untouched.
+
+    A string replacing a literal ('single-quoted') string stays literal when it can.
+    """
+    parts = split_key(dotted)
+    parent = _parent(doc, parts, create=True)
+    last = parts[-1]
+    old = _child(parent, last)
+    parent[last] = _styled_like(old, value)
+
+
+def delete_value(doc: TOMLDocument, dotted: str) -> bool:
+    """Remove a key; return False when it was not there."""
+    parts = split_key(dotted)
+    try:
+        parent = _parent(doc, parts, create=False)
+        del parent[parts[-1]]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
+
+
+def _parent(doc: TOMLDocument, parts: list[str | int], create: bool) -> Any:
+    node: Any = doc
+    for part in parts[:-1]:
+        child = _child(node, part)
+        if child is None:
+            if not create or isinstance(part, int):
+                raise KeyError(part)
+            node[part] = tomlkit.table()
+            child = node[part]
+        node = child
+    return node
+
+
+def _child(node: Any, part: str | int) -> Any:
+    try:
+        return node[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _styled_like(old: Any, value: Any) -> Any:
+    if isinstance(old, String) and isinstance(value, str) and old.type == StringType.SLL:
+        if "'" not in value and "\n" not in value:
+            return tomlkit.string(value, literal=True)
+    return value
+
+
+def walk_leaves(node: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str, Any]]:
+    """Flatten plain dicts/lists into ``(dotted key, value)``; lists of scalars stay one leaf."""
+    if isinstance(node, dict):
+        out: list[tuple[str, Any]] = []
+        for key, value in node.items():
+            out.extend(walk_leaves(value, (*prefix, str(key))))
+        return out
+    if isinstance(node, list) and node and all(isinstance(item, dict) for item in node):
+        return [leaf for index, item in enumerate(node) for leaf in walk_leaves(item, (*prefix, index))]
+    return [(join_key(prefix), node)]
