@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"dp-studio on http://{args.host}:{args.port}", flush=True)
     blocks.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS,
-        allowed_paths=[str(p) for p in services.allowed_roots], footer_links=["api"], quiet=True,
+        allowed_paths=[str(p) for p in services.allowed_roots], footer_links=["api"], quiet=True, show_error=True,
     )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio import api
 from studio.services import Services
 from studio.tabs import builder, datasets, monitor, runs, wizard
 
@@ -43,4 +44,5 @@ def build_app(services: Services) -> gr.Blocks:
         tokens = monitor.StreamTokens()
         monitor.wire(mon, services, current_run, demo, tokens)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
+        api.register(services)
     return demo

@@ -184,17 +184,16 @@ def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.
     do_stream = streamer(services, tokens)
     stream_inputs = [current_run, *h.view_options]
     h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
-                    outputs=h.picker, api_name="list_runs")
+                    outputs=h.picker)
     attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: r, inputs=h.picker, outputs=current_run)
-    attach_ev.then(do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None,
-                   api_name="watch_run")
+    attach_ev.then(do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit], do_stream,
           inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     demo.load(on_load, outputs=[h.picker, current_run]).then(
         do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     h.stop.click(_commander(services, Command.STOP, "Stop requested: the trainer saves its LoRA and stops "
-                            "at the next step."), inputs=current_run, outputs=h.message, api_name="stop_run")
+                            "at the next step."), inputs=current_run, outputs=h.message)
     h.save_now.click(_commander(services, Command.SAVE, "Save requested: a LoRA is written at the next step."),
-                     inputs=current_run, outputs=h.message, api_name="save_now")
+                     inputs=current_run, outputs=h.message)
     h.sample_now.click(_commander(services, Command.SAMPLE, "Sample requested: previews render at the next "
-                                  "step."), inputs=current_run, outputs=h.message, api_name="sample_now")
+                                  "step."), inputs=current_run, outputs=h.message)

@@ -47,7 +47,6 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
                 "is free." if run_id in queued else f"Started run `{run_id}`.")
         return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note
 
-    started = h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message],
-                            api_name="start_run")
+    started = h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message])
     started.then(monitor.streamer(services, tokens), inputs=[current_run, *mon.view_options],
                  outputs=mon.stream_outputs, concurrency_limit=None)

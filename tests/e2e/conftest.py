@@ -33,7 +33,7 @@ def serve(services):
     blocks = studio.build_app(services)
     port = _free_port()
     blocks.queue(default_concurrency_limit=4).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True, css=CSS,
         allowed_paths=[str(p) for p in services.allowed_roots])
     return blocks, f"http://127.0.0.1:{port}/"
 
