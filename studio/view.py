@@ -101,13 +101,33 @@ def ema(values: list[float], alpha: float) -> list[float]:
     return out
 
 
+MAX_PLOT_POINTS = 1500
+
+
+def thin(xs: list, ys: list, limit: int = MAX_PLOT_POINTS) -> tuple[list, list]:
+    """At most about ``limit`` points, evenly strided, always keeping the newest one.
+
+    A long run has tens of thousands of steps; the browser needs a few thousand points to draw the
+    same curve, and every update ships the whole figure.
+    """
+    if len(xs) <= limit:
+        return xs, ys
+    stride = -(-len(xs) // limit)
+    idx = list(range(0, len(xs), stride))
+    if idx[-1] != len(xs) - 1:
+        idx.append(len(xs) - 1)
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
 def loss_figure(state: MonitorState, smoothing: float = 0.9, log_y: bool = False) -> go.Figure:
     """Raw and EMA-smoothed loss against the step (log scale on request)."""
     fig = go.Figure()
-    fig.add_scatter(x=state.steps, y=state.losses, mode="lines", name="loss",
+    xs, ys = thin(state.steps, state.losses)
+    fig.add_scatter(x=xs, y=ys, mode="lines", name="loss",
                     line={"width": 1, "color": "rgba(99,110,250,0.35)"})
     if state.losses:
-        fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines",
+        xs, ys = thin(state.steps, ema(state.losses, smoothing))
+        fig.add_scatter(x=xs, y=ys, mode="lines",
                         name=f"EMA {smoothing:g}", line={"width": 2, "color": "rgb(99,110,250)"})
     fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="loss",
                       xaxis_title="step", legend={"orientation": "h", "y": -0.25}, uirevision="loss",
@@ -118,7 +138,8 @@ def loss_figure(state: MonitorState, smoothing: float = 0.9, log_y: bool = False
 def lr_figure(state: MonitorState) -> go.Figure:
     """The learning rate the optimizer actually used at each step (warmup and schedule visible)."""
     fig = go.Figure()
-    fig.add_scatter(x=state.steps, y=state.lrs, mode="lines", name="lr", line={"width": 2, "color": "#EF553B"})
+    xs, ys = thin(state.steps, state.lrs)
+    fig.add_scatter(x=xs, y=ys, mode="lines", name="lr", line={"width": 2, "color": "#EF553B"})
     fig.update_layout(height=300, margin={"l": 50, "r": 10, "t": 30, "b": 30}, title="learning rate",
                       xaxis_title="step", uirevision="lr", yaxis_exponentformat="e")
     return fig

@@ -23,7 +23,8 @@ from typing import Literal
 import psutil
 
 from trainers.commands import Command, send_command
-from trainers.events import TERMINAL_KINDS, Event, FailedEvent, EventWriter, load_all, read_events
+from trainers.event_hub import EventHub
+from trainers.events import TERMINAL_KINDS, Event, EventWriter, FailedEvent, load_all
 from trainers.paths import REPO_ROOT, default_runs_root
 from trainers.run_queue import RunQueue
 
@@ -136,6 +137,7 @@ class RunManager:
         self._lock = threading.Lock()
         self._children: dict[str, subprocess.Popen] = {}
         self._pump_thread: threading.Thread | None = None
+        self.hub = EventHub()
 
     # ---- starting -------------------------------------------------------------------------------
     def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
@@ -302,47 +304,27 @@ class RunManager:
         return sorted(found, key=lambda r: (r.created, r.run_id), reverse=True)
 
     # ---- watching and commanding ----------------------------------------------------------------
-    def event_batches(self, run_id: str, *, follow: bool = True, poll_s: float = 0.25,
-                      idle_timeout_s: float | None = None,
+    def event_batches(self, run_id: str, *, follow: bool = True,
                       heartbeat_s: float | None = None) -> Iterator[list[Event]]:
         """Yield the run's events in batches as they are written, from the first one.
 
-        Ends after a terminal event, or when the process is gone and nothing new was written. Readers that
-        redraw per batch stay cheap however fast the trainer writes. With ``heartbeat_s``, an empty batch
-        comes every that many seconds of silence, so a reader can refresh clocks or notice it is unwanted.
+        Ends after a terminal event, or when the process is gone and nothing new was written. All watchers
+        of one run share one reader (``EventHub``). With ``heartbeat_s``, an empty batch comes after that
+        many seconds of silence, so a reader can refresh clocks or notice it is no longer wanted.
         """
         run_dir = self.run_dir(run_id)
-        offset, last_new, last_beat = 0, time.monotonic(), time.monotonic()
-        while True:
-            batch, offset = read_events(run_dir, offset)
-            if batch:
-                last_new = time.monotonic()
-                end = next((i for i, ev in enumerate(batch) if ev.kind in TERMINAL_KINDS), None)
-                yield batch if end is None else batch[: end + 1]
-                if end is not None:
-                    return
-                continue
-            if not follow:
-                return
-            if not self._alive(run_dir):
-                # The process may have written its last lines just before dying: read once more.
-                batch, offset = read_events(run_dir, offset)
-                if batch:
-                    yield batch
-                return
-            now = time.monotonic()
-            if idle_timeout_s is not None and now - last_new > idle_timeout_s:
-                return
-            if heartbeat_s is not None and now - max(last_new, last_beat) >= heartbeat_s:
-                last_beat = now
-                yield []
-            time.sleep(poll_s)
+        if not follow:
+            events = load_all(run_dir)
+            end = next((i for i, ev in enumerate(events) if ev.kind in TERMINAL_KINDS), len(events) - 1)
+            if events:
+                yield events[: end + 1]
+            return
+        yield from self.hub.tail(run_dir, lambda: self._alive(run_dir)).watch(heartbeat_s)
 
-    def events(self, run_id: str, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
-               idle_timeout_s: float | None = None) -> Iterator[Event]:
+    def events(self, run_id: str, since: int = 0, *, follow: bool = True) -> Iterator[Event]:
         """Yield the run's events from index ``since`` (0 = from the start, as after a page reload)."""
         seen = 0
-        for batch in self.event_batches(run_id, follow=follow, poll_s=poll_s, idle_timeout_s=idle_timeout_s):
+        for batch in self.event_batches(run_id, follow=follow):
             for ev in batch:  # heartbeats are off here, so batches are never empty
                 seen += 1
                 if seen > since:

@@ -57,7 +57,8 @@ def test_compare_diff_grid_best_and_delete(page, two_runs):
 
 
 def _choose(page, elem_id: str, value: str) -> None:
+    """Pick ``value`` in a Gradio dropdown by clicking its option (run ids can be prefixes of each other)."""
     box = page.locator(f"{elem_id} input").first
     box.click()
-    box.fill(value)
-    page.get_by_role("option", name=value, exact=True).click()
+    page.locator(f'[role=option][aria-label="{value}"]:visible').first.click()
+    page.keyboard.press("Escape")

@@ -105,3 +105,10 @@ def test_resources_snapshot_reads_this_machine(tmp_path):
 
     res = snapshot(tmp_path)
     assert res.ram_total_gb > 0 and res.disk_free_gb is not None and res.disk_free_gb > 0
+
+
+def test_thin_keeps_curves_small_and_the_newest_point():
+    xs = list(range(10_001))
+    tx, ty = view.thin(xs, [x * 2 for x in xs], limit=1000)
+    assert len(tx) <= 1002 and tx[0] == 0 and tx[-1] == 10_000 and ty[-1] == 20_000
+    assert view.thin([1, 2], [3, 4]) == ([1, 2], [3, 4])

@@ -1,0 +1,110 @@
+"""Monitor update latency and server memory under N concurrent viewers.
+
+Method: the studio is served in its own process over the torch-free trainer double, which writes a step
+event every 50 ms (20 it/s, far faster than real training) and a sample every 5 steps. N viewers (threads,
+one gradio_client each) watch the run through the named ``watch_events`` stream; for every event a viewer
+receives, latency = receive time - the time the trainer wrote the event (both on this machine's clock).
+The server's RSS is sampled every 5 s. Separately, the cost of rendering one monitor frame (fold + plotly
+figures + gallery + log) is timed for a run with 5,000 steps, which is what each UI viewer pays per update.
+
+Usage: python bench/monitor_latency.py [--viewers 20] [--seconds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _viewer(url: str, run_id: str, deadline: float, out: list[float]) -> None:
+    from gradio_client import Client
+
+    from trainers.events import parse_event
+
+    job = Client(url, verbose=False).submit(run_id, 0, api_name="/watch_events")
+    for batch in job:
+        now = time.time()
+        out.extend(now - parse_event(line).t for line in batch[-5:])  # newest events of each delivery
+        if time.monotonic() > deadline:
+            job.cancel()
+            return
+
+
+def frame_cost(steps: int = 5000) -> dict:
+    from studio.tabs.monitor import _frame
+    from studio.view import MonitorState, fold
+    from trainers.events import SampleEvent, StepEvent
+
+    events = []
+    for s in range(1, steps + 1):
+        events.append(StepEvent(step=s, epoch=1, loss=1 / s, lr=1e-4, total_steps=steps))
+        if s % 50 == 0:
+            events.append(SampleEvent(step=s, epoch=1, path=f"samples/{s}.png", prompt="p", seed=1))
+    state = fold(events, Path("/r"), MonitorState())
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        _frame(state, "r", (0.9, False, "info", ""), "")
+        times.append(time.perf_counter() - t0)
+    return {"steps": steps, "median_ms": 1000 * statistics.median(times), "p99_ms": 1000 * _percentile(times, 0.99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--viewers", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=300)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
+    url_file = work / "url"
+    env = {**__import__("os").environ, "DP_STUDIO_HOME": str(work / "home"), "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen([sys.executable, str(REPO / "bench" / "serve_fake.py"), str(url_file), str(work)],
+                              env=env)
+    try:
+        while not url_file.exists():
+            time.sleep(0.2)
+        url = url_file.read_text()
+        from gradio_client import Client
+
+        run_id = Client(url, verbose=False).predict(str(work / "profile" / "main.toml"), "bench", 0,
+                                                    api_name="/start_run")["run_id"]
+        deadline = time.monotonic() + args.seconds
+        latencies: list[float] = []
+        threads = [threading.Thread(target=_viewer, args=(url, run_id, deadline, latencies), daemon=True)
+                   for _ in range(args.viewers)]
+        for t in threads:
+            t.start()
+        proc, rss = psutil.Process(server.pid), []
+        while time.monotonic() < deadline:
+            rss.append(proc.memory_info().rss / 2**20)  # the web server only; the trainer is its own process
+            time.sleep(5)
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        server.terminate()
+    n = len(rss) // 5 or 1
+    print(f"viewers={args.viewers} seconds={args.seconds:.0f} deliveries={len(latencies)}")
+    print(f"latency ms: median={1000 * statistics.median(latencies):.1f} "
+          f"p99={1000 * _percentile(latencies, 0.99):.1f} max={1000 * max(latencies):.1f}")
+    print(f"server RSS MiB: first minute avg={statistics.mean(rss[:n]):.1f} "
+          f"last minute avg={statistics.mean(rss[-n:]):.1f} max={max(rss):.1f}")
+    print(f"frame render: {frame_cost()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""One reader per run, many watchers: tails a run's events.jsonl once and wakes every watcher.
+
+Twenty browser tabs watching one run cost one poll loop, not twenty, and a new event reaches every
+watcher within one poll interval (50 ms), instead of each watcher sleeping on its own schedule.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from trainers.events import TERMINAL_KINDS, Event, read_events
+
+POLL_S = 0.05
+IDLE_RELEASE_S = 30.0  # a tail nobody watched for this long stops and is dropped
+
+
+class RunTail:
+    """All events of one run seen so far, kept current by a background thread while watched."""
+
+    def __init__(self, run_dir: Path, alive: Callable[[], bool]):
+        self.run_dir, self._alive = run_dir, alive
+        self.events: list[Event] = []
+        self.done = False  # a terminal event arrived, or the writer died
+        self._offset = 0
+        self._cond = threading.Condition()
+        self._watchers = 0
+        self._last_watch = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tail-{run_dir.name}")
+        self._read_once()
+        if not self.done:
+            self._thread.start()
+
+    def _read_once(self) -> bool:
+        batch, self._offset = read_events(self.run_dir, self._offset)
+        with self._cond:
+            if batch:
+                self.events.extend(batch)
+                if any(ev.kind in TERMINAL_KINDS for ev in batch):
+                    self.done = True
+                self._cond.notify_all()
+            return bool(batch)
+
+    def _loop(self) -> None:
+        while not self.done:
+            if not self._read_once() and not self._alive():
+                self._read_once()  # last lines written just before the writer died
+                with self._cond:
+                    self.done = True
+                    self._cond.notify_all()
+                return
+            if self._watchers == 0 and time.monotonic() - self._last_watch > IDLE_RELEASE_S:
+                return
+            time.sleep(POLL_S)
+
+    @property
+    def stale(self) -> bool:
+        return not self.done and not self._thread.is_alive()
+
+    def watch(self, heartbeat_s: float | None = None) -> Iterator[list[Event]]:
+        """Batches of events from the first one; empty batches as heartbeats when asked for."""
+        index = 0
+        with self._cond:
+            self._watchers += 1
+        try:
+            while True:
+                with self._cond:
+                    if index >= len(self.events) and not self.done:
+                        self._cond.wait(timeout=heartbeat_s)
+                    batch = self.events[index:]
+                    index, finished = len(self.events), self.done
+                if batch or heartbeat_s is not None:
+                    yield batch
+                if finished and index >= len(self.events):
+                    return
+        finally:
+            with self._cond:
+                self._watchers -= 1
+                self._last_watch = time.monotonic()
+
+
+class EventHub:
+    """The live tails of all watched runs, created on first watch."""
+
+    def __init__(self):
+        self._tails: dict[Path, RunTail] = {}
+        self._lock = threading.Lock()
+
+    def tail(self, run_dir: Path, alive: Callable[[], bool]) -> RunTail:
+        with self._lock:
+            tail = self._tails.get(run_dir)
+            if tail is None or tail.stale:
+                tail = self._tails[run_dir] = RunTail(run_dir, alive)
+            return tail
