@@ -95,6 +95,7 @@ def main() -> None:
             time.sleep(5)
         for t in threads:
             t.join(timeout=10)
+        Client(url, verbose=False).predict(run_id, "stop", api_name="/send_command")  # the run is detached
     finally:
         server.terminate()
     n = len(rss) // 5 or 1
