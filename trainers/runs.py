@@ -31,6 +31,8 @@ from trainers.run_queue import RunQueue
 RUN_FILE = "run.json"
 RunStatus = Literal["queued", "cancelled", "starting", "running", "completed", "stopped", "failed", "interrupted"]
 PUMP_EVERY_S = 1.0
+# The child each backend runs as ``python -m MODULE --run-dir RUN_DIR``; both write the same events.
+BACKEND_MODULES = {"native": "trainers.native", "diffusion-pipe": "trainers.diffusion_pipe"}
 
 
 class RunError(RuntimeError):
@@ -129,7 +131,8 @@ class RunManager:
     """Starts, lists, watches and commands runs. Safe to share between Gradio sessions."""
 
     def __init__(self, roots: list[Path] | None = None, python: str | None = None,
-                 trainer_module: str = "trainers.native"):
+                 trainer_module: str | None = None):
+        """``trainer_module`` replaces every backend's child module (tests use a trainer double)."""
         self.roots: list[Path] = [Path(r) for r in (roots or [default_runs_root()])]
         self.python = python or sys.executable
         self.trainer_module = trainer_module
@@ -141,16 +144,17 @@ class RunManager:
 
     # ---- starting -------------------------------------------------------------------------------
     def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
-              max_steps: int | None = None, backend: str = "native", queue: bool = True) -> str:
+              max_steps: int | None = None, backend: str | None = None, queue: bool = True) -> str:
         """Copy the config pair into a new run folder and launch its trainer; returns the run id.
 
         With ``queue`` (the default) a run started while another one trains waits in the queue for the
         device and starts by itself when the device is free.
         """
-        if backend != "native":
-            raise RunError(f"backend {backend!r} is not available yet; use 'native'.")
         main_path = Path(main_config).expanduser().resolve()
         cfg = _read_toml(main_path)
+        backend = backend or cfg.get("studio", {}).get("backend", "native")  # [studio] backend, else native
+        if backend not in BACKEND_MODULES:
+            raise RunError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_MODULES)}.")
         for key in ("output_dir", "dataset"):
             if not cfg.get(key):
                 raise RunError(f"{main_path}: top-level key '{key}' is missing; add it (see diffusion-pipe's examples).")
@@ -254,7 +258,8 @@ class RunManager:
         log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", self.trainer_module, "--run-dir", str(run_dir)],
+                [self.python, "-m", self.trainer_module or BACKEND_MODULES[meta["backend"]],
+                 "--run-dir", str(run_dir)],
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # the web server may die; the run goes on
             )
