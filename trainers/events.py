@@ -7,7 +7,6 @@ simply waits for it to be completed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from studio.services import Services
 from tests.conftest import write_pair
 from tests.e2e.conftest import serve, shot
-from studio.services import Services
 from trainers.runs import RunManager
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,15 @@ import tomllib
 from pathlib import Path
 
 from trainers.commands import Command, take_commands
-from trainers.events import (CheckpointEvent, EventWriter, FinishedEvent, LogEvent, PhaseEvent, SampleEvent,
-                             StepEvent)
+from trainers.events import (
+    CheckpointEvent,
+    EventWriter,
+    FinishedEvent,
+    LogEvent,
+    PhaseEvent,
+    SampleEvent,
+    StepEvent,
+)
 
 TOTAL = 40
 

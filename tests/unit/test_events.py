@@ -6,8 +6,18 @@ import pytest
 from pydantic import ValidationError
 
 from trainers.commands import Command, pending_commands, send_command, take_commands
-from trainers.events import (EventWriter, FailedEvent, FinishedEvent, LogEvent, PhaseEvent, SampleEvent,
-                             StepEvent, load_all, parse_event, read_events)
+from trainers.events import (
+    EventWriter,
+    FailedEvent,
+    FinishedEvent,
+    LogEvent,
+    PhaseEvent,
+    SampleEvent,
+    StepEvent,
+    load_all,
+    parse_event,
+    read_events,
+)
 
 
 def test_every_kind_round_trips_through_json():

@@ -4,8 +4,15 @@ import math
 from pathlib import Path
 
 from studio import view
-from trainers.events import (CheckpointEvent, FailedEvent, FinishedEvent, LogEvent, PhaseEvent, SampleEvent,
-                             StepEvent)
+from trainers.events import (
+    CheckpointEvent,
+    FailedEvent,
+    FinishedEvent,
+    LogEvent,
+    PhaseEvent,
+    SampleEvent,
+    StepEvent,
+)
 
 
 def _events():
