@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ import psutil
 from trainers.commands import Command, send_command
 from trainers.event_hub import EventHub
 from trainers.events import TERMINAL_KINDS, Event, EventWriter, FailedEvent, load_all
-from trainers.paths import REPO_ROOT, default_runs_root
+from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 from trainers.run_queue import RunQueue
 
 RUN_FILE = "run.json"
@@ -132,8 +132,13 @@ class RunManager:
 
     def __init__(self, roots: list[Path] | None = None, python: str | None = None,
                  trainer_module: str | None = None):
-        """``trainer_module`` replaces every backend's child module (tests use a trainer double)."""
-        self.roots: list[Path] = [Path(r) for r in (roots or [default_runs_root()])]
+        """``roots``: output folders to list runs from, plus every folder a run was ever started in
+        (remembered in ``<studio home>/roots.json``). ``trainer_module`` replaces every backend's child
+        module (tests use a trainer double)."""
+        self._roots_file = studio_home() / "roots.json"
+        given = [Path(r) for r in (roots or [default_runs_root()])]
+        self.roots: list[Path] = list(dict.fromkeys(given + self._saved_roots()))
+        self.on_new_root: Callable[[Path], None] | None = None  # the UI serves files from new roots
         self.python = python or sys.executable
         self.trainer_module = trainer_module
         self.queue = RunQueue()
@@ -246,10 +251,24 @@ class RunManager:
         meta.update(queued=False, cancelled=True)
         write_json_atomic(run_dir / RUN_FILE, meta)
 
+    def _saved_roots(self) -> list[Path]:
+        try:
+            return [Path(p) for p in json.loads(self._roots_file.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError):
+            return []
+
     def _remember_root(self, output_dir: Path) -> None:
         with self._lock:
-            if output_dir not in self.roots:
-                self.roots.append(output_dir)
+            if output_dir in self.roots:
+                return
+            self.roots.append(output_dir)
+            saved = list(dict.fromkeys([*self._saved_roots(), output_dir]))
+        self._roots_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._roots_file.with_name(f".{self._roots_file.name}.tmp")
+        tmp.write_text(json.dumps([str(p) for p in saved], indent=1), encoding="utf-8")
+        os.replace(tmp, self._roots_file)
+        if self.on_new_root is not None:
+            self.on_new_root(output_dir)
 
     def _spawn(self, run_dir: Path, meta: dict, cwd: Path) -> None:
         env = dict(os.environ)

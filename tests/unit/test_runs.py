@@ -115,3 +115,13 @@ def test_second_run_waits_in_the_queue_then_starts_by_itself(manager, tmp_path):
     manager.send(first, "stop")
     _wait(lambda: manager.info(third).status == "completed", timeout=30)
     assert manager.queued() == []
+
+
+def test_output_folders_are_remembered_across_restarts(manager, tmp_path):
+    seen = []
+    manager.on_new_root = seen.append
+    run_id = manager.start(write_pair(tmp_path / "elsewhere", max_steps=2))
+    list(manager.events(run_id))
+    assert seen == [tmp_path / "elsewhere" / "out"]
+    restarted = RunManager([tmp_path / "runs"], trainer_module="tests.fakes.trainer")
+    assert [r.run_id for r in restarted.runs()] == [run_id]
