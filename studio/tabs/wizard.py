@@ -1,13 +1,20 @@
-"""Chroma setup: the guided path. This first version starts the embedded demo profile."""
+"""Chroma setup: the guided path. The embedded demo in one click, or the user's own Chroma LoRA in five steps:
+model files, dataset, preset and memory, review, start."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
+from studio import wizard_view as wv
 from studio.services import Services
 from studio.tabs import monitor
+from trainers.config import validate_texts
+from trainers.paths import default_runs_root
+from trainers.profiles.store import ProfileError, ProfileStore, ProfileTexts
 from trainers.runs import RunError
 
 DEMO_TEXT = """
@@ -16,6 +23,9 @@ A tiny Chroma-architecture model ships with dp-studio, with a small dataset that
 the trigger word. Press **Start demo**: the studio switches to the live monitor, where the loss chart grows
 and the sample previews (fixed prompts and seeds) drift toward the concept within a few minutes.
 """
+SAMPLING_NOTE = """Chroma previews use the T5 attention mask and real classifier-free guidance with a negative
+prompt (Chroma has no distilled guidance): 26 steps at guidance 4 are the preset's defaults."""
+CARDS = [8, 12, 16, 24, 32, 48, 80]
 
 
 @dataclass
@@ -23,30 +33,149 @@ class WizardHandles:
     profile_path: gr.Textbox
     start: gr.Button
     message: gr.Markdown
+    steps: gr.Walkthrough
+    diffusers: gr.Textbox
+    transformer: gr.Textbox
+    check_models: gr.Button
+    models_report: gr.Markdown
+    dataset: gr.Textbox
+    check_dataset: gr.Button
+    dataset_report: gr.Markdown
+    preset: gr.Radio
+    output_dir: gr.Textbox
+    run_name: gr.Textbox
+    card: gr.Dropdown
+    checkpointing: gr.Checkbox
+    swap: gr.Slider
+    vram: gr.Markdown
+    review: gr.Button
+    main_text: gr.Code
+    dataset_text: gr.Code
+    issues: gr.Markdown
+    profile_name: gr.Textbox
+    launch: gr.Button
+    launch_message: gr.Markdown
 
 
 def render(services: Services) -> WizardHandles:
-    gr.Markdown(DEMO_TEXT)
-    profile_path = gr.Textbox(label="Profile (main TOML)", value=str(services.demo_main), interactive=False,
-                              elem_id="wizard-profile")
-    start = gr.Button("▶ Start demo", variant="primary", elem_id="wizard-start")
-    message = gr.Markdown("", elem_id="wizard-message")
-    return WizardHandles(profile_path, start, message)
+    with gr.Accordion("Quick start: the embedded demo", open=True):
+        gr.Markdown(DEMO_TEXT)
+        profile_path = gr.Textbox(label="Profile (main TOML)", value=str(services.demo_main), interactive=False,
+                                  elem_id="wizard-profile")
+        start = gr.Button("▶ Start demo", variant="primary", elem_id="wizard-start")
+        message = gr.Markdown("", elem_id="wizard-message")
+    gr.Markdown("### Your Chroma LoRA")
+    with gr.Walkthrough(selected=1, elem_id="wizard-steps") as steps:
+        with gr.Step("1 · Model files", id=1):
+            diffusers = gr.Textbox(label="FLUX.1 diffusers folder (diffusers_path: VAE + T5)", elem_id="wiz-diffusers")
+            transformer = gr.Textbox(label="Chroma checkpoint (transformer_path: .safetensors file or diffusers "
+                                     "folder)", elem_id="wiz-transformer")
+            check_models = gr.Button("Check model files", elem_id="wiz-check-models")
+            models_report = gr.Markdown(elem_id="wiz-models-report")
+            next1 = gr.Button("Next: dataset →", elem_id="wiz-next-1")
+        with gr.Step("2 · Dataset", id=2):
+            dataset = gr.Textbox(label="Dataset folder (images + same-name .txt captions)", elem_id="wiz-dataset")
+            check_dataset = gr.Button("Check dataset", elem_id="wiz-check-dataset")
+            dataset_report = gr.Markdown(elem_id="wiz-dataset-report")
+            with gr.Row():
+                back2 = gr.Button("← Back", elem_id="wiz-back-2")
+                next2 = gr.Button("Next: preset and memory →", elem_id="wiz-next-2")
+        with gr.Step("3 · Preset and memory", id=3):
+            preset = gr.Radio(list(wv.PRESETS), value=wv.PRESETS[0], label="Preset", elem_id="wiz-preset")
+            output_dir = gr.Textbox(label="Output folder for runs", value=str(default_runs_root()))
+            run_name = gr.Textbox(label="Run name (W&B run name)", placeholder="optional")
+            with gr.Row():
+                card = gr.Dropdown(CARDS, value=24, label="Your GPU memory (GB)", elem_id="wiz-card")
+                checkpointing = gr.Checkbox(label="Activation checkpointing", value=False)
+                swap = gr.Slider(0, 34, value=0, step=1, label="Blocks to swap to RAM")
+            vram = gr.Markdown(elem_id="wiz-vram")
+            with gr.Row():
+                back3 = gr.Button("← Back", elem_id="wiz-back-3")
+                review = gr.Button("Review the config →", variant="primary", elem_id="wiz-review")
+        with gr.Step("4 · Review and start", id=4):
+            gr.Markdown(SAMPLING_NOTE)
+            with gr.Row():
+                main_text = gr.Code(label="Main config", lines=22, elem_id="wiz-main")
+                dataset_text = gr.Code(label="Dataset config", lines=22, elem_id="wiz-dataset-toml")
+            issues = gr.Markdown(elem_id="wiz-issues")
+            profile_name = gr.Textbox(label="Save as profile named", elem_id="wiz-profile-name")
+            launch = gr.Button("Save profile and start training", variant="primary", elem_id="wiz-launch")
+            launch_message = gr.Markdown(elem_id="wiz-launch-message")
+            back4 = gr.Button("← Back", elem_id="wiz-back-4")
+    for button, target in ((next1, 2), (back2, 1), (next2, 3), (back3, 2), (back4, 3)):
+        button.click(lambda t=target: gr.Walkthrough(selected=t), outputs=steps)
+    return WizardHandles(profile_path, start, message, steps, diffusers, transformer, check_models,
+                         models_report, dataset, check_dataset, dataset_report, preset, output_dir, run_name,
+                         card, checkpointing, swap, vram, review, main_text, dataset_text, issues, profile_name,
+                         launch, launch_message)
+
+
+def _choices(preset, diffusers, transformer, dataset, output_dir, run_name, checkpointing, swap):
+    text = [(v or "").strip() for v in (diffusers, transformer, dataset, output_dir, run_name)]
+    return wv.WizardChoices(preset or wv.PRESETS[0], *text, bool(checkpointing), int(swap or 0))
+
+
+def issues_markdown(pair: ProfileTexts) -> str:
+    """Validate the pair as it will be saved: both files side by side, every path checked."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / pair.dataset_name).write_text(pair.dataset_text, encoding="utf-8")
+        found = validate_texts(pair.main_text, pair.dataset_text, main_file=pair.main_name,
+                               dataset_file=pair.dataset_name, base_dir=folder)
+    if not found:
+        return "✓ The config is valid: every key checked, every path found."
+    return "\n".join(f"- {'✗' if i.is_error else '⚠'} `{i.format()}`" for i in found)
 
 
 def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.Tabs, monitor_tab: str,
          mon: monitor.MonitorHandles, tokens: monitor.StreamTokens) -> None:
-    def on_start(main_path):
-        try:
-            run_id = services.manager.start(main_path, name="Chroma demo")
-        except RunError as exc:
-            return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}"
+    store = ProfileStore()
+    choice_inputs = [h.preset, h.diffusers, h.transformer, h.dataset, h.output_dir, h.run_name, h.checkpointing,
+                     h.swap]
+
+    def started(run_id: str, note: str):
         choices = monitor.run_choices(services)
         queued = [q.run_id for q in services.manager.queued()]
-        note = (f"Run `{run_id}` is queued (position {queued.index(run_id) + 1}): it starts when the device "
-                "is free." if run_id in queued else f"Started run `{run_id}`.")
+        if run_id in queued:
+            note = (f"Run `{run_id}` is queued (position {queued.index(run_id) + 1}): it starts when the "
+                    "device is free.")
         return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note
 
-    started = h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message])
-    started.then(monitor.streamer(services, tokens), inputs=[current_run, *mon.view_options],
-                 outputs=mon.stream_outputs, concurrency_limit=None)
+    def on_start(main_path):
+        try:
+            return started(services.manager.start(main_path, name="Chroma demo"), "")
+        except RunError as exc:
+            return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}"
+
+    def on_vram(*args):
+        pair = wv.build_pair(store, _choices(*args[:-1]))
+        return wv.vram_markdown(wv.vram_settings(pair.main_text, pair.dataset_text), int(args[-1]))
+
+    def on_review(*args):
+        c = _choices(*args)
+        pair = wv.build_pair(store, c)
+        return (gr.Walkthrough(selected=4), pair.main_text, pair.dataset_text,
+                issues_markdown(pair), c.run_name or f"{c.preset} · {Path(c.dataset_dir).name}")
+
+    def on_launch(name, main_text, dataset_text, preset):
+        base = store.texts(preset)
+        try:
+            report = store.create(name.strip(), ProfileTexts(base.main_name, main_text, base.dataset_name,
+                                                             dataset_text), message="created by the Chroma wizard")
+            run_id = services.manager.start(report.profile.main_path, name=name.strip())
+        except (ProfileError, RunError) as exc:
+            return None, gr.Tabs(), gr.Dropdown(), f"⚠ {exc}"
+        return started(run_id, f"Saved profile **{report.profile.name}** and started run `{run_id}`.")
+
+    stream = dict(fn=monitor.streamer(services, tokens), inputs=[current_run, *mon.view_options],
+                  outputs=mon.stream_outputs, concurrency_limit=None)
+    h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message]).then(**stream)
+    h.check_models.click(lambda d, t: wv.check_models(d, t)[0], inputs=[h.diffusers, h.transformer],
+                         outputs=h.models_report)
+    h.check_dataset.click(lambda d, p: wv.check_dataset(d, 1024 if "1024" in p else 512)[0],
+                          inputs=[h.dataset, h.preset], outputs=h.dataset_report)
+    gr.on([h.preset.input, h.card.input, h.checkpointing.input, h.swap.release, h.steps.change], on_vram,
+          inputs=[*choice_inputs, h.card], outputs=h.vram)
+    h.review.click(on_review, inputs=choice_inputs,
+                   outputs=[h.steps, h.main_text, h.dataset_text, h.issues, h.profile_name])
+    h.launch.click(on_launch, inputs=[h.profile_name, h.main_text, h.dataset_text, h.preset],
+                   outputs=[current_run, tabs, mon.picker, h.launch_message]).then(**stream)

@@ -1,0 +1,130 @@
+"""Pure logic of the Chroma wizard: check the user's files, fill a preset, estimate VRAM. No Gradio, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
+from trainers.config import toml_io
+from trainers.profiles.store import ProfileStore, ProfileTexts
+from trainers.vram import VramSettings, advice, estimate
+
+PRESETS = ("Chroma E6AI 512", "Chroma E6AI 1024")  # shipped profiles (profiles/e6ai_*)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]:
+    """A report on the two model paths a Chroma config needs, and whether both are usable."""
+    lines, ok = [], True
+    if not diffusers_path.strip():
+        lines.append("✗ **diffusers_path** is empty: pick the FLUX.1 diffusers folder (VAE and T5 come from it).")
+        ok = False
+    else:
+        problems = check_flux_folder(Path(diffusers_path).expanduser())
+        ok &= not problems
+        lines += [f"✗ {p}" for p in problems] or [f"✓ Flux folder `{diffusers_path}` has vae/, text_encoder_2/, "
+                                                 "tokenizer_2/."]
+    if not transformer_path.strip():
+        return "\n\n".join([*lines, "✗ **transformer_path** is empty: pick the Chroma .safetensors file."]), False
+    try:
+        probe = probe_transformer_path(Path(transformer_path).expanduser())
+    except ProbeError as exc:
+        return "\n\n".join([*lines, f"✗ {exc}"]), False
+    if not probe.is_chroma:
+        lines.append(f"✗ `{Path(transformer_path).name}` is a {probe.family} checkpoint, not Chroma "
+                     f"({probe.summary()}). Pick a Chroma file (e.g. chroma-unlocked-v47.safetensors).")
+        ok = False
+    else:
+        lines.append(f"✓ {probe.summary()}.")
+        if probe.dtype.startswith("float8"):
+            lines.append("ℹ The file is stored in float8: keep `transformer_dtype = 'float8'`.")
+    return "\n\n".join(lines), ok
+
+
+def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
+    """Counts of images and captions in the dataset folder, and images smaller than the training size."""
+    path = Path(folder).expanduser()
+    if not folder.strip() or not path.is_dir():
+        return f"✗ `{folder}` is not a folder: pick the folder with your images and their .txt captions.", False
+    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        return f"✗ `{folder}` holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).", False
+    uncaptioned = [p.name for p in images if not p.with_suffix(".txt").is_file()]
+    small = []
+    for p in images:
+        with Image.open(p) as im:
+            if im.width * im.height < resolution * resolution:
+                small.append(p.name)
+    lines = [f"✓ {len(images)} images in `{folder}`."]
+    if uncaptioned:
+        lines.append(f"⚠ {len(uncaptioned)} without a .txt caption (skipped by default): "
+                     f"{', '.join(uncaptioned[:5])}{'…' if len(uncaptioned) > 5 else ''}")
+    if small:
+        lines.append(f"⚠ {len(small)} smaller than {resolution}² px (they are upscaled): "
+                     f"{', '.join(small[:5])}{'…' if len(small) > 5 else ''}")
+    return "\n\n".join(lines), len(uncaptioned) < len(images)
+
+
+@dataclass(frozen=True)
+class WizardChoices:
+    preset: str
+    diffusers_path: str
+    transformer_path: str
+    dataset_dir: str
+    output_dir: str
+    run_name: str = ""
+    activation_checkpointing: bool = False
+    blocks_to_swap: int = 0
+
+
+def build_pair(store: ProfileStore, c: WizardChoices) -> ProfileTexts:
+    """The preset's TOML pair with the user's paths and memory settings written in (comments kept)."""
+    base = store.texts(c.preset)
+    main = toml_io.loads(base.main_text, base.main_name)
+    toml_io.set_value(main, "output_dir", c.output_dir)
+    toml_io.set_value(main, "model.diffusers_path", c.diffusers_path)
+    toml_io.set_value(main, "model.transformer_path", c.transformer_path)
+    if c.activation_checkpointing:
+        toml_io.set_value(main, "activation_checkpointing", True)
+    if c.blocks_to_swap:
+        toml_io.set_value(main, "blocks_to_swap", int(c.blocks_to_swap))
+    if c.run_name and toml_io.get_value(main, "monitoring.wandb_run_name") is not None:
+        toml_io.set_value(main, "monitoring.wandb_run_name", c.run_name)
+    dataset = toml_io.loads(base.dataset_text, base.dataset_name)
+    toml_io.set_value(dataset, "directory[0].path", c.dataset_dir)
+    return ProfileTexts(base.main_name, toml_io.dumps(main), base.dataset_name, toml_io.dumps(dataset))
+
+
+def vram_settings(main_text: str, dataset_text: str) -> VramSettings:
+    """What the estimate needs, read from the generated pair."""
+    main, dataset = toml_io.loads_plain(main_text), toml_io.loads_plain(dataset_text)
+    mbs = main.get("micro_batch_size_per_gpu", 1)
+    return VramSettings(
+        resolution=int(max(dataset.get("resolutions", [512]), key=lambda r: r if isinstance(r, int) else 0)),
+        batch=int(mbs if isinstance(mbs, int) else 1),
+        rank=int(main.get("adapter", {}).get("rank", 32)),
+        transformer_dtype=main.get("model", {}).get("transformer_dtype", main.get("model", {}).get("dtype", "bfloat16")),
+        adapter_dtype=main.get("adapter", {}).get("dtype", "bfloat16"),
+        optimizer=main.get("optimizer", {}).get("type", "adamw"),
+        activation_checkpointing=bool(main.get("activation_checkpointing", False)),
+        blocks_to_swap=int(main.get("blocks_to_swap", 0)))
+
+
+def vram_markdown(settings: VramSettings, card_gb: int) -> str:
+    """The estimate, its parts, a verdict for the user's card, and what to change if it does not fit."""
+    est = estimate(settings)
+    parts = " · ".join(f"{name} {gb:.1f} GB" for name, gb in est.parts.items())
+    verdict = (f"✓ fits a {card_gb} GB card" if est.fits(card_gb)
+               else f"✗ does not fit a {card_gb} GB card")
+    smallest = est.smallest_card()
+    lines = [f"**Estimated peak VRAM: {est.total_gb:.1f} GB** ({verdict}; smallest card that fits: "
+             f"{f'{smallest} GB' if smallest else 'none listed'})", parts]
+    tips = advice(settings, card_gb)
+    if tips:
+        lines.append("To fit " + f"{card_gb} GB: " + "; then ".join(tips) + ".")
+    lines.append("_An estimate from Chroma's architecture and your settings (resolution, batch, rank, dtypes, "
+                 "checkpointing, block swap); the monitor shows the real peak once training runs._")
+    return "\n\n".join(lines)

@@ -1,0 +1,58 @@
+"""The Chroma wizard in a browser: check files, pick a preset, see the VRAM estimate, review, save, start."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.services import Services
+from tests.conftest import write_pair
+from tests.e2e.conftest import serve, shot
+from tests.unit.test_wizard_view import _dataset, _models
+from trainers.runs import RunManager
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def wizard_studio(tmp_path):
+    manager = RunManager([tmp_path / "runs"], trainer_module="tests.fakes.trainer")
+    services = Services(manager=manager, demo_main=write_pair(tmp_path / "demo"), allowed_roots=[tmp_path])
+    blocks, url = serve(services)
+    yield url, manager, tmp_path
+    for run in manager.runs():
+        if run.live:
+            manager.send(run.run_id, "stop")
+    blocks.close()
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(value)
+
+
+def test_wizard_checks_files_estimates_reviews_and_starts(page, wizard_studio):
+    url, manager, tmp = wizard_studio
+    flux, ckpt = _models(tmp)
+    data = _dataset(tmp, bare=0, size=600)
+    page.goto(url)
+    _fill(page, "wiz-diffusers", str(flux))
+    _fill(page, "wiz-transformer", str(ckpt))
+    page.locator("#wiz-check-models").click()
+    page.locator("#wiz-models-report").get_by_text("chroma transformer, original key layout").wait_for()
+    page.locator("#wiz-next-1").click()
+    _fill(page, "wiz-dataset", str(data))
+    page.locator("#wiz-check-dataset").click()
+    page.locator("#wiz-dataset-report").get_by_text("3 images").wait_for()
+    page.locator("#wiz-next-2").click()
+    page.get_by_label("Chroma E6AI 1024").check()
+    page.locator("#wiz-vram").get_by_text("Estimated peak VRAM").wait_for()
+    shot(page, "wizard-vram")
+    assert page.locator(".toast-body, [data-testid='toast-body']").count() == 0, "no error toasts"
+    page.locator("#wiz-review").click()
+    page.locator("#wiz-issues").get_by_text("The config is valid").wait_for()
+    assert str(ckpt) in page.locator("#wiz-main").inner_text()
+    _fill(page, "wiz-profile-name", "My Chroma")
+    page.locator("#wiz-launch").click()
+    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('step')")
+    shot(page, "wizard-started")
+    run = manager.runs()[0]
+    assert run.name == "My Chroma" and run.meta["main_config"] == "e6ai_1024.toml"
