@@ -6,7 +6,6 @@ PIL images. No Gradio here, and no torch.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -145,16 +144,3 @@ def _wrap(text: str, width: int) -> str:
         else:
             line = f"{line} {word}".strip()
     return "\n".join([*lines, line][:8])
-
-
-_SAVED = re.compile(r"^(epoch|step)(\d+)$")
-
-
-def saved_folders(run_dir: Path) -> list[str]:
-    """``epochN`` / ``stepN`` folders holding a saved LoRA or model: epochs first, each in number order."""
-    found = []
-    for p in run_dir.iterdir():
-        m = _SAVED.match(p.name)
-        if m and p.is_dir() and any(p.glob("*.safetensors")):
-            found.append((m.group(1) == "step", int(m.group(2)), p.name))
-    return [name for *_, name in sorted(found)]

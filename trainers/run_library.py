@@ -14,12 +14,31 @@ from pathlib import Path
 from trainers.runs import RunError, RunInfo, write_json_atomic
 
 BEST_FILE = "best.json"
-_SAVED = re.compile(r"^(epoch|step)\d+$")
+_SAVED = re.compile(r"^(epoch|step)(\d+)$")
+
+
+def saves_root(run_dir: Path, meta: dict) -> Path:
+    """Where the run's epochN/stepN folders are: the run folder, or diffusion-pipe's own run folder in it."""
+    return run_dir / meta["dp_run_dir"] if meta.get("dp_run_dir") else run_dir
+
+
+def saved_folders(run_dir: Path, meta: dict | None = None) -> list[str]:
+    """Saved LoRA/model folders relative to the run folder (``epoch3``, ``dp/<stamp>/epoch3``): epochs
+    first, each in number order. A folder counts once it holds a .safetensors file."""
+    root = saves_root(run_dir, meta or {})
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _SAVED.match(p.name)
+        if m and p.is_dir() and any(p.glob("*.safetensors")):
+            found.append((m.group(1) == "step", int(m.group(2)), str(p.relative_to(run_dir))))
+    return [name for *_, name in sorted(found)]
 
 
 def mark_best(info: RunInfo, folder: str, note: str = "") -> Path:
     """Record ``folder`` (``epochN``/``stepN``) as the run's best save."""
-    if not _SAVED.match(folder) or not (info.run_dir / folder).is_dir():
+    if folder not in saved_folders(info.run_dir, info.meta):
         raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list.")
     path = info.run_dir / BEST_FILE
     write_json_atomic(path, {"folder": folder, "note": note,

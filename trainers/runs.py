@@ -31,6 +31,8 @@ from trainers.run_queue import RunQueue
 RUN_FILE = "run.json"
 RunStatus = Literal["queued", "cancelled", "starting", "running", "completed", "stopped", "failed", "interrupted"]
 PUMP_EVERY_S = 1.0
+ADOPT_EVERY_S = 30.0  # how often an output folder is scanned for runs started outside the studio
+EXTERNAL_LIVE_S = 600.0  # an adopted run whose files changed this recently counts as still training
 # The child each backend runs as ``python -m MODULE --run-dir RUN_DIR``; both write the same events.
 BACKEND_MODULES = {"native": "trainers.native", "diffusion-pipe": "trainers.diffusion_pipe"}
 
@@ -146,6 +148,7 @@ class RunManager:
         self._children: dict[str, subprocess.Popen] = {}
         self._pump_thread: threading.Thread | None = None
         self.hub = EventHub()
+        self._adopted_at: dict[Path, float] = {}
 
     # ---- starting -------------------------------------------------------------------------------
     def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
@@ -308,7 +311,8 @@ class RunManager:
 
     def _info(self, run_dir: Path) -> RunInfo:
         meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
+        alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time")) or (
+            bool(meta.get("external")) and time.time() - float(meta.get("synced_mtime", 0)) < EXTERNAL_LIVE_S)
         status = derive_status(load_all(run_dir), alive, meta)
         return RunInfo(run_id=run_dir.name, run_dir=run_dir, name=meta.get("name", run_dir.name),
                        backend=meta.get("backend", "native"), created=meta.get("created", ""),
@@ -320,12 +324,26 @@ class RunManager:
         for root in list(self.roots):
             if not root.is_dir():
                 continue
+            self._adopt_external(root)
             for run_file in root.glob(f"*/{RUN_FILE}"):
                 try:
                     found.append(self._info(run_file.parent))
                 except (OSError, ValueError):
                     continue  # a folder being written right now; it shows up on the next call
         return sorted(found, key=lambda r: (r.created, r.run_id), reverse=True)
+
+    def _adopt_external(self, root: Path) -> None:
+        """Give diffusion-pipe runs started outside the studio a run.json + events (at most every 30 s)."""
+        now = time.monotonic()
+        if now - self._adopted_at.get(root, -ADOPT_EVERY_S) < ADOPT_EVERY_S:
+            return
+        self._adopted_at[root] = now
+        from trainers.diffusion_pipe.discover import adopt_all
+
+        try:
+            adopt_all(root)
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable foreign folder must not hide the studio's own runs
 
     # ---- watching and commanding ----------------------------------------------------------------
     def event_batches(self, run_id: str, *, follow: bool = True,

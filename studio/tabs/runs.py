@@ -9,7 +9,7 @@ import gradio as gr
 from studio import runs_view, view
 from studio.services import Services
 from trainers.events import load_all
-from trainers.run_library import best_of, delete_run, mark_best
+from trainers.run_library import best_of, delete_run, mark_best, saved_folders
 from trainers.runs import RunError, RunInfo
 
 TABLE_HEADERS = ["run", "name", "backend", "status", "steps", "last loss", "saves", "best", "created"]
@@ -77,7 +77,7 @@ def render(services: Services) -> RunsHandles:
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
-    saves = runs_view.saved_folders(info.run_dir)
+    saves = saved_folders(info.run_dir, info.meta)
     last = f"{state.losses[-1]:.4g}" if state.losses else ""
     return [info.run_id, info.name, info.backend, info.status, state.steps[-1] if state.steps else 0, last,
             len(saves), best_of(info.run_dir) or "", info.created]
@@ -133,7 +133,7 @@ def pick_grid_run(services: Services, run_id: str | None):
     info = services.manager.info(run_id)
     state = _state(info)
     prompts = sorted({s[2] for s in state.samples})
-    saves = runs_view.saved_folders(info.run_dir)
+    saves = saved_folders(info.run_dir, info.meta)
     return (gr.Dropdown(choices=prompts, value=None), gr.Dropdown(choices=saves, value=best_of(info.run_dir)),
             _grid_image(state, None))
 

@@ -14,6 +14,7 @@ def test_mark_best_then_delete_with_confirmation(tmp_path):
     manager.info(run_id)
     run_dir = manager.run_dir(run_id)
     (run_dir / "epoch1").mkdir()
+    (run_dir / "epoch1" / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(RunError, match="not a saved"):
         mark_best(manager.info(run_id), "samples")
     mark_best(manager.info(run_id), "epoch1", note="crisp")

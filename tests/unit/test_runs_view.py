@@ -54,8 +54,11 @@ def test_overlay_has_one_trace_per_run():
 
 
 def test_saved_folders_in_training_order(tmp_path):
-    for name in ["epoch10", "epoch2", "step7", "epochX", "global_step3", "samples"]:
-        (tmp_path / name).mkdir()
+    from trainers.run_library import saved_folders
+
+    for name in ["epoch10", "epoch2", "step7", "epochX", "global_step3", "samples", "dp/20260101_00-00-00/epoch4"]:
+        (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "adapter_model.safetensors").write_bytes(b"")
     (tmp_path / "epoch3").mkdir()  # nothing saved inside
-    assert runs_view.saved_folders(tmp_path) == ["epoch2", "epoch10", "step7"]
+    assert saved_folders(tmp_path) == ["epoch2", "epoch10", "step7"]
+    assert saved_folders(tmp_path, {"dp_run_dir": "dp/20260101_00-00-00"}) == ["dp/20260101_00-00-00/epoch4"]

@@ -26,3 +26,18 @@ class StudioConfig(BaseModel):
     sample_steps: PosInt | None = Field(None, description="Sampling steps per preview.")
     sample_guidance: NonNegFloat | None = Field(None, description="Real CFG scale for previews.")
     notes: str = Field("", description="Free-form notes about this profile.")
+    # The diffusion-pipe backend (trainers/diffusion_pipe): where the user's checkout is and how to launch it.
+    diffusion_pipe_path: str | None = Field(None, description="Folder of your diffusion-pipe checkout "
+                                            "(else env DP_STUDIO_DIFFUSION_PIPE).")
+    deepspeed_command: str | None = Field(None, description="Launcher to use instead of `deepspeed` "
+                                          "(e.g. a path inside the checkout's venv).")
+    dp_num_gpus: PosInt = Field(1, description="GPUs given to deepspeed (--num_gpus).")
+    dp_master_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="--master_port for deepspeed and train.py (two concurrent runs need different ones).")
+    dp_disable_nccl_p2p_ib: bool = Field(True, description="Set NCCL_P2P_DISABLE=1 and NCCL_IB_DISABLE=1 "
+                                         "(needed on RTX 4000-series cards).")
+    dp_expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                                         "(less fragmentation on low-VRAM cards).")
+    dp_extra_args: list[str] = Field([], description="Extra train.py arguments, e.g. ['--trust_cache'].")
+    dp_stop_grace_s: Annotated[float, Field(gt=0)] = Field(
+        300, description="Seconds Stop waits for diffusion-pipe's save_quit checkpoint before ending it.")

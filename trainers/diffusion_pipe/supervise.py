@@ -1,0 +1,381 @@
+"""The diffusion-pipe backend's child: launch ``deepspeed train.py``, turn its output into events, relay commands.
+
+Runs as ``python -m trainers.diffusion_pipe --run-dir RUN_DIR`` (started by RunManager in its own session).
+deepspeed runs in a process group of its own, so stopping it never takes the supervisor down with it; its merged
+stdout/stderr goes raw into ``stdout.log`` and, parsed, into ``events.jsonl``. Commands map onto diffusion-pipe's
+signal files in its run folder (notes §4.7): ``stop`` -> ``save_quit``, ``save`` -> ``save``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainers.commands import Command, take_commands
+from trainers.diffusion_pipe.discover import find_new_run_dir, lora_ready, saved_folders
+from trainers.diffusion_pipe.install import checkout_health
+from trainers.diffusion_pipe.launch import (
+    DP_SUBDIR,
+    LaunchCopy,
+    LaunchError,
+    LaunchSpec,
+    build_launch,
+    settings_from_studio,
+    stored_wandb_key,
+    write_launch_copy,
+)
+from trainers.diffusion_pipe.parse import LogParser, Schedule
+from trainers.events import (
+    TERMINAL_KINDS,
+    CheckpointEvent,
+    Event,
+    EventWriter,
+    FailedEvent,
+    LogEvent,
+    PhaseEvent,
+)
+from trainers.runs import RUN_FILE, write_json_atomic
+
+POLL_S = 0.5
+TERM_WAIT_S = 10.0  # after SIGTERM, this long before SIGKILL
+SIGNALLED_TERM_WAIT_S = 5.0  # shorter when we were signalled: RunManager.kill waits 10 s before killing us
+SIGNAL_FILES = ("save", "save_quit")
+DEFAULT_GRACE_S = 300.0  # save_quit is honoured at the next step, then a checkpoint is written
+GRACE_ENV = "DP_STUDIO_STOP_GRACE_S"
+STOP_NOTE = ("diffusion-pipe writes a training-state checkpoint (global_stepN, for --resume_from_checkpoint) and "
+             "exits; save_quit does NOT write a LoRA, so the newest epochN/stepN folder stays the newest LoRA")
+SAVE_NOTE = ("diffusion-pipe writes a training-state checkpoint (global_stepN) at its next step and goes on; this "
+             "is not a LoRA (LoRAs come from save_every_n_epochs / save_every_n_steps)")
+SAMPLE_NOTE = ("diffusion-pipe cannot render samples during training; use the runs library's sidecar sampling on a "
+               "saved epoch")
+
+
+@dataclass
+class Plan:
+    """Everything decided before launch."""
+
+    spec: LaunchSpec
+    copy: LaunchCopy
+    schedule: Schedule
+    grace_s: float
+    dp_run_dir: Path | None = None  # known up front only when resuming
+    warnings: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+
+def prepare(run_dir: Path, meta: dict) -> Plan:
+    """Check the checkout, write the launch copy and build the command; raise LaunchError naming the fix."""
+    data = tomllib.loads((run_dir / meta["main_config"]).read_text(encoding="utf-8"))
+    studio = data.get("studio") if isinstance(data.get("studio"), dict) else {}
+    source_dir = Path(meta["source_main"]).parent if meta.get("source_main") else run_dir
+    health = checkout_health(studio, base=source_dir)
+    if not health.ok:
+        raise LaunchError("; ".join(i.describe() for i in health.errors()))
+    resume = resume_folder(meta.get("resume"), run_dir)
+    copy = write_launch_copy(run_dir, meta["main_config"], meta["dataset_config"], source_dir,
+                             output_dir=resume.parent if resume else None, max_steps=meta.get("max_steps"))
+    warnings = [i.describe() for i in health.warnings()]
+    key = None
+    if (data.get("monitoring") or {}).get("enable_wandb"):
+        key = stored_wandb_key()
+        if not key:
+            warnings.append("W&B is enabled but no API key is stored. Fix: save it in the studio's settings "
+                            "(secret store) or set WANDB_API_KEY")
+    spec = build_launch(health.launcher, health.root, copy.main,
+                        settings_from_studio(studio, resume=resume.name if resume else None), wandb_key=key)
+    optimizer = data.get("optimizer") if isinstance(data.get("optimizer"), dict) else {}
+    schedule = Schedule(epochs=data.get("epochs"), max_steps=meta.get("max_steps") or data.get("max_steps"),
+                        initial_lr=float(optimizer.get("lr", 0.0) or 0.0),
+                        save_kind="lora" if data.get("adapter") else "model")
+    grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
+    return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
+                secrets=[key] if key else [])
+
+
+def resume_folder(value: object, run_dir: Path) -> Path | None:
+    """The diffusion-pipe run folder to resume: ``run.json`` ``resume`` names it, or a studio run folder holding
+    it (its ``dp_run_dir``). Relative values resolve against the runs folder."""
+    if not value:
+        return None
+    if value is True:
+        raise LaunchError("resume = true does not say which run to resume. Fix: resume from the runs library, which "
+                          "names the run folder")
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else run_dir.parent / path
+    meta_file = path / RUN_FILE
+    if meta_file.is_file():
+        inner = json.loads(meta_file.read_text(encoding="utf-8")).get("dp_run_dir")
+        path = path / inner if inner else path
+    if not (path / "latest").is_file():
+        raise LaunchError(f"{path} holds no DeepSpeed checkpoint ('latest' file), so it cannot be resumed "
+                          "(diffusion-pipe issue #73). Fix: set checkpoint_every_n_minutes or "
+                          "checkpoint_every_n_epochs, or stop runs from the studio (it writes one on stop)")
+    return path.resolve()
+
+
+class _Pump(threading.Thread):
+    """Copies the child's output raw into stdout.log and hands complete lines (split at \\n or \\r) to a queue."""
+
+    def __init__(self, stream, log_path: Path, secrets: list[str]):
+        super().__init__(daemon=True, name="dp-output")
+        self.stream, self.log_path = stream, log_path
+        self.secrets = [s.encode() for s in secrets if len(s) >= 4]
+        self.lines: queue.Queue[str | None] = queue.Queue()
+
+    def run(self) -> None:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        buf = b""
+        try:
+            while chunk := os.read(self.stream.fileno(), 65536):
+                for secret in self.secrets:  # never let a key reach a file
+                    chunk = chunk.replace(secret, b"***")
+                os.write(fd, chunk)
+                buf += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    self.lines.put(raw.decode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+            if buf:
+                self.lines.put(buf.decode("utf-8", "replace"))
+            self.lines.put(None)
+
+
+class Supervisor:
+    """Owns one diffusion-pipe process for one run folder."""
+
+    def __init__(self, run_dir: Path, plan: Plan, events: EventWriter):
+        self.run_dir, self.plan, self.events = run_dir, plan, events
+        self.parser = LogParser(plan.schedule, where=self._where)
+        self.dp_run_dir = plan.dp_run_dir
+        self.emitted: set[str] = set()
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.stop_at: float | None = None
+        self.term_at: float | None = None
+        self.killed = False
+        self.signalled = False
+        self.terminal: Event | None = None
+        self.touched: set[str] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Launch, follow to the end, write the one terminal event; returns this process's exit code."""
+        self._launch()
+        pump = _Pump(self.proc.stdout, self.run_dir / "stdout.log", self.plan.secrets)
+        pump.start()
+        self._follow(pump.lines)
+        rc = self._wait_exit()
+        pump.join(timeout=5.0)
+        self._drain(pump.lines)
+        self._clean_signal_files(self.touched)
+        if self.signalled:
+            return 128 + signal.SIGTERM  # whoever signalled us records how the run ended (RunManager.kill does)
+        self._discover()
+        self._record_dp_run_dir(again=True)
+        self._scan_saves()
+        self._emit(self.parser.finish(rc, stop_requested=self.stop_at is not None))
+        return 0 if self.terminal is not None and self.terminal.kind == "finished" else 1
+
+    def _launch(self) -> None:
+        for warning in self.plan.warnings:
+            self.events.emit(LogEvent(level="warning", message=warning))
+        copy = self.plan.copy
+        self.events.emit(LogEvent(message=f"launch copy {self._rel(copy.main)} (relative paths made absolute); "
+                                          f"keys set: {', '.join(copy.changed)}"))
+        self.events.emit(LogEvent(message=f"launching {self.plan.spec.describe()}"))
+        self.started = time.time()
+        spec = self.plan.spec
+        try:
+            self.proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=spec.env(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise LaunchError(f"could not start {spec.argv[0]}: {exc}. Fix: check [studio] deepspeed_command / "
+                              "diffusion-pipe's environment") from exc
+        self.events.emit(PhaseEvent(phase="loading", message=f"diffusion-pipe started (pid {self.proc.pid})"))
+        if self.dp_run_dir is not None:  # resuming: its older saves were reported by the earlier run
+            self._clean_signal_files(SIGNAL_FILES)
+            self.emitted.update(self._rel(self.dp_run_dir / name) for name, _ in saved_folders(self.dp_run_dir))
+            self._record_dp_run_dir()
+
+    def _follow(self, lines: queue.Queue) -> None:
+        last = 0.0
+        while not self.signalled:
+            try:
+                line = lines.get(timeout=0.25)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                return
+            if line:
+                self._discover()
+                self._emit(self.parser.feed(line))
+            if time.monotonic() - last >= POLL_S:
+                self._housekeeping()
+                last = time.monotonic()
+
+    def _wait_exit(self) -> int:
+        """Wait for the process (its output may end before it does), still honouring commands and deadlines."""
+        last = time.monotonic()
+        while (rc := self.proc.poll()) is None:
+            if self.signalled:
+                self._terminate("the supervisor was asked to end")
+                self._escalate()
+            elif time.monotonic() - last >= POLL_S:
+                self._housekeeping()
+                last = time.monotonic()
+            time.sleep(0.1)
+        return rc
+
+    def _drain(self, lines: queue.Queue) -> None:
+        while True:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                return
+            if line:
+                self._emit(self.parser.feed(line))
+
+    # ---- while running --------------------------------------------------------------------------
+    def _discover(self) -> None:
+        """Find diffusion-pipe's own run folder once it exists (cheap: output_dir holds only that folder)."""
+        if self.dp_run_dir is None:
+            found = find_new_run_dir(self.plan.copy.output_dir, self.started)
+            if found is not None:
+                self.dp_run_dir = found
+                self._record_dp_run_dir()
+
+    def _housekeeping(self) -> None:
+        self._discover()
+        self._emit(self.parser.tick())
+        self._scan_saves()
+        for command in sorted(take_commands(self.run_dir)):
+            self._command(command)
+        self._escalate()
+
+    def _command(self, command: Command) -> None:
+        if command is Command.SAMPLE:
+            self.events.emit(LogEvent(level="warning", message=SAMPLE_NOTE))
+        elif command is Command.SAVE:
+            if self.dp_run_dir is None:
+                self.events.emit(LogEvent(level="warning", message="cannot save yet: diffusion-pipe has not created "
+                                                                   "its run folder (still loading or caching)"))
+                return
+            self._touch("save")
+            self.events.emit(LogEvent(message=f"save requested (touched {self._rel(self.dp_run_dir / 'save')}): "
+                                              f"{SAVE_NOTE}"))
+        elif self.stop_at is not None:
+            self._terminate("stop was requested again")
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stop_at = time.monotonic()
+        if self.dp_run_dir is None:
+            self._terminate("stop requested before diffusion-pipe created its run folder (nothing to checkpoint yet)")
+            return
+        self._touch("save_quit")
+        self.events.emit(LogEvent(message=f"stop requested (touched {self._rel(self.dp_run_dir / 'save_quit')}): "
+                                          f"{STOP_NOTE}. If it has not quit within {self.plan.grace_s:g} s it is "
+                                          "terminated"))
+
+    def _escalate(self) -> None:
+        now = time.monotonic()
+        if self.stop_at is not None and self.term_at is None and now - self.stop_at > self.plan.grace_s:
+            self._terminate(f"diffusion-pipe did not quit within {self.plan.grace_s:g} s of save_quit")
+        wait = SIGNALLED_TERM_WAIT_S if self.signalled else TERM_WAIT_S
+        if self.term_at is not None and not self.killed and now - self.term_at > wait:
+            self.killed = True
+            self._signal_group(signal.SIGKILL)
+
+    def _terminate(self, why: str) -> None:
+        if self.term_at is not None:
+            return
+        self.term_at = time.monotonic()
+        if not self.signalled:
+            self.events.emit(LogEvent(level="warning", message=f"{why}: ending its process group (SIGTERM, then "
+                                                               f"SIGKILL after {TERM_WAIT_S:g} s)"))
+        self._signal_group(signal.SIGTERM)
+
+    def _touch(self, name: str) -> None:
+        (self.dp_run_dir / name).touch()
+        self.touched.add(name)
+
+    def _clean_signal_files(self, names: tuple[str, ...] | set[str]) -> None:
+        """Remove signal files left behind, so a later resume of this folder does not quit or save at once."""
+        for name in names:
+            if self.dp_run_dir is not None and (self.dp_run_dir / name).exists():
+                (self.dp_run_dir / name).unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """End the whole diffusion-pipe process group now (SIGKILL), if it still runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # ---- folders and events ---------------------------------------------------------------------
+    def _rel(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.run_dir)).as_posix()
+
+    def _where(self, name: str) -> tuple[str, bool]:
+        self._discover()
+        if self.dp_run_dir is None:
+            return f"{DP_SUBDIR}/{name}", False
+        folder = self.dp_run_dir / name
+        return self._rel(folder), lora_ready(folder)
+
+    def _record_dp_run_dir(self, again: bool = False) -> None:
+        """Note ``dp_run_dir`` in run.json; ``again`` re-adds it at the end in case a concurrent writer of run.json
+        (RunManager records the pid right after launch) replaced the file without it."""
+        if self.dp_run_dir is None:
+            return
+        meta = json.loads((self.run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        if again and meta.get("dp_run_dir"):
+            return
+        meta["dp_run_dir"] = self._rel(self.dp_run_dir)
+        write_json_atomic(self.run_dir / RUN_FILE, meta)
+        if not again:
+            self.events.emit(LogEvent(message=f"diffusion-pipe run folder: {meta['dp_run_dir']}"))
+
+    def _scan_saves(self) -> None:
+        if self.dp_run_dir is None:
+            return
+        p = self.parser
+        for name, what in saved_folders(self.dp_run_dir):
+            path = self._rel(self.dp_run_dir / name)
+            if path in self.emitted:
+                continue
+            number = int("".join(ch for ch in name if ch.isdigit()))
+            step, epoch = (p.step, number) if name.startswith("epoch") else (number, p.epoch)
+            kind = p.schedule.save_kind if what == "lora" else "state"
+            self._emit([CheckpointEvent(step=step, epoch=max(epoch, 1), path=path, what=kind)])
+
+    def _emit(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.kind == "checkpoint":
+                if ev.path in self.emitted:
+                    continue
+                self.emitted.add(ev.path)
+            if ev.kind in TERMINAL_KINDS:
+                if self.terminal is not None:
+                    continue
+                self.terminal = ev
+            self.events.emit(ev)
+
+
+def fail(events: EventWriter, error: str, detail: str = "") -> None:
+    """Write the run's one failed event (before launch, nothing else can have written one)."""
+    events.emit(FailedEvent(error=error, detail=detail))
