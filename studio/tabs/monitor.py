@@ -162,6 +162,30 @@ def _default_run(services: Services) -> str | None:
     return pick[0].run_id if pick else None
 
 
+BACKEND_LIMITS = {
+    "diffusion-pipe": {"save": "diffusion-pipe's `save` writes a training-state checkpoint, not a LoRA",
+                       "sample": "diffusion-pipe cannot render samples while training: use the runs "
+                                 "library's sidecar sampling on a saved epoch"},
+}
+
+
+def command_buttons(services: Services, run_id: str | None):
+    """Save now / Sample now, disabled with the reason when the run's backend cannot do it."""
+    backend = ""
+    if run_id:
+        try:
+            backend = services.manager.info(run_id).backend
+        except RunError:
+            backend = ""
+    limits = BACKEND_LIMITS.get(backend, {})
+    save = gr.Button(value="Save now (checkpoint only)" if "save" in limits else "Save now",
+                     interactive=bool(run_id))
+    sample = gr.Button(interactive=bool(run_id) and "sample" not in limits,
+                       value="Sample now (not available)" if "sample" in limits else "Sample now")
+    note = " · ".join(f"ℹ {text}" for text in limits.values())
+    return save, sample, note
+
+
 def _commander(services: Services, command: Command, done: str):
     def send(run_id):
         if not run_id:
@@ -191,6 +215,8 @@ def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.
           inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     demo.load(on_load, outputs=[h.picker, current_run]).then(
         do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
+    current_run.change(lambda r: command_buttons(services, r), inputs=current_run,
+                       outputs=[h.save_now, h.sample_now, h.message])
     h.stop.click(_commander(services, Command.STOP, "Stop requested: the trainer saves its LoRA and stops "
                             "at the next step."), inputs=current_run, outputs=h.message)
     h.save_now.click(_commander(services, Command.SAVE, "Save requested: a LoRA is written at the next step."),

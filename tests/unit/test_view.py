@@ -119,3 +119,20 @@ def test_thin_keeps_curves_small_and_the_newest_point():
     tx, ty = view.thin(xs, [x * 2 for x in xs], limit=1000)
     assert len(tx) <= 1002 and tx[0] == 0 and tx[-1] == 10_000 and ty[-1] == 20_000
     assert view.thin([1, 2], [3, 4]) == ([1, 2], [3, 4])
+
+
+def test_command_buttons_say_what_a_backend_cannot_do(tmp_path):
+    import json
+
+    from studio.services import Services
+    from studio.tabs.monitor import command_buttons
+    from trainers.runs import RunManager
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"backend": "diffusion-pipe", "name": "x"}))
+    services = Services(manager=RunManager([tmp_path / "runs"]), demo_main=tmp_path / "none.toml")
+    save, sample, note = command_buttons(services, "r1")
+    assert sample.interactive is False and "sidecar sampling" in note and "checkpoint" in save.value
+    save, sample, note = command_buttons(services, None)
+    assert save.interactive is False and note == ""
