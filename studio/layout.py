@@ -6,20 +6,25 @@ import gradio as gr
 
 from studio import api
 from studio.services import Services
-from studio.tabs import builder, datasets, monitor, runs, wizard
+from studio.tabs import builder, datasets, monitor, profiles, runs, wizard
 
 CSS = """
 #dp-header h1 {margin-bottom: 0}
 #dp-status {min-height: 2.5em}
 .dp-bar {height: 8px; background: #e5e7eb; border-radius: 4px; margin-top: 4px; overflow: hidden}
 .dp-fill {height: 100%; background: #f97316; transition: width 0.4s}
-"""
+""" + builder.CSS
 
 TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR, TAB_RUNS = "wizard", "builder", "datasets", "monitor", "runs"
+TAB_PROFILES = "profiles"
 
 
 def build_app(services: Services) -> gr.Blocks:
     """Blocks with the four tabs; per-session data lives in gr.State, never in module globals."""
+    # Samples and grids are served straight from run folders: every known output folder, and each new one
+    # the moment a run is started in it.
+    gr.set_static_paths([str(p) for p in services.manager.roots])
+    services.manager.on_new_root = lambda root: gr.set_static_paths([str(root)])
     with gr.Blocks(title="dp-studio") as demo:
         gr.Markdown("# dp-studio\nTrain LoRAs for Chroma and every diffusion-pipe model, and watch them learn.",
                     elem_id="dp-header")
@@ -27,8 +32,10 @@ def build_app(services: Services) -> gr.Blocks:
         with gr.Tabs(selected=TAB_WIZARD) as tabs:
             with gr.Tab("Chroma setup", id=TAB_WIZARD):
                 wiz = wizard.render(services)
-            with gr.Tab("Config builder", id=TAB_BUILDER):
+            with gr.Tab("Config builder", id=TAB_BUILDER) as builder_tab:
                 build = builder.render(services)
+            with gr.Tab("Profiles", id=TAB_PROFILES) as profiles_tab:
+                prof = profiles.render(services)
             with gr.Tab("Dataset browser", id=TAB_DATASETS):
                 data = datasets.render(services)
             with gr.Tab("Live monitor", id=TAB_MONITOR):
@@ -36,6 +43,10 @@ def build_app(services: Services) -> gr.Blocks:
             with gr.Tab("Runs library", id=TAB_RUNS) as runs_tab:
                 lib = runs.render(services)
         builder.wire(build, services)
+        profiles.wire(prof, services, build, tabs, TAB_BUILDER)
+        builder_tab.select(builder.refresh_picker, outputs=build.picker, api_visibility="private")
+        profiles_tab.select(profiles.refresh_all, inputs=prof.selected, outputs=profiles.listing_outputs(prof),
+                            api_visibility="private")
         datasets.wire(data, services)
         runs.wire(lib, services)
         runs_tab.select(lambda: runs.refresh_all(services),
