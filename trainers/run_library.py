@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from trainers.paths import REPO_ROOT
 from trainers.runs import RunError, RunInfo, write_json_atomic
 
 BEST_FILE = "best.json"
@@ -63,3 +66,26 @@ def delete_run(info: RunInfo, confirm: str) -> None:
     if not (info.run_dir / "run.json").is_file():
         raise RunError(f"{info.run_dir} does not look like a run folder; not deleting it")
     shutil.rmtree(info.run_dir)
+
+
+LAYOUTS = ("comfyui", "diffusers", "kohya")
+
+
+def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = None) -> Path:
+    """Export a saved LoRA of the run as ``layout`` into ``<run dir>/exports/``; returns the file.
+
+    The conversion needs torch, so it runs in a child process (``python -m trainers.native.export``) and the
+    studio stays torch-free. Training facts go into the file's header.
+    """
+    if layout not in LAYOUTS:
+        raise RunError(f"layout {layout!r} unknown; pick one of {', '.join(LAYOUTS)}")
+    if folder not in saved_folders(info.run_dir, info.meta):
+        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list")
+    out = info.run_dir / "exports" / f"{info.run_id}_{Path(folder).name}_{layout}.safetensors"
+    meta = {"run_id": info.run_id, "run_name": info.name, "saved": folder, "backend": info.backend}
+    done = subprocess.run([python or sys.executable, "-m", "trainers.native.export", str(info.run_dir / folder),
+                           "--layout", layout, "--out", str(out), "--meta", json.dumps(meta)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise RunError((done.stderr.strip().splitlines() or ["export failed"])[-1])
+    return out

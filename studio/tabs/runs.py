@@ -9,7 +9,7 @@ import gradio as gr
 from studio import runs_view, view
 from studio.services import Services
 from trainers.events import load_all
-from trainers.run_library import best_of, delete_run, mark_best, saved_folders
+from trainers.run_library import LAYOUTS, best_of, delete_run, export_lora, mark_best, saved_folders
 from trainers.runs import RunError, RunInfo
 
 TABLE_HEADERS = ["run", "name", "backend", "status", "steps", "last loss", "saves", "best", "created"]
@@ -30,6 +30,9 @@ class RunsHandles:
     grid: gr.Image
     saved: gr.Dropdown
     best: gr.Button
+    layout: gr.Radio
+    export: gr.Button
+    download: gr.DownloadButton
     confirm: gr.Textbox
     delete: gr.Button
     message: gr.Markdown
@@ -68,12 +71,18 @@ def render(services: Services) -> RunsHandles:
         with gr.Row():
             saved = gr.Dropdown(label="Saved epoch / step", choices=[], elem_id="runs-saved")
             best = gr.Button("★ Mark as best", elem_id="runs-best")
+        with gr.Row():
+            layout = gr.Radio(list(LAYOUTS), value="comfyui", label="Export layout", elem_id="runs-layout",
+                              info="ComfyUI: as diffusion-pipe saves it · diffusers: load_lora_weights · "
+                                   "kohya: lora_unet_* with alpha")
+            export = gr.Button("Export LoRA", elem_id="runs-export")
+            download = gr.DownloadButton("Download", visible=False, elem_id="runs-download")
     with gr.Accordion("Delete a run", open=False):
         confirm = gr.Textbox(label="Type the run id to confirm", elem_id="runs-confirm")
         delete = gr.Button("Delete run", variant="stop", elem_id="runs-delete")
     return RunsHandles(refresh, table, compare, smoothing, overlay, diff_a, diff_b, diff, grid_run, grid_prompt,
-                       grid, saved, best, confirm, delete, message, queue_table, queue_pick, queue_up,
-                       queue_front, queue_cancel)
+                       grid, saved, best, layout, export, download, confirm, delete, message, queue_table,
+                       queue_pick, queue_up, queue_front, queue_cancel)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -174,6 +183,14 @@ def wire(h: RunsHandles, services: Services) -> None:
         delete_run(services.manager.info(run_id or ""), confirm or "")
         return f"Deleted run `{run_id}`."
 
+    def on_export(run_id, folder, layout):
+        if not run_id or not folder:
+            raise RunError("pick a run and one of its saved epochs first")
+        path = export_lora(services.manager.info(run_id), folder, layout)
+        return gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True), f"Exported `{path}`."
+
+    h.export.click(guarded(on_export), inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message],
+                   api_name="export_lora")
     h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_name="mark_best").then(
         guarded(lambda: refresh_all(services)), outputs=refresh_outputs)
     h.delete.click(guarded(on_delete), inputs=[h.grid_run, h.confirm], outputs=h.message).then(
