@@ -1,0 +1,1 @@
+"""The native trainer: torch lives here and nowhere else in dp-studio."""

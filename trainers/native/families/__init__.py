@@ -1,0 +1,1 @@
+"""Model families the native trainer supports, one module each."""

@@ -1,0 +1,112 @@
+"""The small interface every native model family implements, and the types that cross it.
+
+The loop only speaks in unpacked latents ``(B, C, h, w)``, timesteps in (0, 1) and ``TextBatch`` objects;
+each family hides its own packing, position ids, masks and key layout behind these methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class TextBatch:
+    """Cached text-encoder output for a batch of captions."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+    def index(self, rows: list[int] | torch.Tensor) -> TextBatch:
+        """The rows ``rows`` of this batch."""
+        return TextBatch(self.embeds[rows], self.mask[rows])
+
+    @staticmethod
+    def cat(parts: list[TextBatch]) -> TextBatch:
+        """Concatenate batches along the batch dimension."""
+        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One preview to render."""
+
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    negative_prompt: str = ""
+
+
+class Family(Protocol):
+    """A model family the native trainer can train a LoRA for."""
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The denoiser the adapter is attached to."""
+        ...
+
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels in [-1, 1], ``(B, 3, H, W)`` -> normalised latents ``(B, C, h, w)``."""
+        ...
+
+    def encode_prompts(self, captions: list[str]) -> TextBatch:
+        """Captions -> text embeddings and mask, as the family's pipeline would make them."""
+        ...
+
+    def image_seq_len(self, latent_shape: torch.Size) -> int:
+        """Number of image tokens the transformer sees for latents of this shape (for ``flux_shift``)."""
+        ...
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: TextBatch) -> torch.Tensor:
+        """The model's velocity prediction for noisy latents ``x_t`` at timesteps ``t``."""
+        ...
+
+    def lora_targets(self) -> list[str]:
+        """Module names that get a LoRA (every Linear inside the transformer blocks)."""
+        ...
+
+    def sample(self, requests: list[SampleRequest]) -> list[Image.Image]:
+        """Render previews with the live model (adapter included)."""
+        ...
+
+    def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Adapter weights (peft names) -> (tensors to save, extra adapter_config fields)."""
+        ...
+
+
+def resolve_path(value: str | Path, what: str) -> Path:
+    """A config path resolved against the working directory (the source config's folder); must exist."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.exists():
+        raise FileNotFoundError(f"{what} = {str(value)!r} does not exist (resolved to {path})")
+    return path
+
+
+# diffusion-pipe's DTYPE_MAP strings (float8 kinds are storage-only and not supported natively yet).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_of(value: str, key: str) -> torch.dtype:
+    """The torch dtype for a config dtype string; the error names the key and the choices."""
+    try:
+        return DTYPES[value]
+    except KeyError:
+        raise ValueError(f"{key} = {value!r} is not supported by the native trainer; "
+                         f"use one of {', '.join(DTYPES)}") from None

@@ -1,0 +1,102 @@
+"""Rectified-flow training maths shared by every flow-matching family (Flux, Chroma, ...).
+
+Matches diffusion-pipe's semantics for the ``[model]`` keys ``timestep_sample_method``, ``sigmoid_scale``,
+``shift`` and ``flux_shift``: t in (0, 1) where t=1 is pure noise, x_t = (1 - t) * x0 + t * noise, and the
+model predicts the velocity noise - x0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# sd-scripts / Flux constants for the resolution-dependent shift: mu goes linearly from 0.5 at 256 image
+# tokens to 1.15 at 4096 tokens.
+BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+
+
+@dataclass(frozen=True)
+class TimestepConfig:
+    """How training timesteps are drawn (from ``[model]``)."""
+
+    method: str = "logit_normal"
+    sigmoid_scale: float = 1.0
+    shift: float | None = None
+    flux_shift: bool = False
+
+    @classmethod
+    def from_model_table(cls, model: dict) -> TimestepConfig:
+        """Read the keys from a ``[model]`` table; unknown methods are an error, as in diffusion-pipe."""
+        method = model.get("timestep_sample_method", "logit_normal")
+        if method not in ("logit_normal", "uniform"):
+            raise ValueError(
+                f"[model] timestep_sample_method = {method!r} is not supported; use 'logit_normal' or 'uniform'"
+            )
+        shift = model.get("shift")
+        return cls(method, float(model.get("sigmoid_scale", 1.0)),
+                   None if shift is None else float(shift), bool(model.get("flux_shift", False)))
+
+
+def flux_mu(image_seq_len: int) -> float:
+    """The Flux/sd-scripts shift exponent for an image of ``image_seq_len`` packed tokens."""
+    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
+    return BASE_SHIFT + slope * (image_seq_len - BASE_SEQ_LEN)
+
+
+def time_shift(mu: float, t: torch.Tensor) -> torch.Tensor:
+    """Exponential time shift: t' = e^mu / (e^mu + 1/t - 1) (sigma = 1)."""
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+def constant_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
+    """Fixed shift as SD3 uses it: t' = shift * t / (1 + (shift - 1) * t)."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def sample_timesteps(cfg: TimestepConfig, batch: int, image_seq_len: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``batch`` training timesteps in (0, 1); ``shift`` wins over ``flux_shift`` (diffusion-pipe order)."""
+    if cfg.method == "logit_normal":
+        t = torch.sigmoid(torch.randn(batch, generator=generator) * cfg.sigmoid_scale)
+    else:
+        t = torch.rand(batch, generator=generator)
+    if cfg.shift is not None:
+        t = constant_shift(cfg.shift, t)
+    elif cfg.flux_shift:
+        t = time_shift(flux_mu(image_seq_len), t)
+    return t
+
+
+def noisy_input(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy latents x_t and the velocity target for timesteps ``t`` (one per batch item)."""
+    t_b = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    x_t = (1.0 - t_b) * x0 + t_b * noise
+    return x_t, noise - x0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss choice from the top-level keys ``huber_delta`` / ``smooth_l1_beta`` (default MSE)."""
+
+    huber_delta: float | None = None
+    smooth_l1_beta: float | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> LossConfig:
+        """Read the loss keys of a main config."""
+        h, s = config.get("huber_delta"), config.get("smooth_l1_beta")
+        return cls(None if h is None else float(h), None if s is None else float(s))
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossConfig()) -> torch.Tensor:
+    """Mean loss between prediction and target (computed in float32)."""
+    pred, target = pred.float(), target.float()
+    if cfg.huber_delta is not None:
+        return F.huber_loss(pred, target, delta=cfg.huber_delta)
+    if cfg.smooth_l1_beta is not None:
+        return F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta)
+    return F.mse_loss(pred, target)
