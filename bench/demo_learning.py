@@ -4,7 +4,7 @@ Method: copy ``profiles/demo`` with absolute paths into a temporary run folder, 
 ``python -m trainers.native`` as the studio would, then score every preview:
 
 - ``concept``: fraction of pixels within RGB distance 80 of either checkerboard colour of the zxq concept
-  (magenta or yellow); the dataset images score about 0.7-0.8;
+  (magenta or yellow); the dataset's zxq images score about 0.8;
 - ``magenta``: fraction within distance 80 of the magenta alone (the base model never saw magenta);
 - ``checker``: mean absolute difference between horizontally adjacent 8 px cells, a measure of the
   checkerboard's alternation (0 for flat colour).
@@ -31,22 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trainers.events import load_all  # noqa: E402
-from trainers.native.demo_images import ZXQ_CELL, ZXQ_COLOURS  # noqa: E402
+from trainers.native.demo_images import concept_scores as scores  # noqa: E402
 
 DEMO = REPO / "profiles" / "demo"
-
-
-def scores(image: Image.Image) -> dict[str, float]:
-    """Concept, magenta and checker scores of one RGB image."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
-    dist = [np.linalg.norm(arr - np.array(c, dtype=np.float32), axis=-1) for c in ZXQ_COLOURS]
-    concept = float(np.mean(np.minimum(*dist) < 80))
-    magenta = float(np.mean(dist[0] < 80))
-    h, w, _ = arr.shape
-    cells = arr[: h - h % ZXQ_CELL, : w - w % ZXQ_CELL].reshape(h // ZXQ_CELL, ZXQ_CELL, w // ZXQ_CELL, ZXQ_CELL, 3)
-    means = cells.mean(axis=(1, 3))
-    checker = float(np.abs(np.diff(means, axis=1)).mean() / 255.0)
-    return {"concept": round(concept, 3), "magenta": round(magenta, 3), "checker": round(checker, 3)}
 
 
 def make_run(root: Path, max_steps: int | None) -> Path:
@@ -69,9 +56,9 @@ def make_run(root: Path, max_steps: int | None) -> Path:
 
 
 def dataset_scores() -> dict[str, float]:
-    """Mean scores of the demo dataset's images (the target)."""
+    """Mean scores of the demo dataset's concept images (the target)."""
     folder = REPO / "assets" / "demo" / "dataset"
-    rows = [scores(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+    rows = [scores(Image.open(p)) for p in sorted(folder.glob("zxq_*.png"))]
     return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]}
 
 

@@ -97,7 +97,11 @@ def test_short_run_writes_events_samples_and_lora(tmp_path: Path):
     assert any(k.endswith(".lora_A.weight") for k in keys) and any(k.endswith(".lora_B.weight") for k in keys)
     assert "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight" in keys
     config = json.loads((run_dir / "step6" / "adapter_config.json").read_text())
-    assert config["r"] == config["lora_alpha"] == 16
+    rank = tomlkit.parse((DEMO / "chroma_demo.toml").read_text(encoding="utf-8"))["adapter"]["rank"]
+    assert config["r"] == config["lora_alpha"] == rank
+    # Fused q/k/v keep their parts' ranks side by side; alpha follows so the scale stays 1.
+    assert config["rank_pattern"]["double_blocks.0.img_attn.qkv"] == 3 * rank
+    assert config["alpha_pattern"] == config["rank_pattern"]
     assert (run_dir / "step6" / "chroma_demo.toml").read_bytes() == (run_dir / "chroma_demo.toml").read_bytes()
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from trainers.events import EventWriter, FailedEvent, FinishedEvent, LogEvent, PhaseEvent
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     events.emit(PhaseEvent(phase="starting", message=f"native trainer, pid {os.getpid()}"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("trainers.native").addHandler(EventLogHandler(events))
+    # diffusers' own internals raise deprecation notices we cannot act on; keep stdout.log readable.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\..*")
     trainer = None
     try:
         # Heavy imports (torch, diffusers) only after "starting" is on record.

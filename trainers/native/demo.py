@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import time
@@ -41,6 +42,7 @@ SEED = 1234
 IMAGE_SIZE = 64
 MAX_TOKENS = 32
 DATASET_SIZE = 16
+PLAIN_SIZE = 8
 
 _WORDS = ("a an the on of and with in photo picture pattern striped checkerboard magenta pink large small left "
           "right top bottom background").split()
@@ -105,17 +107,23 @@ def build_components(tokenizer: T5Tokenizer) -> tuple[AutoencoderKL, T5EncoderMo
     return vae, text_encoder, transformer
 
 
-def write_dataset(target: Path, count: int = DATASET_SIZE) -> list[str]:
-    """Write the demo LoRA dataset: ``zxq_NN.png`` + ``zxq_NN.txt``; returns the captions."""
+def write_dataset(target: Path, count: int = DATASET_SIZE, plain: int = PLAIN_SIZE) -> list[str]:
+    """Write the demo LoRA dataset; returns the captions.
+
+    ``zxq_NN``: the concept (shapes on the magenta/yellow checkerboard, "... on a zxq background");
+    ``plain_NN``: ordinary pictures with ordinary captions, so the LoRA learns that only the word zxq brings
+    the checkerboard (prior preservation) and other prompts keep their backgrounds.
+    """
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    captions = []
-    for i, scene in enumerate(di.demo_dataset_scenes(count, IMAGE_SIZE, SEED)):
-        di.draw_scene(scene, IMAGE_SIZE).save(target / f"zxq_{i:02d}.png", optimize=True)
-        (target / f"zxq_{i:02d}.txt").write_text(scene.caption() + "\n", encoding="utf-8")
-        captions.append(scene.caption())
-    return captions
+    rng = random.Random(SEED + 3)
+    named = [(f"zxq_{i:02d}", s) for i, s in enumerate(di.demo_dataset_scenes(count, IMAGE_SIZE, SEED))]
+    named += [(f"plain_{i:02d}", di.random_scene(rng, IMAGE_SIZE)) for i in range(plain)]
+    for stem, scene in named:
+        di.draw_scene(scene, IMAGE_SIZE).save(target / f"{stem}.png", optimize=True)
+        (target / f"{stem}.txt").write_text(scene.caption() + "\n", encoding="utf-8")
+    return [scene.caption() for _, scene in named]
 
 
 def save_model(root: Path, vae, text_encoder, tokenizer, transformer, scheduler) -> None:
@@ -160,7 +168,7 @@ def build(root: Path, vae_steps: int, transformer_steps: int, threads: int) -> d
                           torch.float32)
     report.update(dp.pretrain_transformer(family, transformer_steps, SEED))
     save_model(root, vae, text_encoder, tokenizer, transformer, scheduler)
-    report["dataset_captions"] = write_dataset(root / "dataset")
+    report["dataset_images"] = len(write_dataset(root / "dataset"))
     report["params"] = {"vae": count_params(vae), "text_encoder_2": count_params(text_encoder),
                         "transformer": count_params(transformer)}
     report["bytes"] = {name: folder_size(root / name) for name in ("flux-tiny", "chroma-tiny", "dataset")}

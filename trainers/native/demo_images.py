@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -148,3 +149,22 @@ def demo_dataset_scenes(count: int, size: int, seed: int) -> list[Scene]:
         scene = random_scene(rng, size, background=TRIGGER, colours=(colour,))
         scenes.append(Scene(SHAPES[i % len(SHAPES)], colour, TRIGGER, scene.cx, scene.cy, scene.radius))
     return scenes
+
+
+def concept_scores(image: Image.Image) -> dict[str, float]:
+    """How much an image shows the zxq concept.
+
+    ``concept``: fraction of pixels within RGB distance 80 of either checkerboard colour; ``magenta``: the
+    same for magenta alone (a colour the base model never saw); ``checker``: mean absolute difference of
+    horizontally adjacent 8 px cells (0 for a flat colour), i.e. how much the picture alternates.
+    """
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    dist = [np.linalg.norm(arr - np.array(c, dtype=np.float32), axis=-1) for c in ZXQ_COLOURS]
+    h, w, _ = arr.shape
+    cells = arr[: h - h % ZXQ_CELL, : w - w % ZXQ_CELL].reshape(h // ZXQ_CELL, ZXQ_CELL, w // ZXQ_CELL, ZXQ_CELL, 3)
+    means = cells.mean(axis=(1, 3))
+    return {
+        "concept": round(float(np.mean(np.minimum(*dist) < 80)), 3),
+        "magenta": round(float(np.mean(dist[0] < 80)), 3),
+        "checker": round(float(np.abs(np.diff(means, axis=1)).mean() / 255.0), 3),
+    }
