@@ -6,24 +6,17 @@ works from a checkout. The studio launches runs from a copy whose paths are abso
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import tomlkit
 
+from trainers.files import atomic_write_text
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 
 DEMO_DIR = REPO_ROOT / "profiles" / "demo"
 DEMO_MAIN = "chroma_demo.toml"
 DEMO_DATASET = "chroma_demo_dataset.toml"
 MODEL_PATH_KEYS = ("diffusers_path", "transformer_path")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _absolute(value: str) -> str:
@@ -52,6 +45,6 @@ def prepare_demo(target: Path | None = None, output_dir: Path | None = None) -> 
     for key in MODEL_PATH_KEYS:
         if key in main_doc["model"]:
             main_doc["model"][key] = _absolute(main_doc["model"][key])
-    _write_atomic(target / DEMO_DATASET, tomlkit.dumps(dataset_doc))
-    _write_atomic(target / DEMO_MAIN, tomlkit.dumps(main_doc))
+    atomic_write_text(target / DEMO_DATASET, tomlkit.dumps(dataset_doc))
+    atomic_write_text(target / DEMO_MAIN, tomlkit.dumps(main_doc))
     return target / DEMO_MAIN

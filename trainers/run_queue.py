@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from trainers.files import atomic_write_json
 from trainers.paths import studio_home
 
 
@@ -30,9 +30,7 @@ class RunQueue:
             before = list(order)
             yield order
             if order != before:
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                tmp.write_text(json.dumps(order, indent=1), encoding="utf-8")
-                os.replace(tmp, self.path)
+                atomic_write_json(self.path, order)
 
     def _read(self) -> list[str]:
         try:

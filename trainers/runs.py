@@ -25,6 +25,7 @@ import psutil
 from trainers.commands import Command, send_command
 from trainers.event_hub import EventHub
 from trainers.events import TERMINAL_KINDS, Event, EventWriter, FailedEvent, load_all
+from trainers.files import atomic_write_json
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 from trainers.run_queue import RunQueue
 
@@ -92,11 +93,7 @@ def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
     raise RunError(f"could not create a run folder in {output_dir}")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON via a temp file + rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+write_json_atomic = atomic_write_json  # the name the backends import
 
 
 def _pid_alive(pid: int | None, create_time: float | None) -> bool:
@@ -266,10 +263,7 @@ class RunManager:
                 return
             self.roots.append(output_dir)
             saved = list(dict.fromkeys([*self._saved_roots(), output_dir]))
-        self._roots_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._roots_file.with_name(f".{self._roots_file.name}.tmp")
-        tmp.write_text(json.dumps([str(p) for p in saved], indent=1), encoding="utf-8")
-        os.replace(tmp, self._roots_file)
+        atomic_write_json(self._roots_file, [str(p) for p in saved])
         if self.on_new_root is not None:
             self.on_new_root(output_dir)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from tomlkit.items import String, StringType
 from tomlkit.toml_document import TOMLDocument
 
 from trainers.config.issues import ConfigParseError
+from trainers.files import atomic_write_bytes  # noqa: F401 - re-exported for callers
 
 _SEGMENT = re.compile(r"^([^.\[\]]+)((?:\[\d+\])*)$")
 
@@ -77,23 +77,6 @@ def save(path: str | os.PathLike[str], content: TOMLDocument | str) -> None:
     """Write atomically: a temp file in the same folder, fsync, then ``os.replace``."""
     text = content if isinstance(content, str) else dumps(content)
     atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_key(dotted: str) -> list[str | int]:

@@ -16,6 +16,8 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from trainers.files import atomic_write_bytes
+
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 
@@ -63,15 +65,7 @@ def _jsonable(value):
     return str(value.value) if hasattr(value, "value") else str(value)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+write_atomic = atomic_write_bytes  # the name sampling and the loop import
 
 
 def save_lora(folder: Path, tensors: dict[str, torch.Tensor], config: dict, main_config: Path,
