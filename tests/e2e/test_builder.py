@@ -35,7 +35,7 @@ def field(page, elem_id):
 
 
 def editor_has(page, text, timeout=15_000):
-    page.wait_for_function("t => document.querySelector('#builder-main .cm-content').innerText.includes(t)",
+    page.wait_for_function("t => (document.querySelector('#builder-main .cm-content')?.innerText ?? '').includes(t)",
                            arg=text, timeout=timeout)
 
 
@@ -78,16 +78,16 @@ def test_invalid_value_shows_an_error_at_the_field_and_the_line(page, builder_ap
     epochs = field(page, "field-main-epochs")
     epochs.fill("")
     epochs.press_sequentially("abc")  # not a TOML value: stays in the form, the file is not touched
-    page.wait_for_function("document.querySelector('#field-main-epochs').innerText.includes('⚠')")
+    page.wait_for_function("(document.querySelector('#field-main-epochs')?.innerText ?? '').includes('⚠')")
     assert "not a number" in page.locator("#field-main-epochs").inner_text()
     epochs.fill("")
     epochs.press_sequentially("-3")  # valid TOML, invalid value: the validator's error lands at the field
     editor_has(page, "epochs = -3")
-    page.wait_for_function("document.querySelector('#field-main-epochs').innerText.includes('>= 1')")
+    page.wait_for_function("(document.querySelector('#field-main-epochs')?.innerText ?? '').includes('>= 1')")
     issues = page.locator("#builder-issues")
-    page.wait_for_function("document.querySelector('#builder-issues').innerText.includes('main.toml:4: epochs')")
+    page.wait_for_function("(document.querySelector('#builder-issues')?.innerText ?? '').includes('main.toml:4: epochs')")
     assert "use a value >= 1" in issues.inner_text()
     assert "dp-invalid" in (page.locator("#field-main-epochs").get_attribute("class") or "")
     shot(page, "builder-field-error")
     page.locator("#builder-validate").click()  # the full check: paths too
-    page.wait_for_function("document.querySelector('#builder-issues').innerText.includes('paths included')")
+    page.wait_for_function("(document.querySelector('#builder-issues')?.innerText ?? '').includes('paths included')")

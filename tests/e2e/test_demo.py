@@ -36,7 +36,7 @@ def test_demo_trains_live_and_stops(page, demo_studio):
     page.locator("#monitor-samples img").first.wait_for(timeout=120_000)
     shot(page, "demo-training")
     page.locator("#monitor-stop").click()
-    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('stopped')", timeout=120_000)
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('stopped')", timeout=120_000)
     shot(page, "demo-stopped")
     run = services.manager.runs()[0]
     assert run.status == "stopped"

@@ -30,14 +30,14 @@ def test_start_watch_stop_and_reattach(page, fake_studio):
     page.get_by_role("button", name="▶ Start demo").click()
     page.locator("#monitor-loss .js-plotly-plot").wait_for()
     page.locator("#monitor-samples img").first.wait_for()
-    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('step')")
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('step')")
     shot(page, "plumbing-running")
     # Reload mid-run: the monitor re-attaches to the live run with its whole history.
     page.reload()
     page.get_by_role("tab", name="Live monitor").click()
     page.locator("#monitor-samples img").first.wait_for()
     page.locator("#monitor-stop").click()
-    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('stopped')", timeout=20_000)
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('stopped')", timeout=20_000)
     shot(page, "plumbing-stopped")
     run = manager.runs()[0]
     assert run.status == "stopped"
@@ -48,18 +48,18 @@ def test_sample_now_save_now_and_log_search(page, fake_studio):
     page.goto(url)
     page.get_by_role("button", name="▶ Start demo").click()
     page.locator("#monitor-lr .js-plotly-plot").wait_for()
-    page.wait_for_function("document.querySelector('#monitor-progress').innerText.includes('steps')")
+    page.wait_for_function("(document.querySelector('#monitor-progress')?.innerText ?? '').includes('steps')")
     page.locator("#monitor-save").click()
-    page.wait_for_function("document.querySelector('#monitor-message').innerText.includes('Save requested')")
+    page.wait_for_function("(document.querySelector('#monitor-message')?.innerText ?? '').includes('Save requested')")
     page.locator("#monitor-log textarea").wait_for()
     page.wait_for_function(
-        "document.querySelector('#monitor-log textarea').value.includes('saved lora to step')")
+        "(document.querySelector('#monitor-log textarea')?.value ?? '').includes('saved lora to step')")
     page.locator("#monitor-search input, #monitor-search textarea").first.fill("saved lora")
     page.locator("#monitor-search input, #monitor-search textarea").first.press("Enter")
     page.wait_for_function(
-        "(() => { const v = document.querySelector('#monitor-log textarea').value;"
+        "(() => { const v = (document.querySelector('#monitor-log textarea')?.value ?? '');"
         " return v.length > 0 && !v.includes('phase:') && v.includes('saved lora'); })()")
-    page.wait_for_function("document.querySelector('#monitor-resources').innerText.includes('RAM')")
+    page.wait_for_function("(document.querySelector('#monitor-resources')?.innerText ?? '').includes('RAM')")
     shot(page, "plumbing-search")
     page.locator("#monitor-stop").click()
-    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('stopped')", timeout=20_000)
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('stopped')", timeout=20_000)

@@ -46,7 +46,7 @@ def upload_pair(page, tmp_path):
     page.locator("#profiles-import-name textarea, #profiles-import-name input").first.fill(NAME)
     for elem_id, name in (("profiles-import-main", "main.toml"), ("profiles-import-dataset", "ds.toml")):
         page.wait_for_function(  # the upload lists the file as its stem and extension, in two elements
-            "([id, n]) => document.querySelector('#' + id).innerText.replace(/\\s/g, '').includes(n)",
+            "([id, n]) => (document.querySelector('#' + id)?.innerText ?? '').replace(/\\s/g, '').includes(n)",
             arg=[elem_id, name])
     page.locator("#profiles-import").click()
     wait_text(page, "profiles-message", "Imported")
@@ -76,7 +76,7 @@ def test_import_list_diff_save_rollback_export(page, studio_url, tmp_path, studi
     epochs = page.locator("#field-main-epochs textarea")
     epochs.fill("")
     epochs.press_sequentially("5")
-    page.wait_for_function("document.querySelector('#builder-main .cm-content').innerText.includes('epochs = 5')")
+    page.wait_for_function("(document.querySelector('#builder-main .cm-content')?.innerText ?? '').includes('epochs = 5')")
     page.locator("#builder-save").click()
     wait_text(page, "builder-message", "version 2")
 

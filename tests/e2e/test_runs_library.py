@@ -31,16 +31,16 @@ def test_compare_diff_grid_best_and_delete(page, two_runs):
     url, manager, (a, b) = two_runs
     page.goto(url)
     page.get_by_role("tab", name="Runs library").click()
-    page.wait_for_function(f"(() => {{ const t = document.querySelector('#runs-table').innerText;"
+    page.wait_for_function(f"(() => {{ const t = (document.querySelector('#runs-table')?.innerText ?? '');"
                            f" return t.includes('{a}') && t.includes('{b}'); }})()")
     compare = page.locator("#runs-compare")
-    compare.get_by_label(a).check()
-    compare.get_by_label(b).check()
+    compare.get_by_role("checkbox", name=a, exact=True).check()  # ids can be prefixes of each other
+    compare.get_by_role("checkbox", name=b, exact=True).check()
     page.wait_for_function("document.querySelectorAll('#runs-overlay .scatterlayer .trace').length == 2")
     page.get_by_role("button", name="Config diff").click()
     _choose(page, "#runs-diff-a", a)
     _choose(page, "#runs-diff-b", b)
-    page.wait_for_function("document.querySelector('#runs-diff').innerText.includes('warmup_steps')")
+    page.wait_for_function("(document.querySelector('#runs-diff')?.innerText ?? '').includes('warmup_steps')")
     page.get_by_role("button", name="Samples: prompt × step").click()
     _choose(page, "#runs-grid-run", b)
     page.locator("#runs-grid img").wait_for()

@@ -52,7 +52,7 @@ def test_wizard_checks_files_estimates_reviews_and_starts(page, wizard_studio):
     assert str(ckpt) in page.locator("#wiz-main").inner_text()
     _fill(page, "wiz-profile-name", "My Chroma")
     page.locator("#wiz-launch").click()
-    page.wait_for_function("document.querySelector('#dp-status').innerText.includes('step')")
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('step')")
     shot(page, "wizard-started")
     run = manager.runs()[0]
     assert run.name == "My Chroma" and run.meta["main_config"] == "e6ai_1024.toml"
