@@ -6,13 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.runs import RunManager
-
-
-def resolve_from(main_path: Path, value: str) -> Path:
-    """A path from a config, relative ones taken from the main TOML's folder (the trainer's cwd)."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else main_path.parent / p
+from trainers.runs import RunManager, resolve_config_path
 
 
 @dataclass
@@ -25,6 +19,6 @@ class Services:
     def demo_dataset_dir(self) -> Path:
         """The first dataset folder named by the demo profile's dataset TOML."""
         main = tomllib.loads(self.demo_main.read_text(encoding="utf-8"))
-        dataset_toml = resolve_from(self.demo_main, main["dataset"])
+        dataset_toml = resolve_config_path(self.demo_main.parent, main["dataset"])
         dataset = tomllib.loads(dataset_toml.read_text(encoding="utf-8"))
-        return resolve_from(self.demo_main, dataset["directory"][0]["path"])
+        return resolve_config_path(self.demo_main.parent, dataset["directory"][0]["path"])

@@ -9,11 +9,11 @@ from PIL import Image
 
 from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
 from trainers.config import toml_io
+from trainers.dataset_scan import IMAGE_SUFFIXES, scan_folder
 from trainers.profiles.store import ProfileStore, ProfileTexts
 from trainers.vram import VramSettings, advice, estimate
 
 PRESETS = ("Chroma E6AI 512", "Chroma E6AI 1024")  # shipped profiles (profiles/e6ai_*)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]:
@@ -49,10 +49,11 @@ def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
     path = Path(folder).expanduser()
     if not folder.strip() or not path.is_dir():
         return f"✗ `{folder}` is not a folder: pick the folder with your images and their .txt captions.", False
-    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    items = scan_folder(path)
+    images = [item.path for item in items]
     if not images:
         return f"✗ `{folder}` holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).", False
-    uncaptioned = [p.name for p in images if not p.with_suffix(".txt").is_file()]
+    uncaptioned = [item.path.name for item in items if item.caption is None]
     small = []
     for p in images:
         with Image.open(p) as im:

@@ -70,7 +70,7 @@ def _read_toml(path: Path) -> dict:
         raise RunError(f"{path}: not valid TOML ({exc}). Fix the file, then start again.") from exc
 
 
-def _resolve(base: Path, value: str) -> Path:
+def resolve_config_path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
 
@@ -164,10 +164,10 @@ class RunManager:
             if not cfg.get(key):
                 raise RunError(f"{main_path}: top-level key '{key}' is missing; add it (see diffusion-pipe's examples).")
         base = main_path.parent
-        dataset_path = _resolve(base, cfg["dataset"])
+        dataset_path = resolve_config_path(base, cfg["dataset"])
         if not dataset_path.is_file():
             raise RunError(f"{main_path}: dataset = '{cfg['dataset']}' does not exist ({dataset_path}).")
-        output_dir = _resolve(base, cfg["output_dir"])
+        output_dir = resolve_config_path(base, cfg["output_dir"])
         with self._lock:
             run_dir = _new_run_dir(output_dir, list(self.roots))
         shutil.copy2(main_path, run_dir / main_path.name)

@@ -17,11 +17,12 @@ import gradio as gr
 from studio import builder_form as bf
 from studio import builder_view as bv
 from studio.profiles_view import report_message
-from studio.services import Services, resolve_from
+from studio.services import Services
 from trainers.config import validate_texts
 from trainers.config.issues import ConfigIssue, ConfigParseError
 from trainers.config.toml_io import dumps, loads, read_text, set_value
 from trainers.profiles import ProfileError, ProfileStore, ProfileTexts
+from trainers.runs import resolve_config_path
 
 CSS = """
 .dp-invalid [data-testid="block-info"], .dp-invalid .info-text {color: #dc2626 !important}
@@ -66,7 +67,7 @@ def read_pair(main_path: Path) -> tuple[dict, dict]:
     """Texts and pair state of a main TOML on disk and the dataset TOML its ``dataset`` key names."""
     main_text = read_text(main_path)
     value = loads(main_text, str(main_path)).get("dataset")
-    dataset_path = resolve_from(main_path, str(value)) if isinstance(value, str) and value else None
+    dataset_path = resolve_config_path(main_path.parent, str(value)) if isinstance(value, str) and value else None
     dataset_text = read_text(dataset_path) if dataset_path and dataset_path.is_file() else ""
     pair = {"main_name": main_path.name, "dataset_name": dataset_path.name if dataset_path else "dataset.toml",
             "bases": [str(main_path.parent), str(Path.cwd())], "profile": None}

@@ -9,8 +9,8 @@ import gradio as gr
 from PIL import Image
 
 from studio.services import Services
+from trainers.dataset_scan import scan_folder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 THUMB = 256
 
 
@@ -34,16 +34,6 @@ def render(services: Services) -> DatasetHandles:
     return DatasetHandles(folder, load, summary, gallery, table)
 
 
-def scan_folder(folder: Path) -> list[dict]:
-    """Images directly in ``folder`` (diffusion-pipe lists non-recursively) with their ``.txt`` captions."""
-    rows = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-        caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else None
-        rows.append({"path": path, "caption": caption})
-    return rows
-
-
 def browse(folder_text: str):
     folder = Path(folder_text).expanduser()
     if not folder.is_dir():
@@ -51,14 +41,14 @@ def browse(folder_text: str):
     rows = scan_folder(folder)
     items, table = [], []
     for row in rows:
-        with Image.open(row["path"]) as im:
+        with Image.open(row.path) as im:
             size = f"{im.width}×{im.height}"
             thumb = im.convert("RGB")
             thumb.thumbnail((THUMB, THUMB))
-        caption = row["caption"] if row["caption"] is not None else "(no caption: skipped by default)"
-        items.append((thumb, f"{row['path'].name}: {caption}"))
-        table.append([row["path"].name, size, caption])
-    missing = sum(1 for r in rows if r["caption"] is None)
+        caption = row.caption if row.caption is not None else "(no caption: skipped by default)"
+        items.append((thumb, f"{row.path.name}: {caption}"))
+        table.append([row.path.name, size, caption])
+    missing = sum(1 for r in rows if r.caption is None)
     summary = f"**{len(rows)} images** in `{folder}`" + (f" · ⚠ {missing} without a caption" if missing else "")
     return summary, items, table
 

@@ -154,13 +154,7 @@ def parse_main(text: str, file: str = "main.toml") -> MainConfig:
     report = Reporter(file, text)
     clean = unknown_keys.check_main(data, report)
     rules.check_main(clean, report, num_gpus=None)
-    try:
-        config = MainConfig.model_validate(clean)
-    except ValidationError as exc:
-        report_validation_error(exc, clean, report)
-    if not is_valid(report.issues):
-        raise ConfigError(report.issues)
-    return config
+    return _typed(MainConfig, clean, report)
 
 
 def parse_dataset(text: str, file: str = "dataset.toml") -> Any:
@@ -169,8 +163,14 @@ def parse_dataset(text: str, file: str = "dataset.toml") -> Any:
     report = Reporter(file, text)
     clean = unknown_keys.check_dataset(data, report)
     rules_dataset.check_dataset(clean, report)
+    return _typed(DatasetConfig, clean, report)
+
+
+def _typed(model: Any, clean: dict[str, Any], report: Reporter) -> Any:
+    """``model`` built from the checked data, or ConfigError with every issue the checks and pydantic found."""
+    config = None
     try:
-        config = DatasetConfig.model_validate(clean)
+        config = model.model_validate(clean)
     except ValidationError as exc:
         report_validation_error(exc, clean, report)
     if not is_valid(report.issues):
