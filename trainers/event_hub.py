@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from trainers.events import TERMINAL_KINDS, Event, read_events
+from trainers.events import EVENTS_FILE, TERMINAL_KINDS, Event, read_events
 
 POLL_S = 0.05
 IDLE_RELEASE_S = 30.0  # a tail nobody watched for this long stops and is dropped
@@ -38,8 +38,9 @@ class RunTail:
         with self._cond:
             if batch:
                 self.events.extend(batch)
-                if any(ev.kind in TERMINAL_KINDS for ev in batch):
-                    self.done = True
+                ends = [ev.kind in TERMINAL_KINDS for ev in batch if ev.kind in TERMINAL_KINDS or ev.kind == "resumed"]
+                if ends:  # a resumed run goes on after an earlier leg's terminal event
+                    self.done = ends[-1]
                 self._cond.notify_all()
             return bool(batch)
 
@@ -54,6 +55,13 @@ class RunTail:
             if self._watchers == 0 and time.monotonic() - self._last_watch > IDLE_RELEASE_S:
                 return
             time.sleep(POLL_S)
+
+    def grown(self) -> bool:
+        """The file has bytes this finished tail never read (the run was resumed since)."""
+        try:
+            return (self.run_dir / EVENTS_FILE).stat().st_size > self._offset
+        except OSError:
+            return False
 
     @property
     def stale(self) -> bool:
@@ -91,6 +99,6 @@ class EventHub:
     def tail(self, run_dir: Path, alive: Callable[[], bool]) -> RunTail:
         with self._lock:
             tail = self._tails.get(run_dir)
-            if tail is None or tail.stale:
+            if tail is None or tail.stale or (tail.done and tail.grown()):
                 tail = self._tails[run_dir] = RunTail(run_dir, alive)
             return tail

@@ -52,6 +52,8 @@ class SampleEvent(_Event):
     prompt: str
     seed: int
     index: int = 0
+    source: Literal["live", "sidecar"] = Field(
+        default="live", description="live: rendered by the trainer; sidecar: rendered later from a saved LoRA.")
 
 
 class CheckpointEvent(_Event):
@@ -69,6 +71,13 @@ class EvalEvent(_Event):
     name: str
     loss: float
     quantiles: dict[str, float] = Field(default_factory=dict)
+
+
+class ResumedEvent(_Event):
+    kind: Literal["resumed"] = "resumed"
+    step: int = Field(ge=0, description="Optimizer steps already done: training continues with step + 1.")
+    epoch: int = Field(ge=0)
+    checkpoint: str = Field(description="The training-state folder resumed from, e.g. global_step120.")
 
 
 class LogEvent(_Event):
@@ -91,7 +100,8 @@ class FailedEvent(_Event):
 
 
 Event = Annotated[
-    PhaseEvent | StepEvent | SampleEvent | CheckpointEvent | EvalEvent | LogEvent | FinishedEvent | FailedEvent,
+    PhaseEvent | StepEvent | SampleEvent | CheckpointEvent | EvalEvent | ResumedEvent | LogEvent | FinishedEvent
+    | FailedEvent,
     Field(discriminator="kind"),
 ]
 TERMINAL_KINDS = frozenset({"finished", "failed"})

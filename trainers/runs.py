@@ -22,10 +22,11 @@ from typing import Literal
 
 import psutil
 
+from trainers.checkpoints import find_point, resume_points
 from trainers.commands import Command, send_command
 from trainers.event_hub import EventHub
-from trainers.events import TERMINAL_KINDS, Event, EventWriter, FailedEvent, load_all
-from trainers.files import atomic_write_json
+from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
+from trainers.files import atomic_write_json, atomic_write_text
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 from trainers.run_queue import RunQueue
 
@@ -75,6 +76,20 @@ def resolve_config_path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def _override_toml(path: Path, overrides: dict[str, object]) -> None:
+    """Set dotted keys ("adapter.init_from_existing") in a TOML file, keeping its formatting; atomic."""
+    import tomlkit
+
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    for dotted, value in overrides.items():
+        *tables, key = dotted.split(".")
+        node = doc
+        for table in tables:
+            node = node.setdefault(table, tomlkit.table())
+        node[key] = value
+    atomic_write_text(path, tomlkit.dumps(doc))
+
+
 def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
     """``<output_dir>/<UTC %Y%m%d_%H-%M-%S>``, as diffusion-pipe names runs, suffixed when the name is
     taken in this or any other known output folder (the name is the run's id in the studio)."""
@@ -117,12 +132,15 @@ def derive_status(events: list[Event], alive: bool, meta: dict | None = None) ->
     if meta.get("queued") and not meta.get("pid"):
         return "queued"
     for ev in reversed(events):
+        if ev.kind == "resumed":
+            break  # an earlier leg's end does not describe the resumed run
         if ev.kind == "finished":
             return "stopped" if ev.reason == "stopped" else "completed"
         if ev.kind == "failed":
             return "failed"
     if alive:
-        return "running" if any(ev.kind == "step" for ev in events) else "starting"
+        tail = events[max((i for i, ev in enumerate(events) if ev.kind == "resumed"), default=0):]
+        return "running" if any(ev.kind == "step" for ev in tail) else "starting"
     return "interrupted"
 
 
@@ -149,14 +167,20 @@ class RunManager:
 
     # ---- starting -------------------------------------------------------------------------------
     def start(self, main_config: str | os.PathLike[str], *, name: str | None = None,
-              max_steps: int | None = None, backend: str | None = None, queue: bool = True) -> str:
+              max_steps: int | None = None, backend: str | None = None, queue: bool = True,
+              overrides: dict[str, object] | None = None, resume: str | None = None) -> str:
         """Copy the config pair into a new run folder and launch its trainer; returns the run id.
 
         With ``queue`` (the default) a run started while another one trains waits in the queue for the
-        device and starts by itself when the device is free.
+        device and starts by itself when the device is free. ``overrides`` ({"adapter.init_from_existing":
+        ...}) are written into the run's copy of the main TOML (formatting kept); ``resume`` is a
+        diffusion-pipe run folder to continue (that backend resumes into its own folder).
+        A config with ``resume_from_checkpoint`` continues that run instead (diffusion-pipe's semantics).
         """
         main_path = Path(main_config).expanduser().resolve()
         cfg = _read_toml(main_path)
+        if cfg.get("resume_from_checkpoint") and resume is None and not overrides:
+            return self._resume_from_config(main_path, cfg)
         backend = backend or cfg.get("studio", {}).get("backend", "native")  # [studio] backend, else native
         if backend not in BACKEND_MODULES:
             raise RunError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_MODULES)}.")
@@ -171,6 +195,8 @@ class RunManager:
         with self._lock:
             run_dir = _new_run_dir(output_dir, list(self.roots))
         shutil.copy2(main_path, run_dir / main_path.name)
+        if overrides:
+            _override_toml(run_dir / main_path.name, overrides)
         shutil.copy2(dataset_path, run_dir / dataset_path.name)
         meta = {
             "run_id": run_dir.name, "backend": backend, "name": name or main_path.stem,
@@ -178,6 +204,8 @@ class RunManager:
             "main_config": main_path.name, "dataset_config": dataset_path.name,
             "source_main": str(main_path), "max_steps": max_steps, "pid": None, "pid_create_time": None,
         }
+        if resume:
+            meta["resume"] = resume
         self._remember_root(output_dir)
         if queue and (self.queue.items() or self._busy(exclude=run_dir)):
             meta["queued"] = True
@@ -188,6 +216,91 @@ class RunManager:
         write_json_atomic(run_dir / RUN_FILE, meta)
         self._spawn(run_dir, meta, cwd=base)
         return run_dir.name
+
+    # ---- resuming -------------------------------------------------------------------------------
+    def resume(self, run_id: str, point: str, *, max_steps: int | None = None) -> str:
+        """Continue a run from one of its resume points (trainers/checkpoints.py); returns the run that goes on.
+
+        A native training state continues in the same run folder (a ``resumed`` event marks where); a
+        diffusion-pipe state starts a run that resumes diffusion-pipe's own folder; a saved LoRA (weights only)
+        starts a new run whose LoRA begins from it (``[adapter] init_from_existing``).
+        """
+        info = self.info(run_id)
+        if info.live or info.status == "queued":
+            raise RunError(f"run {run_id} is {info.status}; stop it (or cancel it) before resuming it")
+        try:
+            found = find_point(info.run_dir, point)
+        except KeyError as exc:
+            raise RunError(str(exc.args[0])) from None
+        source = Path(info.meta.get("source_main") or info.run_dir / info.meta["main_config"])
+        if not source.is_file():
+            source = info.run_dir / info.meta["main_config"]
+        name = f"{info.name} (from {point})"
+        if found.kind == "lora":
+            saves = info.run_dir / info.meta["dp_run_dir"] if info.meta.get("dp_run_dir") else info.run_dir
+            return self.start(source, name=name, max_steps=max_steps, backend=info.backend,
+                              overrides={"adapter.init_from_existing": str(saves / point)})
+        if info.backend != "native":
+            return self.start(source, name=name, max_steps=max_steps, backend=info.backend,
+                              resume=str(info.run_dir))
+        meta = dict(info.meta)
+        meta.update(resume_from=point, pid=None, pid_create_time=None, queued=False, cancelled=False,
+                    resumed=datetime.now(UTC).isoformat(timespec="seconds"))
+        if max_steps:
+            meta["max_steps"] = max_steps
+        EventWriter(info.run_dir).emit(ResumedEvent(step=found.step, epoch=found.epoch, checkpoint=point))
+        cwd = source.parent
+        if self.queue.items() or self._busy(exclude=info.run_dir):
+            meta["queued"] = True
+            write_json_atomic(info.run_dir / RUN_FILE, meta)
+            self.queue.push(info.run_dir)
+            self.resume_queue()
+            return run_id
+        write_json_atomic(info.run_dir / RUN_FILE, meta)
+        self._spawn(info.run_dir, meta, cwd=cwd)
+        return run_id
+
+    def _resume_from_config(self, main_path: Path, cfg: dict) -> str:
+        """``resume_from_checkpoint = true`` (the newest run of output_dir) or ``= '<run folder name>'``."""
+        value = cfg["resume_from_checkpoint"]
+        run_id, point = self.resume_target(main_path, value if isinstance(value, str) else None)
+        return self.resume(run_id, point)
+
+    def resume_target(self, main_config: str | os.PathLike[str], checkpoint: str | None = None) -> tuple[str, str]:
+        """(run id, training-state name) that ``dp-studio train MAIN --resume [CHECKPOINT]`` continues.
+
+        ``checkpoint``: None for the newest run of the config's output_dir (the lexicographically last folder,
+        as diffusion-pipe picks) and its newest state; a run folder name or path (its newest state); or a
+        ``global_stepN`` folder path.
+        """
+        main_path = Path(main_config).expanduser().resolve()
+        cfg = _read_toml(main_path)
+        output_dir = resolve_config_path(main_path.parent, cfg.get("output_dir", "."))
+        point = None
+        if checkpoint is None:
+            candidates = sorted(p.parent for p in output_dir.glob(f"*/{RUN_FILE}"))
+            if not candidates:
+                raise RunError(f"{output_dir} holds no run to resume; start one first (remove --resume / "
+                               "resume_from_checkpoint)")
+            run_dir = candidates[-1]
+        else:
+            path = Path(checkpoint).expanduser()
+            path = path if path.is_absolute() or path.exists() else output_dir / checkpoint
+            if (path / "state.json").is_file():
+                run_dir, point = path.parent, path.name
+            else:
+                run_dir = path
+            if not (run_dir / RUN_FILE).is_file():
+                raise RunError(f"resume {checkpoint!r}: {run_dir} is not a studio run folder (no {RUN_FILE})")
+        run_dir = run_dir.resolve()
+        self._remember_root(run_dir.parent)
+        if point is None:
+            states = [p for p in resume_points(run_dir) if p.kind == "state"]
+            if not states:
+                raise RunError(f"{run_dir} has no training-state checkpoint to resume (set "
+                               "checkpoint_every_n_minutes, or stop runs from the studio: a stop writes one)")
+            point = states[0].name
+        return run_dir.name, point
 
     # ---- the queue ------------------------------------------------------------------------------
     def _busy(self, exclude: Path | None = None) -> bool:
@@ -275,7 +388,7 @@ class RunManager:
         try:
             proc = subprocess.Popen(
                 [self.python, "-m", self.trainer_module or BACKEND_MODULES[meta["backend"]],
-                 "--run-dir", str(run_dir)],
+                 "--run-dir", str(run_dir), *(["--resume", meta["resume_from"]] if meta.get("resume_from") else [])],
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # the web server may die; the run goes on
             )
@@ -350,10 +463,9 @@ class RunManager:
         """
         run_dir = self.run_dir(run_id)
         if not follow:
-            events = load_all(run_dir)
-            end = next((i for i, ev in enumerate(events) if ev.kind in TERMINAL_KINDS), len(events) - 1)
+            events = load_all(run_dir)  # the whole history, resumed legs included
             if events:
-                yield events[: end + 1]
+                yield events
             return
         yield from self.hub.tail(run_dir, lambda: self._alive(run_dir)).watch(heartbeat_s)
 

@@ -16,6 +16,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("main", type=Path, help="the main TOML (its dataset TOML is read from its `dataset` key)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--name", default=None, help="run name shown in the studio")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="continue a run exactly: alone, the newest run of output_dir; or a run folder, or one of "
+                        "its global_stepN folders")
     p.set_defaults(handler=train)
 
 
@@ -52,7 +55,12 @@ def _print_event(ev: Event) -> None:
 def train(args: argparse.Namespace, manager: RunManager | None = None) -> int:
     manager = manager or RunManager()
     try:
-        run_id = manager.start(args.main, name=args.name, max_steps=args.max_steps)
+        if args.resume is not None:
+            run_id, point = manager.resume_target(args.main, args.resume or None)
+            print(f"resuming {run_id} from {point}", flush=True)
+            run_id = manager.resume(run_id, point, max_steps=args.max_steps)
+        else:
+            run_id = manager.start(args.main, name=args.name, max_steps=args.max_steps)
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from trainers.train_cli import progress_line, train
 def test_train_prints_progress_and_the_run_folder(tmp_path, capsys):
     manager = RunManager([tmp_path / "runs"], trainer_module="tests.fakes.trainer")
     main = write_pair(tmp_path / "p", max_steps=6)
-    code = train(argparse.Namespace(main=main, max_steps=None, name="cli"), manager)
+    code = train(argparse.Namespace(main=main, max_steps=None, name="cli", resume=None), manager)
     out = capsys.readouterr().out
     assert code == 0
     assert "step 6/6 epoch 1" in out and "finished (completed) at step 6" in out
@@ -22,7 +22,7 @@ def test_train_prints_progress_and_the_run_folder(tmp_path, capsys):
 
 
 def test_train_refuses_a_missing_config(tmp_path, capsys):
-    code = train(argparse.Namespace(main=tmp_path / "nope.toml", max_steps=None, name=None),
+    code = train(argparse.Namespace(main=tmp_path / "nope.toml", max_steps=None, name=None, resume=None),
                  RunManager([tmp_path / "runs"]))
     assert code == 1 and "not found" in capsys.readouterr().err
 

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trainers.native", description="dp-studio native trainer")
     parser.add_argument("--run-dir", required=True, type=Path, help="run folder holding run.json")
     parser.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    parser.add_argument("--resume", default=None, metavar="global_stepN",
+                        help="continue from this training-state folder of the run (exactly where it was)")
     return parser.parse_args(argv)
 
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.native.loop import Trainer
         from trainers.native.settings import load_run
 
-        trainer = Trainer(load_run(run_dir, args.max_steps), events)
+        trainer = Trainer(load_run(run_dir, args.max_steps), events, resume=args.resume)
         signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
         reason = trainer.run()
     except BaseException as exc:  # noqa: BLE001 - the run must end with one failed event, whatever happened

@@ -8,22 +8,28 @@ Commands (stop, save, sample) are taken at every optimizer-step boundary.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import math
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from trainers.checkpoints import STATE_PREFIX
 from trainers.commands import Command, take_commands
-from trainers.events import CheckpointEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
+from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
 from trainers.native import cache as cache_mod
+from trainers.native import state as state_mod
 from trainers.native.data import scan_dataset
+from trainers.native.evaluate import EvalSet, eval_sets_from_config, evaluate
 from trainers.native.families.base import Family, dtype_of
 from trainers.native.flow import LossConfig, TimestepConfig, flow_loss, noisy_input, sample_timesteps
 from trainers.native.lora_io import adapter_config, adapter_settings, attach_lora, lora_state_dict, save_lora
+from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr
 from trainers.native.sampling import render_samples
 from trainers.native.settings import RunSettings, check_supported
@@ -33,8 +39,11 @@ log = logging.getLogger(__name__)
 FAMILIES = {"chroma": "trainers.native.families.chroma:ChromaFamily"}
 
 
+MAX_SKIPPED_STEPS = 20  # nonfinite_loss = "skip": this many non-finite steps in a row stop the run anyway
+
+
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (or the gradient norm) became NaN or infinite."""
 
 
 def load_family(model: dict, device: torch.device) -> Family:
@@ -64,20 +73,31 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 class Trainer:
-    """One native run, from loading to the final save. ``run()`` returns the finish reason."""
+    """One native run, from loading to the final save. ``run()`` returns the finish reason.
 
-    def __init__(self, settings: RunSettings, events: EventWriter):
-        self.s, self.events = settings, events
-        self.step, self.epoch = 0, 1
+    ``resume`` names a ``global_step<N>`` folder of this run: training continues from exactly that state.
+    """
+
+    def __init__(self, settings: RunSettings, events: EventWriter, resume: str | None = None):
+        self.s, self.events, self.resume = settings, events, resume
+        self.step, self.epoch, self.steps_into_epoch, self.examples = 0, 1, 0, 0
         self.phase = "starting"
         self.stop_requested = False
-        self.last_saved_step = self.last_sampled_step = -1
+        self.last_saved_step = self.last_sampled_step = self.last_state_step = -1
+        self.last_state_time = time.time()
         self.step_seconds: float | None = None
-        model = settings.config.get("model", {})
+        self.epoch_losses: list[float] = []
+        self.skipped_in_a_row = 0
+        self.metrics: Metrics | None = None
+        config = settings.config
+        model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
-        self.loss_cfg = LossConfig.from_config(settings.config)
-        self.save_dtype = dtype_of(settings.config["save_dtype"], "save_dtype") \
-            if "save_dtype" in settings.config else None
+        self.loss_cfg = LossConfig.from_config(config)
+        self.save_dtype = dtype_of(config["save_dtype"], "save_dtype") if "save_dtype" in config else None
+        self.nonfinite = str(config.get("studio", {}).get("nonfinite_loss", "stop"))
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"[studio] nonfinite_loss = {self.nonfinite!r}: use 'stop' (save and stop) or 'skip' "
+                             "(drop the step and go on)")
 
     def request_stop(self) -> None:
         """Stop at the next step boundary (what a ``stop`` command does)."""
@@ -94,7 +114,7 @@ class Trainer:
         self.events.emit(LogEvent(level=level, message=message))
 
     def setup(self) -> None:
-        """Load the model, attach the LoRA, cache the dataset, build the optimizer."""
+        """Load the model, attach the LoRA, cache the datasets, build the optimizer and the loggers."""
         self.device = pick_device()
         self.generator = seed_everything(self.s.seed)
         self.rng = random.Random(self.s.seed)
@@ -106,10 +126,16 @@ class Trainer:
         self.family = load_family(config["model"], self.device)
         self._attach_adapter(config)
         self._log(f"model loaded in {time.time() - started:.1f} s")
-        self._cache_dataset()
+        self.cache = self._cache_dataset(self.s.dataset, "training")
+        self.eval_sets = [EvalSet(name, self._cache_dataset(_read_dataset(path), f"eval set {name}"))
+                          for name, path in eval_sets_from_config(config, Path.cwd())]
         self._plan()
         self.optimizer = build_optimizer(self.params, config.get("optimizer", {}))
         self.base_lr = float(config.get("force_constant_lr", config["optimizer"]["lr"]))
+        resumed_at = None
+        if self.resume:
+            resumed_at = self._restore(self.resume)
+        self.metrics = Metrics(self.s.run_dir, config, resumed_at)
 
     def _attach_adapter(self, config: dict) -> None:
         table = config.get("adapter")
@@ -125,16 +151,18 @@ class Trainer:
         self._log(f"trainable params: {trainable:,} || all params: {total:,} || "
                   f"trainable%: {100 * trainable / total:.4f} (LoRA rank {self.rank}, alpha = rank)")
 
-    def _cache_dataset(self) -> None:
-        items = scan_dataset(self.s.dataset, self.s.seed)
-        self._set_phase("caching", f"encoding {len(items)} examples", total=len(items))
+    def _cache_dataset(self, dataset: dict, what: str) -> cache_mod.Cache:
+        items = scan_dataset(dataset, self.s.seed)
+        self._set_phase("caching", f"encoding {len(items)} examples of the {what} set", total=len(items))
         started = time.time()
-        self.cache = cache_mod.build_cache(self.family, items, self.s.seed)
-        sizes = ", ".join(f"{b.size[0]}x{b.size[1]}: {len(b.text_rows)}" for b in self.cache.buckets)
-        self._log(f"cached {len(items)} examples in {time.time() - started:.1f} s (buckets {sizes})")
+        cache = cache_mod.build_cache(self.family, items, self.s.seed)
+        sizes = ", ".join(f"{b.size[0]}x{b.size[1]}: {len(b.text_rows)}" for b in cache.buckets)
+        self._log(f"cached {len(items)} examples of the {what} set in {time.time() - started:.1f} s "
+                  f"(buckets {sizes})")
+        return cache
 
     def _plan(self) -> None:
-        s = self.s
+        s, config = self.s, self.s.config
         self.steps_per_epoch = cache_mod.steps_per_epoch(self.cache, s.global_batch)
         if self.steps_per_epoch == 0:
             raise RuntimeError(f"Processed dataset was empty: every bucket has fewer examples than the global "
@@ -144,25 +172,71 @@ class Trainer:
         self.save_steps = s.save_every_n_steps
         if s.save_every_n_examples:  # diffusion-pipe: examples // global batch size
             self.save_steps = max(1, s.save_every_n_examples // s.global_batch)
+            print(f"Computed save_every_n_steps = {self.save_steps}", flush=True)
+        self.eval_steps = config.get("eval_every_n_steps")
+        if config.get("eval_every_n_examples"):
+            self.eval_steps = max(1, int(config["eval_every_n_examples"]) // s.global_batch)
+            print(f"Computed eval_every_n_steps = {self.eval_steps}", flush=True)
+        self.eval_epochs = config.get("eval_every_n_epochs")
+        self.eval_micro_batch = int(_first_batch(config.get("eval_micro_batch_size_per_gpu", s.micro_batch)))
+        self.checkpoint_minutes = config.get("checkpoint_every_n_minutes")
+        self.checkpoint_epochs = config.get("checkpoint_every_n_epochs")
         self._log(f"Global batch size = {s.global_batch}; {self.steps_per_epoch} steps per epoch, "
                   f"{self.total_steps} steps in all")
+
+    def _restore(self, name: str) -> int:
+        """Load ``global_step<N>`` of this run: LoRA, optimizer, RNG states and data position."""
+        if not name.startswith(STATE_PREFIX):
+            raise ValueError(f"--resume {name!r}: the native trainer resumes from a {STATE_PREFIX}<N> folder; "
+                             "a saved LoRA (epochN/stepN) starts a new run with [adapter] init_from_existing")
+        loaded = state_mod.load_state(self.s.run_dir / name)
+        params = dict(self.params)
+        if set(loaded.lora) != set(params):
+            missing = sorted(set(params) ^ set(loaded.lora))[:5]
+            raise ValueError(f"{name} does not match this LoRA (rank, targets or exclude_modules changed?): "
+                             f"differing weights include {', '.join(missing)}")
+        with torch.no_grad():
+            for key, value in loaded.lora.items():
+                if params[key].shape != value.shape:
+                    raise ValueError(f"{name}: {key} has shape {tuple(value.shape)}, the LoRA now has "
+                                     f"{tuple(params[key].shape)} ([adapter] rank changed?)")
+                params[key].copy_(value)
+        self.optimizer.load_state_dict(loaded.optimizer)
+        pos = loaded.position
+        self.step, self.epoch, self.steps_into_epoch, self.examples = (pos.step, pos.epoch, pos.steps_into_epoch,
+                                                                        pos.examples)
+        self.last_saved_step = self.last_sampled_step = self.last_state_step = pos.step
+        state_mod.restore_rng(loaded.rng, self.rng, self.generator)
+        self._log(f"Resuming training from checkpoint. Resuming at epoch: {self.epoch}, step: {self.step}")
+        return pos.step
 
     # ----- training -----------------------------------------------------------------------------------
     def run(self) -> str:
         """Train until ``epochs`` or ``max_steps`` or a stop; returns "completed" or "stopped"."""
-        self.setup()
-        self._set_phase("training", f"{self.total_steps} steps", total=self.total_steps)
-        if self.s.studio.at_start:
-            self.sample_now()
-        reason = self._train()
-        self._set_phase("finished", reason)
-        return reason
+        try:
+            self.setup()
+            if not self.resume:
+                if self.eval_sets and self.s.config.get("eval_before_first_step", True):
+                    self.eval_now()
+                if self.s.studio.at_start:
+                    self.sample_now()
+            self._set_phase("training", f"{self.total_steps} steps", total=self.total_steps)
+            reason = self._train()
+            self._set_phase("finished", reason)
+            return reason
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _train(self) -> str:
-        for epoch in range(1, self.s.epochs + 1):
+        if self.s.max_steps and self.step >= self.s.max_steps:
+            return "completed"  # resumed a run that had already reached max_steps
+        if self.steps_into_epoch >= self.steps_per_epoch:  # resumed from the end of an epoch
+            self.epoch, self.steps_into_epoch = self.epoch + 1, 0
+        for epoch in range(self.epoch, self.s.epochs + 1):
             self.epoch = epoch
-            for micro_batches in cache_mod.epoch_batches(self.cache, self.s.micro_batch, self.s.grad_accum,
-                                                         self.s.seed, epoch):
+            batches = cache_mod.epoch_batches(self.cache, self.s.micro_batch, self.s.grad_accum, self.s.seed, epoch)
+            for micro_batches in itertools.islice(batches, self.steps_into_epoch, None):
                 if self._handle_commands():
                     return "stopped"
                 self._set_phase("training", total=self.total_steps)
@@ -171,10 +245,25 @@ class Trainer:
                 if self.s.max_steps and self.step >= self.s.max_steps:
                     self._finish(f"step{self.step}")
                     return "completed"
-            if self.s.save_every_n_epochs and epoch % self.s.save_every_n_epochs == 0:
-                self.save_now(f"epoch{epoch}")
-        self._finish(f"epoch{self.epoch}")
+            self._end_epoch(epoch)
+        self._finish(f"epoch{self.s.epochs}")
         return "completed"
+
+    def _end_epoch(self, epoch: int) -> None:
+        if self.epoch_losses:
+            self.metrics.epoch(epoch, sum(self.epoch_losses) / len(self.epoch_losses))
+        self.epoch_losses = []
+        if self.s.save_every_n_epochs and epoch % self.s.save_every_n_epochs == 0:
+            self.save_now(f"epoch{epoch}")
+        if self.eval_epochs and epoch % int(self.eval_epochs) == 0 and self.eval_sets:
+            self.eval_now()
+        if epoch == self.s.epochs:
+            return
+        # The position moves to the start of the next epoch before any checkpoint is taken here.
+        self.epoch, self.steps_into_epoch = epoch + 1, 0
+        if self.checkpoint_epochs and epoch % int(self.checkpoint_epochs) == 0:
+            self.checkpoint_now()
+        print(f"Started new epoch: {epoch + 1}", flush=True)
 
     def _optimizer_step(self, micro_batches: list[cache_mod.Batch]) -> None:
         started = time.time()
@@ -187,16 +276,42 @@ class Trainer:
             loss = self._micro_batch_loss(batch) / len(micro_batches)
             loss.backward()
             loss_sum += loss.item()
-        if not math.isfinite(loss_sum):
-            self._log(f"loss is {loss_sum} at step {self.step + 1}: stopping", "warning")
-            raise NonFiniteLoss(f"non-finite loss ({loss_sum}) at step {self.step + 1}; try a lower learning rate")
         grad_norm = None
         if self.s.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.s.grad_clip))
+        self.step += 1
+        self.steps_into_epoch += 1
+        self.examples += self.s.global_batch
+        if not math.isfinite(loss_sum) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._non_finite(loss_sum, grad_norm)
+            return
+        self.skipped_in_a_row = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self.epoch_losses.append(loss_sum)
         self._emit_step(loss_sum, lr, grad_norm, time.time() - started)
+
+    def _non_finite(self, loss: float, grad_norm: float | None) -> None:
+        """A NaN/inf loss or gradient: the weights were not updated; skip the step or save and stop."""
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        self.skipped_in_a_row += 1
+        if self.nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPPED_STEPS:
+            self._log(f"non-finite {what} at step {self.step}: step skipped, weights unchanged "
+                      f"([studio] nonfinite_loss = 'skip')", "warning")
+            return
+        why = (f"{MAX_SKIPPED_STEPS} non-finite steps in a row" if self.nonfinite == "skip"
+               else f"non-finite {what} at step {self.step}")
+        self._log(f"{why}: saving the last good LoRA and training state, then stopping", "error")
+        self.step -= 1  # the step did not happen: saves carry the last good step
+        self.steps_into_epoch -= 1
+        self.examples -= self.s.global_batch
+        if self.last_saved_step != self.step:
+            self.save_now(f"step{self.step}")
+        if self.last_state_step != self.step:
+            self.checkpoint_now()
+        raise NonFiniteLoss(f"{why}. Fix: lower [optimizer] lr, check [model] dtype / transformer_dtype, then resume "
+                            f"from {STATE_PREFIX}{self.step}; or set [studio] nonfinite_loss = 'skip'")
 
     def _micro_batch_loss(self, batch: cache_mod.Batch) -> torch.Tensor:
         x0, text = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
@@ -214,27 +329,38 @@ class Trainer:
             step=self.step, epoch=self.epoch, loss=loss, lr=lr, it_per_s=it_per_s,
             samples_per_s=it_per_s * self.s.global_batch, total_steps=self.total_steps,
             eta_s=(self.total_steps - self.step) * self.step_seconds, grad_norm=grad_norm))
-        print(f"steps: {self.step} loss: {loss:.4f} iter time (s): {seconds:.3f} lr: {lr:.3g}", flush=True)
+        self.metrics.step(self.step, self.examples, loss, lr, grad_norm)
+        every = int(self.s.config.get("steps_per_print", 1) or 1)
+        if self.step % every == 0:
+            print(f"steps: {self.step} loss: {loss:.4f} iter time (s): {seconds:.3f} "
+                  f"samples/sec: {self.s.global_batch / max(seconds, 1e-9):.3f} lr: {lr:.3g}", flush=True)
 
     def _after_step(self) -> None:
         if self.save_steps and self.step % self.save_steps == 0:
             self.save_now(f"step{self.step}")
+        if self.eval_steps and self.step % int(self.eval_steps) == 0 and self.eval_sets:
+            self.eval_now()
         every = self.s.studio.every_n_steps
         if every and self.step % every == 0:
             self.sample_now()
+        if self.checkpoint_minutes and time.time() - self.last_state_time >= 60 * float(self.checkpoint_minutes):
+            self.checkpoint_now()
 
     def _handle_commands(self) -> bool:
-        """Take waiting commands; True when the run must stop now (after saving the LoRA)."""
+        """Take waiting commands; True when the run must stop now (after saving the LoRA and the state)."""
         commands = take_commands(self.s.run_dir)
         if commands:
             self._log(f"command received: {', '.join(sorted(c.value for c in commands))}")
         if Command.SAVE in commands:
             self.save_now(f"step{self.step}")
+            self.checkpoint_now()
         if Command.SAMPLE in commands:
             self.sample_now(force=True)
         if Command.STOP in commands or self.stop_requested:
-            if self.last_saved_step != self.step:
+            if self.step > 0 and self.last_saved_step != self.step:
                 self.save_now(f"step{self.step}")
+            if self.step > 0 and self.last_state_step != self.step:
+                self.checkpoint_now()
             return True
         return False
 
@@ -243,6 +369,10 @@ class Trainer:
             self.save_now(name)
         if self.s.studio.every_n_steps and self.last_sampled_step != self.step:
             self.sample_now()
+        if self.eval_sets and (self.eval_steps or self.eval_epochs):
+            self.eval_now()
+        if self.last_state_step != self.step:
+            self.checkpoint_now()  # as diffusion-pipe: one at the end, so a finished run can be extended
 
     # ----- outputs ------------------------------------------------------------------------------------
     def sample_now(self, force: bool = False) -> None:
@@ -255,6 +385,19 @@ class Trainer:
         self.last_sampled_step = self.step
         print(f"sampled {len(paths)} previews in {time.time() - started:.2f} s", flush=True)
 
+    def eval_now(self) -> None:
+        """Eval loss of every eval set at diffusion-pipe's fixed timestep quantiles."""
+        self._set_phase("evaluating", f"step {self.step}")
+        print("Running eval", flush=True)
+        for eval_set in self.eval_sets:
+            loss, quantiles, seconds = evaluate(self.family, eval_set, self.tcfg, self.loss_cfg,
+                                                self.eval_micro_batch)
+            self.events.emit(EvalEvent(step=self.step, epoch=self.epoch, name=eval_set.name, loss=loss,
+                                       quantiles=quantiles))
+            if self.metrics is not None:
+                self.metrics.eval(eval_set.name, self.step, self.examples, loss, quantiles, seconds)
+            self._log(f"eval {eval_set.name}: loss {loss:.4f} ({seconds:.1f} s)")
+
     def save_now(self, name: str) -> None:
         """Save the LoRA into ``<run dir>/<name>/`` in diffusion-pipe's layout."""
         self._set_phase("saving", name)
@@ -264,3 +407,32 @@ class Trainer:
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=name, what="lora"))
         self.last_saved_step = self.step
         print(f"Saving model to directory {name}", flush=True)
+
+    def checkpoint_now(self) -> None:
+        """Write the full training state (``global_step<N>/``) for an exact resume."""
+        self._set_phase("saving", f"{STATE_PREFIX}{self.step}")
+        position = state_mod.Position(self.step, self.epoch, self.steps_into_epoch, self.examples)
+        folder = state_mod.save_state(self.s.run_dir, position, {k: p for k, p in self.params}, self.optimizer,
+                                      state_mod.rng_states(self.rng, self.generator))
+        self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=folder.name, what="state"))
+        self.last_state_step, self.last_state_time = self.step, time.time()
+        if self.metrics is not None:
+            self.metrics.flush()
+        print(f"Saved training state to {folder.name}", flush=True)
+
+
+def _first_batch(value) -> int:
+    """A batch-size key's value: an int, or [[resolution, batch], ...] (the first batch size)."""
+    return int(value[0][1]) if isinstance(value, list) else int(value)
+
+
+def _read_dataset(path: Path) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"eval_datasets: {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"eval_datasets: {path} is not valid TOML: {exc}") from None

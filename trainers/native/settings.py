@@ -148,13 +148,10 @@ def load_run(run_dir: Path, max_steps_override: int | None = None) -> RunSetting
 UNSUPPORTED = {
     ("adapter", "init_from_existing"): "start from an existing LoRA",
     ("adapter", "fuse_adapters"): "fuse LoRAs into the base model before training",
-    ("", "resume_from_checkpoint"): "resume a run",
 }
 # Keys that only change speed, memory or bookkeeping: ignored with a warning.
 IGNORED = ("blocks_to_swap", "activation_checkpointing", "reentrant_activation_checkpointing", "pipeline_stages",
-           "partition_method", "partition_split", "compile", "checkpoint_every_n_epochs",
-           "checkpoint_every_n_minutes", "eval_datasets", "eval_every_n_epochs", "eval_every_n_steps",
-           "eval_every_n_examples", "caching_batch_size", "map_num_proc", "steps_per_print", "x_axis_examples")
+           "partition_method", "partition_split", "compile", "caching_batch_size", "map_num_proc")
 
 
 def check_supported(config: dict) -> list[str]:
@@ -165,7 +162,4 @@ def check_supported(config: dict) -> list[str]:
             name = f"[{table}] {key}" if table else key
             raise ValueError(f"{name}: the native trainer cannot {what} yet; remove the key or use the "
                              "diffusion-pipe backend")
-    warnings = [f"{key} is ignored by the native trainer" for key in IGNORED if config.get(key)]
-    if config.get("monitoring", {}).get("enable_wandb"):
-        warnings.append("[monitoring] enable_wandb is ignored by the native trainer")
-    return warnings
+    return [f"{key} is ignored by the native trainer" for key in IGNORED if config.get(key)]

@@ -1,0 +1,100 @@
+"""Scalar logging with diffusion-pipe's tags: TensorBoard event files in the run folder, and W&B when enabled.
+
+Tags: ``train/loss`` (every ``logging_steps``; x = step, or examples seen with ``x_axis_examples``),
+``train/epoch_loss`` (x = epoch), ``train/lr`` and ``train/grad_norm`` (ours: diffusion-pipe does not log the
+learning rate), ``<eval name>/loss_quantile_0.10`` ... ``0.90`` and ``<eval name>/loss``, ``eval/eval_time_sec``.
+The W&B key comes from ``WANDB_API_KEY`` or the studio's secret store, never from the config; a key written in
+``[monitoring] wandb_api_key`` is refused by the validator and never used here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def wandb_key() -> str | None:
+    """The W&B key: environment first, then the studio's 0600 secret store."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    from trainers.config.secrets import SecretStore
+
+    return SecretStore().get("wandb_api_key")
+
+
+class Metrics:
+    """Writes scalars to TensorBoard (always) and W&B (``[monitoring] enable_wandb``)."""
+
+    def __init__(self, run_dir: Path, config: dict, resumed_at: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logging_steps = max(1, int(config.get("logging_steps", 1)))
+        self.x_examples = bool(config.get("x_axis_examples", False))
+        # purge_step drops points after the checkpoint when a resumed run writes the same steps again.
+        self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resumed_at + 1 if resumed_at else None)
+        self.wandb = None
+        monitoring = config.get("monitoring") or {}
+        if monitoring.get("enable_wandb"):
+            self.wandb = self._start_wandb(run_dir, monitoring, resumed_at)
+
+    @staticmethod
+    def _start_wandb(run_dir: Path, monitoring: dict, resumed_at: int | None):
+        import wandb
+
+        key = wandb_key()
+        offline = os.environ.get("WANDB_MODE") in ("offline", "disabled")
+        if not key and not offline:
+            raise RuntimeError("[monitoring] enable_wandb = true but no W&B API key is stored. Fix: save it in the "
+                               "studio's settings (secret store) or set WANDB_API_KEY, or set WANDB_MODE=offline")
+        if key:
+            wandb.login(key=key, relogin=True, verify=False)
+        return wandb.init(project=monitoring.get("wandb_tracker_name") or "dp-studio",
+                          name=monitoring.get("wandb_run_name") or run_dir.name, dir=str(run_dir),
+                          id=run_dir.name.replace("-", ""), resume="allow" if resumed_at else None,
+                          config={"run_dir": str(run_dir)})
+
+    def _x(self, step: int, examples: int) -> int:
+        return examples if self.x_examples else step
+
+    def _scalar(self, tag: str, value: float, x: int) -> None:
+        self.tb.add_scalar(tag, value, x)
+        if self.wandb is not None:
+            self.wandb.log({tag: value}, step=x)
+
+    def step(self, step: int, examples: int, loss: float, lr: float, grad_norm: float | None) -> None:
+        """Per optimizer step (loss every ``logging_steps``)."""
+        if step % self.logging_steps:
+            return
+        x = self._x(step, examples)
+        self._scalar("train/loss", loss, x)
+        self._scalar("train/lr", lr, x)
+        if grad_norm is not None:
+            self._scalar("train/grad_norm", grad_norm, x)
+
+    def epoch(self, epoch: int, mean_loss: float) -> None:
+        """At the end of an epoch: the mean loss over it."""
+        self.tb.add_scalar("train/epoch_loss", mean_loss, epoch)
+        if self.wandb is not None:
+            self.wandb.log({"train/epoch_loss": mean_loss, "epoch": epoch})
+
+    def eval(self, name: str, step: int, examples: int, loss: float, quantiles: dict[str, float],
+             seconds: float) -> None:
+        """One eval set's results."""
+        x = self._x(step, examples)
+        for q, value in quantiles.items():
+            self._scalar(f"{name}/loss_quantile_{q}", value, x)
+        self._scalar(f"{name}/loss", loss, x)
+        self._scalar("eval/eval_time_sec", seconds, x)
+
+    def flush(self) -> None:
+        """Make what was logged readable now."""
+        self.tb.flush()
+
+    def close(self) -> None:
+        """Flush and close every sink."""
+        self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
