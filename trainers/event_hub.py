@@ -1,7 +1,9 @@
 """One reader per run, many watchers: tails a run's events.jsonl once and wakes every watcher.
 
 Twenty browser tabs watching one run cost one poll loop, not twenty, and a new event reaches every
-watcher within one poll interval (50 ms), instead of each watcher sleeping on its own schedule.
+watcher within one poll interval (20 ms; an idle poll is one ``stat``), instead of each watcher sleeping on its
+own schedule. Memory stays flat however long the run: the tail keeps only the newest events in memory; a
+watcher that starts from an older index (a page reload) reads those from the file.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 from trainers.events import EVENTS_FILE, TERMINAL_KINDS, Event, read_events
 
-POLL_S = 0.05
+POLL_S = 0.02
 IDLE_RELEASE_S = 30.0  # a tail nobody watched for this long stops and is dropped
+WINDOW = 4096  # events kept in memory per watched run (older ones are read back from the file)
 
 
 class RunTail:
@@ -22,7 +25,8 @@ class RunTail:
 
     def __init__(self, run_dir: Path, alive: Callable[[], bool]):
         self.run_dir, self._alive = run_dir, alive
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # the newest events; self.events[0] has absolute index self.start
+        self.start = 0
         self.done = False  # a terminal event arrived, or the writer died
         self._offset = 0
         self._cond = threading.Condition()
@@ -34,10 +38,19 @@ class RunTail:
             self._thread.start()
 
     def _read_once(self) -> bool:
+        try:
+            if (self.run_dir / EVENTS_FILE).stat().st_size <= self._offset:
+                return False
+        except OSError:
+            return False
         batch, self._offset = read_events(self.run_dir, self._offset)
         with self._cond:
             if batch:
                 self.events.extend(batch)
+                if len(self.events) > WINDOW:
+                    drop = len(self.events) - WINDOW // 2
+                    del self.events[:drop]
+                    self.start += drop
                 ends = [ev.kind in TERMINAL_KINDS for ev in batch if ev.kind in TERMINAL_KINDS or ev.kind == "resumed"]
                 if ends:  # a resumed run goes on after an earlier leg's terminal event
                     self.done = ends[-1]
@@ -69,19 +82,23 @@ class RunTail:
 
     def watch(self, heartbeat_s: float | None = None) -> Iterator[list[Event]]:
         """Batches of events from the first one; empty batches as heartbeats when asked for."""
-        index = 0
+        index = 0  # absolute index of the next event this watcher gets
         with self._cond:
             self._watchers += 1
         try:
             while True:
                 with self._cond:
-                    if index >= len(self.events) and not self.done:
+                    end = self.start + len(self.events)
+                    if index >= end and not self.done:
                         self._cond.wait(timeout=heartbeat_s)
-                    batch = self.events[index:]
-                    index, finished = len(self.events), self.done
+                        end = self.start + len(self.events)
+                    start, batch, finished = self.start, self.events[max(0, index - self.start):], self.done
+                if index < start:  # older than the in-memory window: from the file (what it held up to start)
+                    batch = read_events(self.run_dir, 0)[0][index:start] + batch
+                index = end
                 if batch or heartbeat_s is not None:
                     yield batch
-                if finished and index >= len(self.events):
+                if finished and index >= self.start + len(self.events):
                     return
         finally:
             with self._cond:
