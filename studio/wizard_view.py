@@ -90,8 +90,9 @@ def build_pair(store: ProfileStore, c: WizardChoices) -> ProfileTexts:
     toml_io.set_value(main, "model.transformer_path", c.transformer_path)
     if c.activation_checkpointing:
         toml_io.set_value(main, "activation_checkpointing", True)
-    if c.blocks_to_swap:
+    if c.blocks_to_swap:  # the native trainer has no block swap: such a run goes to the user's diffusion-pipe
         toml_io.set_value(main, "blocks_to_swap", int(c.blocks_to_swap))
+        toml_io.set_value(main, "studio.backend", "diffusion-pipe")
     if c.run_name and toml_io.get_value(main, "monitoring.wandb_run_name") is not None:
         toml_io.set_value(main, "monitoring.wandb_run_name", c.run_name)
     dataset = toml_io.loads(base.dataset_text, base.dataset_name)

@@ -109,7 +109,8 @@ def advice(s: VramSettings, card_gb: int) -> list[str]:
             break
         s = VramSettings(**{**s.__dict__, "blocks_to_swap": swap})
     if s.blocks_to_swap:
-        tips.append(f"swap {s.blocks_to_swap} blocks to RAM (blocks_to_swap = {s.blocks_to_swap})")
+        tips.append(f"swap {s.blocks_to_swap} blocks to RAM (blocks_to_swap = {s.blocks_to_swap}; the "
+                    "diffusion-pipe backend only)")
     if not estimate(s).fits(card_gb):
         tips.append("lower the batch size or the resolution")
     return tips

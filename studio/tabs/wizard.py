@@ -87,7 +87,9 @@ def render(services: Services) -> WizardHandles:
             with gr.Row():
                 card = gr.Dropdown(CARDS, value=24, label="Your GPU memory (GB)", elem_id="wiz-card")
                 checkpointing = gr.Checkbox(label="Activation checkpointing", value=False)
-                swap = gr.Slider(0, 34, value=0, step=1, label="Blocks to swap to RAM")
+                swap = gr.Slider(0, 34, value=0, step=1, label="Blocks to swap to RAM",
+                                 info="more than 0 runs on your diffusion-pipe checkout: the native trainer has no "
+                                      "block swap (float8 storage and checkpointing save memory natively)")
             vram = gr.Markdown(elem_id="wiz-vram")
             with gr.Row():
                 back3 = gr.Button("← Back", elem_id="wiz-back-3")

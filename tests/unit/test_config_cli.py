@@ -85,8 +85,25 @@ def test_validate_num_gpus_flag(tmp_path: Path, capsys) -> None:
     text = (GOLDEN / "base_main.toml").read_text().replace("pipeline_stages = 1", "pipeline_stages = 2")
     (tmp_path / "main.toml").write_text(text)
     (tmp_path / "base_dataset.toml").write_text((GOLDEN / "base_dataset.toml").read_text())
-    assert main(["validate", str(tmp_path / "main.toml"), "--skip-path-checks"]) == 1
-    assert main(["validate", str(tmp_path / "main.toml"), "--skip-path-checks", "--num-gpus", "2"]) == 0
+    assert main(["validate", str(tmp_path / "main.toml"), "--skip-path-checks", "--backend", "diffusion-pipe"]) == 1
+    assert main(["validate", str(tmp_path / "main.toml"), "--skip-path-checks", "--num-gpus", "2",
+                 "--backend", "diffusion-pipe"]) == 0
+    capsys.readouterr()
+    # the native trainer (the default backend) runs on one GPU whatever --num-gpus says
+    assert main(["validate", str(tmp_path / "main.toml"), "--skip-path-checks", "--num-gpus", "2"]) == 1
+    assert ":7: pipeline_stages: native trainer: " in capsys.readouterr().out
+
+
+def test_validate_backend_flag(tmp_path: Path, capsys) -> None:
+    (tmp_path / "wan.toml").write_text((GOLDEN / "valid" / "wan_14b_low_vram.toml").read_text())
+    (tmp_path / "dataset_reference.toml").write_text((GOLDEN / "valid" / "dataset_reference.toml").read_text())
+    assert main(["validate", str(tmp_path / "wan.toml"), "--skip-path-checks"]) == 1
+    lines = capsys.readouterr().out.strip().split("\n")
+    errors = [line for line in lines if ": warning: " not in line]
+    assert len(errors) == 1 and LINE.match(errors[0])["key"] == "model.type"
+    assert "the native trainer trains chroma only, not 'wan'" in errors[0]
+    assert main(["validate", str(tmp_path / "wan.toml"), "--skip-path-checks", "--backend", "diffusion-pipe"]) == 0
+    assert capsys.readouterr().out.strip().endswith("warning(s))")
 
 
 def test_profile_commands(tmp_path: Path, capsys, studio_home: Path) -> None:

@@ -41,8 +41,17 @@ def _load_generator():
 @pytest.mark.parametrize(("main", "dataset"), PAIRS)
 def test_example_pairs_validate(main: str, dataset: str) -> None:
     issues = validate_texts((VALID / main).read_text(), (VALID / dataset).read_text(), main_file=main,
-                            dataset_file=dataset, skip_path_checks=True)
+                            dataset_file=dataset, skip_path_checks=True, backend="diffusion-pipe")
     assert [i.format() for i in issues if i.is_error] == []
+
+
+@pytest.mark.parametrize(("main", "dataset"), PAIRS)
+def test_example_pairs_of_other_types_are_one_error_for_the_native_backend(main: str, dataset: str) -> None:
+    issues = validate_texts((VALID / main).read_text(), (VALID / dataset).read_text(), main_file=main,
+                            dataset_file=dataset, skip_path_checks=True)
+    errors = [i for i in issues if i.is_error]
+    assert [i.key for i in errors] == ["model.type"]
+    assert "trains chroma only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
 
 
 @pytest.mark.parametrize("path", sorted(VALID.glob("*.toml")) + PROFILES, ids=lambda p: p.name)
@@ -99,7 +108,7 @@ def test_invalid_corpus_is_large_enough() -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_config_is_rejected_naming_its_key(path: Path) -> None:
-    header = _header(path)
+    header = _header(path)  # the diffusion-pipe contract: checked with backend = 'diffusion-pipe'
     expected = header["expect"][0]
     num_gpus = int(header.get("num_gpus", ["1"])[0])
     if header["kind"][0] == "main":
@@ -107,10 +116,14 @@ def test_invalid_config_is_rejected_naming_its_key(path: Path) -> None:
     else:
         main_text, dataset_text = _main_for_dataset(header), path.read_text()
     issues = validate_texts(main_text, dataset_text, main_file="main.toml", dataset_file="dataset.toml",
-                            base_dir=GOLDEN, num_gpus=num_gpus)
+                            base_dir=GOLDEN, num_gpus=num_gpus, backend="diffusion-pipe")
     errors = [issue for issue in issues if issue.is_error]
     assert {issue.key for issue in errors} == {expected}, [issue.format() for issue in errors]
     assert all(issue.message and issue.fix and issue.line >= 1 for issue in errors)
+    # The native backend reports the same problem (and, maybe, what it cannot train on top of it).
+    native = validate_texts(main_text, dataset_text, main_file="main.toml", dataset_file="dataset.toml",
+                            base_dir=GOLDEN, num_gpus=num_gpus)
+    assert expected in {issue.key for issue in native if issue.is_error}
 
 
 def test_invalid_corpus_is_up_to_date(tmp_path: Path) -> None:

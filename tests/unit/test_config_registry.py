@@ -19,6 +19,7 @@ SAMPLE_BY_KIND = {"file": "/m/weights.safetensors", "dir": "/m/folder", "path": 
                   "bool": True, "float": 1.0, "pos_float": 1.0, "fraction": 0.5, "int": 256,
                   "method": "logit_normal", "file_list": ["/m/a.safetensors"]}
 DATASET = "resolutions = [512]\n[[directory]]\npath = '/d'\n"
+DP = "diffusion-pipe"  # the diffusion-pipe contract, without the native trainer's refusals
 if_video_dataset = "resolutions = [512]\nsize_buckets = [[960, 960, 1]]\n[[directory]]\npath = '/d'\n"
 
 
@@ -51,13 +52,32 @@ def test_registry_has_exactly_the_24_types() -> None:
 
 @pytest.mark.parametrize("type_name", ISSUE_TYPES)
 def test_minimal_config_of_each_type_validates(type_name: str) -> None:
-    issues = validate_texts(_minimal_main(type_name), _dataset_for(type_name), skip_path_checks=True)
+    issues = validate_texts(_minimal_main(type_name), _dataset_for(type_name), skip_path_checks=True, backend=DP)
     assert [i.format() for i in issues if i.is_error] == []
+
+
+@pytest.mark.parametrize("type_name", ISSUE_TYPES)
+def test_native_backend_trains_chroma_only(type_name: str) -> None:
+    doc = tomlkit.parse(_minimal_main(type_name))
+    doc["studio"] = {"backend": "native"}
+    for text in (_minimal_main(type_name), tomlkit.dumps(doc)):  # the default backend, and named
+        issues = validate_texts(text, _dataset_for(type_name), skip_path_checks=True)
+        errors = [i for i in issues if i.is_error]
+        if type_name == "chroma":
+            assert errors == []
+        else:
+            assert [i.key for i in errors] == ["model.type"], [i.format() for i in errors]
+            assert "native trainer trains chroma only" in errors[0].message
+            assert errors[0].fix.startswith("set [studio] backend = 'diffusion-pipe'")
+    doc["studio"] = {"backend": DP}
+    assert [i for i in validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True)
+            if i.is_error] == []
 
 
 @pytest.mark.parametrize(("type_name", "key"), [(t, k) for t in ISSUE_TYPES for k in model_type(t).required])
 def test_each_required_model_key_is_enforced(type_name: str, key: str) -> None:
-    issues = validate_texts(_minimal_main(type_name, drop=key), _dataset_for(type_name), skip_path_checks=True)
+    issues = validate_texts(_minimal_main(type_name, drop=key), _dataset_for(type_name), skip_path_checks=True,
+                            backend=DP)
     assert {i.key for i in issues if i.is_error} == {f"model.{key}"}
 
 
@@ -70,7 +90,7 @@ def test_alternative_key_sets(type_name: str) -> None:
             del doc["model"][key]
         for key in group:
             doc["model"][key] = _value(type_name, key)
-        issues = validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True)
+        issues = validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True, backend=DP)
         assert not [i for i in issues if i.is_error], group
 
 

@@ -62,11 +62,14 @@ def test_a_save_rule_is_mandatory(tmp_path: Path):
         load_run(_run(tmp_path, MAIN.replace("save_every_n_epochs = 1\n", "")))
 
 
-def test_unsupported_keys_are_refused_and_speed_keys_warned():
-    with pytest.raises(ValueError, match="init_from_existing"):
-        check_supported({"adapter": {"init_from_existing": "/x/epoch5"}})
-    with pytest.raises(ValueError, match="resume_from_checkpoint"):
-        check_supported({"resume_from_checkpoint": True})
-    warnings = check_supported({"blocks_to_swap": 4, "monitoring": {"enable_wandb": True}})
-    assert any("blocks_to_swap" in w for w in warnings) and any("wandb" in w for w in warnings)
-    assert check_supported({"activation_checkpointing": False}) == []
+def test_the_trainer_refuses_what_the_validator_rejects():
+    chroma = {"model": {"type": "chroma"}}
+    with pytest.raises(ValueError, match="blocks_to_swap"):
+        check_supported({**chroma, "blocks_to_swap": 4}, {})
+    with pytest.raises(ValueError, match="control_path"):
+        check_supported(chroma, {"directory": [{"path": "x", "control_path": "y"}]})
+    with pytest.raises(ValueError, match="chroma only"):
+        check_supported({"model": {"type": "wan"}}, {})
+    honoured = {**chroma, "activation_checkpointing": True, "resume_from_checkpoint": True,
+                "adapter": {"type": "lora", "init_from_existing": "/x/epoch5"}, "monitoring": {"enable_wandb": True}}
+    assert check_supported(honoured, {"directory": [{"path": "x", "mask_path": "m"}]}) == []

@@ -57,6 +57,7 @@ def test_build_pair_fills_the_preset_and_validates(tmp_path):
     main = toml_io.loads_plain(pair.main_text)
     assert main["model"]["transformer_path"] == str(ckpt) and main["activation_checkpointing"] is True
     assert main["blocks_to_swap"] == 8 and main["monitoring"]["wandb_run_name"] == "my-run"
+    assert main["studio"]["backend"] == "diffusion-pipe"  # block swap is not available natively
     assert "# Chroma E6AI 1024" in pair.main_text  # the preset's comments survive
     assert toml_io.loads_plain(pair.dataset_text)["directory"][0]["path"] == str(data)
     (tmp_path / "out").mkdir()

@@ -20,12 +20,15 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("main", type=Path, help="main TOML (its relative paths resolve against its folder)")
     p.add_argument("--skip-path-checks", action="store_true", help="do not check that files and folders exist")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs the run will use (default 1)")
+    p.add_argument("--backend", choices=("native", "diffusion-pipe"), default=None,
+                   help="check for this trainer (default: the file's [studio] backend, else native)")
     p.set_defaults(handler=_validate)
 
 
 def _validate(args: argparse.Namespace) -> int:
     try:
-        issues = validate_files(args.main, skip_path_checks=args.skip_path_checks, num_gpus=args.num_gpus)
+        issues = validate_files(args.main, skip_path_checks=args.skip_path_checks, num_gpus=args.num_gpus,
+                                backend=args.backend)
     except ConfigParseError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_UNPARSEABLE

@@ -26,6 +26,10 @@ class StudioConfig(BaseModel):
     sample_steps: PosInt | None = Field(None, description="Sampling steps per preview.")
     sample_guidance: NonNegFloat | None = Field(None, description="Real CFG scale for previews.")
     notes: str = Field("", description="Free-form notes about this profile.")
+    seed: NonNegInt = Field(42, description="Seed of the native trainer (data order, noise, timesteps, LoRA init).")
+    nonfinite_loss: Literal["stop", "skip"] = Field(
+        "stop", description="On a NaN/inf loss: 'stop' saves the last good LoRA and state and stops; 'skip' drops "
+        "the step (20 in a row still stop).")
     # The diffusion-pipe backend (trainers/diffusion_pipe): where the user's checkout is and how to launch it.
     diffusion_pipe_path: str | None = Field(None, description="Folder of your diffusion-pipe checkout "
                                             "(else env DP_STUDIO_DIFFUSION_PIPE).")

@@ -1,4 +1,5 @@
-"""Validate a diffusion-pipe config pair: syntax, unknown keys, types, cross-key rules, paths, placeholders.
+"""Validate a diffusion-pipe config pair: syntax, unknown keys, types, cross-key rules, what the native trainer
+refuses (when the pair runs natively), paths, placeholders.
 
 Relative paths (the main file's ``dataset``, eval configs, model files, dataset folders) resolve against the
 main TOML's folder, where dp-studio runs its trainers (docs/run-folder.md); ``validate_files`` then tries the
@@ -10,11 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from trainers.config import paths_check, rules, rules_dataset, unknown_keys
+from trainers.config import paths_check, rules, rules_dataset, rules_native, unknown_keys
 from trainers.config.issues import ConfigIssue, ConfigParseError, Reporter
 from trainers.config.schema_dataset import DatasetConfig
 from trainers.config.schema_main import MainConfig
@@ -22,29 +23,32 @@ from trainers.config.toml_io import loads_plain, read_text
 from trainers.config.translate import report_validation_error
 
 SYNTAX_KEY = "(syntax)"
+Backend = Literal["native", "diffusion-pipe"]
 
 
 def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str = "main.toml",
                    dataset_file: str = "dataset.toml",
                    base_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
                    skip_path_checks: bool = False, num_gpus: int | None = 1,
-                   eval_texts: dict[str, str] | None = None) -> list[ConfigIssue]:
+                   eval_texts: dict[str, str] | None = None, backend: Backend | None = None) -> list[ConfigIssue]:
     """All issues of a main TOML and its dataset TOML given as text (the UI's entry point).
 
     ``dataset_text`` None skips the dataset (e.g. while the user edits only the main file). ``base_dir``: the
     folder(s) relative paths resolve against, first match wins (default: cwd). A syntax error is
     returned as one issue with key ``(syntax)`` rather than raised. ``eval_texts`` maps eval config file names
-    to their text. ``num_gpus`` None skips the GPU-count rules.
+    to their text. ``num_gpus`` None skips the GPU-count rules. ``backend`` None: the main file's
+    ``[studio] backend`` (default native, whose refusals are errors, see ``rules_native``).
     """
     base = _bases(base_dir)
     try:
         main_data = loads_plain(main_text, main_file)
-        issues = check_main(main_data, main_text, main_file, base, skip_path_checks, num_gpus)
+        issues = check_main(main_data, main_text, main_file, base, skip_path_checks, num_gpus, backend)
         model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
+        native = _native_chroma(main_data, backend)
         if dataset_text is not None:
-            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model)
+            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model, native)
         for name, text in (eval_texts or {}).items():
-            issues += check_dataset_text(text, name, base, skip_path_checks, model)
+            issues += check_dataset_text(text, name, base, skip_path_checks, model, native)
     except ConfigParseError as exc:
         return [ConfigIssue(exc.file, exc.line, SYNTAX_KEY, f"column {exc.column}: {exc.message}",
                             "fix the TOML syntax")]
@@ -59,8 +63,13 @@ def _bases(base_dir: Any) -> list[Path]:
     return [Path(base) for base in base_dir]
 
 
+def _native_chroma(main: dict[str, Any], backend: Backend | None) -> bool:
+    """Whether the dataset files get the native trainer's dataset refusals."""
+    return rules_native.runs_natively(main, backend) and rules_native.trains_chroma(main)
+
+
 def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
-               num_gpus: int | None) -> list[ConfigIssue]:
+               num_gpus: int | None, backend: Backend | None = None) -> list[ConfigIssue]:
     """Issues of a parsed main TOML (``text`` is only used to find line numbers)."""
     report = Reporter(file, text)
     clean = unknown_keys.check_main(data, report)
@@ -69,6 +78,8 @@ def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path],
     except ValidationError as exc:
         report_validation_error(exc, clean, report)
     rules.check_main(clean, report, num_gpus)
+    if rules_native.runs_natively(clean, backend):
+        rules_native.check_main(clean, report)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
         paths_check.check_paths(paths_check.main_paths(clean), base_dir, report)
@@ -76,8 +87,9 @@ def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path],
 
 
 def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
-                       model: dict[str, Any] | None = None) -> list[ConfigIssue]:
-    """Issues of a dataset TOML; ``model`` (the main file's [model] table) enables model-specific rules."""
+                       model: dict[str, Any] | None = None, native: bool = False) -> list[ConfigIssue]:
+    """Issues of a dataset TOML; ``model`` (the main file's [model] table) enables model-specific rules, and
+    ``native`` the native trainer's refusals (a Chroma pair that runs natively)."""
     data = loads_plain(text, file)
     report = Reporter(file, text)
     clean = unknown_keys.check_dataset(data, report)
@@ -88,6 +100,8 @@ def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_che
     model = model or {}
     model_type = model.get("type") if isinstance(model.get("type"), str) else None
     rules_dataset.check_dataset(clean, report, model_type, model)
+    if native:
+        rules_native.check_dataset(clean, report)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
         paths_check.check_paths(paths_check.dataset_paths(clean), base_dir, report)
@@ -95,31 +109,33 @@ def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_che
 
 
 def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool = False,
-                   num_gpus: int | None = 1) -> list[ConfigIssue]:
+                   num_gpus: int | None = 1, backend: Backend | None = None) -> list[ConfigIssue]:
     """Validate a main TOML file and the dataset (and eval) TOMLs it names.
 
     Raises ConfigParseError when a file cannot be read or parsed. A dataset file that does not exist is an
     issue on the ``dataset`` key (even with ``skip_path_checks``: without it nothing can be checked).
+    ``backend`` None: the main file's ``[studio] backend`` (default native).
     """
     main_path = Path(main_path)
     main_text = read_text(main_path)
     main_data = loads_plain(main_text, str(main_path))
     base = list(dict.fromkeys([main_path.parent, Path.cwd()]))
-    issues = check_main(main_data, main_text, str(main_path), base, skip_path_checks, num_gpus)
+    issues = check_main(main_data, main_text, str(main_path), base, skip_path_checks, num_gpus, backend)
     model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
+    native = _native_chroma(main_data, backend)
     dataset = main_data.get("dataset")
     if isinstance(dataset, str) and paths_check.placeholder_text(dataset) is None and dataset:
-        issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model)
+        issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model, native)
     for index, entry in enumerate(main_data.get("eval_datasets") or []):
         config = entry.get("config") if isinstance(entry, dict) else None
         if isinstance(config, str) and config and paths_check.resolve(config, base).is_file():
             issues += _dataset_file(config, f"eval_datasets[{index}].config", main_path, base, main_text,
-                                    skip_path_checks, model)
+                                    skip_path_checks, model, native)
     return issues
 
 
 def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_text: str,
-                  skip_path_checks: bool, model: dict[str, Any]) -> list[ConfigIssue]:
+                  skip_path_checks: bool, model: dict[str, Any], native: bool) -> list[ConfigIssue]:
     path = paths_check.resolve(value, base)
     if not path.is_file():
         if not skip_path_checks:
@@ -129,7 +145,7 @@ def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_
                      f"check the path (relative paths are resolved against {' or '.join(map(str, base))})")
         return report.issues
     text = read_text(path)
-    return check_dataset_text(text, str(path), base, skip_path_checks, model)
+    return check_dataset_text(text, str(path), base, skip_path_checks, model, native)
 
 
 def is_valid(issues: list[ConfigIssue]) -> bool:

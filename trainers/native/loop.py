@@ -119,7 +119,7 @@ class Trainer:
         self.generator = seed_everything(self.s.seed)
         self.rng = random.Random(self.s.seed)
         config = self.s.config
-        for warning in check_supported(config):
+        for warning in check_supported(config, self.s.dataset):
             self._log(warning, "warning")
         self._set_phase("loading", f"loading {config['model'].get('type')} on {self.device}")
         started = time.time()
@@ -127,8 +127,11 @@ class Trainer:
         self._attach_adapter(config)
         self._log(f"model loaded in {time.time() - started:.1f} s")
         self.cache = self._cache_dataset(self.s.dataset, "training")
-        self.eval_sets = [EvalSet(name, self._cache_dataset(_read_dataset(path), f"eval set {name}"))
-                          for name, path in eval_sets_from_config(config, Path.cwd())]
+        self.eval_sets = []
+        for name, path in eval_sets_from_config(config, Path.cwd()):
+            dataset = _read_dataset(path)
+            check_supported(config, dataset)
+            self.eval_sets.append(EvalSet(name, self._cache_dataset(dataset, f"eval set {name}")))
         self._plan()
         self.optimizer = build_optimizer(self.params, config.get("optimizer", {}))
         self.base_lr = float(config.get("force_constant_lr", config["optimizer"]["lr"]))

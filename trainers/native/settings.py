@@ -139,27 +139,16 @@ def load_run(run_dir: Path, max_steps_override: int | None = None) -> RunSetting
         save_every_n_epochs=_positive(config, "save_every_n_epochs"),
         save_every_n_steps=_positive(config, "save_every_n_steps"),
         save_every_n_examples=_positive(config, "save_every_n_examples"),
-        seed=int(config.get("seed", config.get("studio", {}).get("seed", DEFAULT_SEED))),
+        seed=int(config.get("studio", {}).get("seed", DEFAULT_SEED)),
         uncond_fraction=float(config.get("uncond_fraction", 0.0)),
     )
 
 
-# Keys the native trainer cannot honour: refusing beats silently training something else.
-UNSUPPORTED = {
-    ("adapter", "init_from_existing"): "start from an existing LoRA",
-    ("adapter", "fuse_adapters"): "fuse LoRAs into the base model before training",
-}
-# Keys that only change speed, memory or bookkeeping: ignored with a warning.
-IGNORED = ("blocks_to_swap", "activation_checkpointing", "reentrant_activation_checkpointing", "pipeline_stages",
-           "partition_method", "partition_split", "compile", "caching_batch_size", "map_num_proc")
+def check_supported(config: dict, dataset: dict) -> list[str]:
+    """Raise for what the native trainer refuses (the validator's table); return its warnings."""
+    from trainers.config.native_support import native_rejections, native_warnings
 
-
-def check_supported(config: dict) -> list[str]:
-    """Raise for keys the native trainer cannot honour; return warnings for keys it ignores."""
-    for (table, key), what in UNSUPPORTED.items():
-        section = config.get(table, {}) if table else config
-        if section.get(key):
-            name = f"[{table}] {key}" if table else key
-            raise ValueError(f"{name}: the native trainer cannot {what} yet; remove the key or use the "
-                             "diffusion-pipe backend")
-    return [f"{key} is ignored by the native trainer" for key in IGNORED if config.get(key)]
+    refused = native_rejections(config, dataset)
+    if refused:
+        raise ValueError("the native trainer cannot train this config:\n" + "\n".join(refused))
+    return native_warnings(config, dataset)

@@ -1,0 +1,40 @@
+"""The native backend's refusals as validation issues: ``native_support``'s table applied to a config pair.
+
+A config runs natively when ``[studio] backend`` is "native" or missing (the default), unless the caller names
+the backend. Then a Chroma config gets one error per key the native trainer refuses, and any other model type
+one error for the whole config. The data is the unknown-key pass's cleaned copy, so unknown keys (already
+reported) are not reported twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainers.config import native_support
+from trainers.config.issues import Reporter
+from trainers.config.registry import MODEL_TYPES
+
+
+def runs_natively(main: dict[str, Any], backend: str | None = None) -> bool:
+    """Whether this main config is checked for the native trainer (``backend`` overrides ``[studio] backend``)."""
+    return (backend or native_support.backend_of(main)) == native_support.NATIVE_BACKEND
+
+
+def trains_chroma(main: dict[str, Any]) -> bool:
+    """Whether the native table applies to the config pair's keys (``[model] type`` is Chroma)."""
+    return native_support.model_type_of(main) == native_support.NATIVE_TYPE
+
+
+def check_main(main: dict[str, Any], report: Reporter) -> None:
+    """Report what the native trainer refuses in a main TOML that runs natively."""
+    kind = native_support.model_type_of(main)
+    if kind is not None and kind not in MODEL_TYPES:
+        return  # an unknown type string is the schema's error
+    for finding in native_support.main_findings(main):
+        report.add(finding.key, finding.message, finding.fix, finding.severity)
+
+
+def check_dataset(dataset: dict[str, Any], report: Reporter) -> None:
+    """Report what the native trainer refuses in the dataset (or eval dataset) TOML of a native Chroma run."""
+    for finding in native_support.dataset_findings(dataset):
+        report.add(finding.key, finding.message, finding.fix, finding.severity)
