@@ -1,126 +1,241 @@
-"""Encode every example once (VAE latents, text embeddings) and serve shuffled batches per epoch.
+"""Encode every example once (VAE latents, text embeddings, masks), keep them on disk, serve batches per epoch.
 
-Like diffusion-pipe, batches never mix bucket sizes and each bucket is truncated to a multiple of the global
-batch size (a bucket smaller than one global batch is dropped, with a warning).
+Entries live in ``<directory>/cache/studio_<family>/`` (see ``disk_cache``): a second run on the same data
+loads them instead of encoding, a changed image or caption encodes only itself, a different encoder
+(``Family.cache_key``) encodes everything, and ``regenerate`` wipes the folders first. Each latent is drawn
+from the VAE posterior with its own generator, seeded from the image's path, bucket size and the run seed, so
+a cached latent equals a fresh one whatever the caching batch size. Like diffusion-pipe, batches never mix
+buckets and each bucket is truncated to a multiple of its global batch size (a bucket smaller than one global
+batch is dropped with a warning).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from trainers.native.data import Item, load_pixels
+from trainers.native.data import Item
+from trainers.native.disk_cache import (
+    CacheStats,
+    Stores,
+    cache_latents,
+    cache_masks,
+    cache_texts,
+    latent_entries,
+    mask_entries,
+)
 from trainers.native.families.base import Family, TextBatch
 
 log = logging.getLogger(__name__)
-CHUNK = 16
+
+Size = tuple[int, int]
+BatchSize = int | Mapping[Size, int] | Callable[[Size], int]
 
 
 @dataclass
 class Bucket:
-    """Cached examples of one (width, height): latents (N, C, h, w) and each example's text row."""
+    """Cached examples of one bucket: each image's latent once, and per example its latent and text row."""
 
-    size: tuple[int, int]
-    latents: torch.Tensor
-    text_rows: torch.Tensor
+    size: Size
+    latents: torch.Tensor  # (M, C, h, w): one per image of the bucket
+    text_rows: torch.Tensor  # (N,): per example, a row of Cache.text
+    latent_rows: torch.Tensor | None = None  # (N,): per example, a row of latents (None: row i is example i)
+    repeats: list[int] | None = None  # per example num_repeats (None: 1 each)
+    masks: torch.Tensor | None = None  # (M, H, W) uint8, 255 = train; None when no image of the bucket has one
+    ar: float = 1.0
+
+    def example_repeats(self) -> list[int]:
+        """``num_repeats`` of each example."""
+        return self.repeats if self.repeats is not None else [1] * len(self.text_rows)
 
 
 @dataclass
 class Cache:
-    """All cached examples plus the text table they index (the last row is the empty caption)."""
+    """All cached examples plus the text table they index (``empty_row`` is the empty caption)."""
 
     buckets: list[Bucket]
     text: TextBatch
     empty_row: int
-    repeats: dict[tuple[int, int], list[int]]
+    stats: CacheStats = field(default_factory=CacheStats)
+    device: torch.device | None = None  # where batch_tensors puts its tensors (the family's device)
 
     def examples_per_epoch(self) -> int:
         """Examples in one epoch, num_repeats included."""
-        return sum(sum(r) for r in self.repeats.values())
-
-
-def _to_tensor(images) -> torch.Tensor:
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+        return sum(sum(b.example_repeats()) for b in self.buckets)
 
 
 @torch.no_grad()
-def encode_texts(family: Family, captions: list[str]) -> TextBatch:
-    """Text embeddings for ``captions`` (in chunks)."""
-    parts = [family.encode_prompts(captions[i:i + CHUNK]) for i in range(0, len(captions), CHUNK)]
+def encode_texts(family: Family, captions: list[str], batch_size: int = 16) -> TextBatch:
+    """Text embeddings for ``captions`` (in chunks of ``batch_size``), not cached."""
+    parts = [family.encode_prompts(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
     return TextBatch.cat(parts)
+
+
+def _bucket(group: list[Item], latents: dict, masks: dict, row_of: dict[str, int]) -> Bucket:
+    images: dict[tuple, int] = {}
+    for item in group:
+        images.setdefault((item.path, item.size), len(images))
+    mask_stack = None
+    if any(item.mask is not None for item in group):
+        mask_of = {(it.path, it.size): masks[(it.mask, it.size)] for it in group if it.mask is not None}
+        blank = torch.full((group[0].size[1], group[0].size[0]), 255, dtype=torch.uint8)
+        mask_stack = torch.stack([mask_of.get(k, blank) for k in images])
+    return Bucket(
+        size=group[0].size, latents=torch.stack([latents[k] for k in images]),
+        text_rows=torch.tensor([row_of[it.caption] for it in group]),
+        latent_rows=torch.tensor([images[(it.path, it.size)] for it in group]),
+        repeats=[it.repeats for it in group], masks=mask_stack, ar=group[0].ar)
 
 
 @torch.no_grad()
 def build_cache(family: Family, items: list[Item], seed: int,
-                progress: Callable[[int], None] = lambda done: None) -> Cache:
-    """Encode all items: latents per bucket (the VAE posterior sampled once, seeded) and unique captions."""
-    captions = sorted({item.caption for item in items})
-    row_of = {c: i for i, c in enumerate(captions)}
-    text = encode_texts(family, captions + [""])
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    by_size: dict[tuple[int, int], list[Item]] = {}
+                progress: Callable[[int, int], None] = lambda done, total: None, *,
+                cache_dir: Path | None = None, regenerate: bool = False, persist: bool = True,
+                batch_size: int = 1, workers: int = 1) -> Cache:
+    """Encode (or load from the disk cache) every item's latent, caption and mask, grouped into buckets.
+
+    ``progress(done, total)`` counts latents (one per image and bucket size). ``cache_dir`` puts every entry
+    in one folder instead of beside each directory; ``persist=False`` keeps nothing on disk. ``regenerate``
+    (``regenerate_cache``) wipes the cache folders first; ``batch_size`` (``caching_batch_size``) is the
+    encoders' chunk size and ``workers`` (``map_num_proc``) the number of image-loading threads.
+    """
+    key = family.cache_key()
+    stores = Stores(family.name, items, cache_dir, persist)
+    if regenerate:
+        for store in stores.all():
+            store.clear()
+    stats = CacheStats()
+    try:
+        text, row_of = cache_texts(family, items, stores, key, batch_size, stats)
+        latents = cache_latents(family, latent_entries(items, stores, key, seed), batch_size, workers, stats,
+                                 progress)
+        masks = cache_masks(mask_entries(items, stores), stats)
+    finally:
+        for store in stores.all():
+            store.write_index()
+    groups: dict[tuple, list[Item]] = {}
     for item in items:
-        by_size.setdefault(item.size, []).append(item)
-    buckets, repeats, done = [], {}, 0
-    for size, group in sorted(by_size.items()):
-        latents = []
-        for i in range(0, len(group), CHUNK):
-            chunk = group[i:i + CHUNK]
-            pixels = _to_tensor([load_pixels(it) for it in chunk])
-            latents.append(family.encode_images(pixels, generator=generator).cpu())
-            done += len(chunk)
-            progress(done)
-        rows = torch.tensor([row_of[it.caption] for it in group])
-        buckets.append(Bucket(size, torch.cat(latents), rows))
-        repeats[size] = [it.repeats for it in group]
-    return Cache(buckets, text, len(captions), repeats)
+        groups.setdefault(item.bucket_key, []).append(item)
+    buckets = [_bucket(groups[k], latents, masks, row_of) for k in sorted(groups)]
+    return Cache(buckets, text, row_of[""], stats, family.device)
 
 
-def steps_per_epoch(cache: Cache, global_batch: int) -> int:
-    """Optimizer steps in one epoch (each bucket truncated to a multiple of the global batch)."""
-    return sum(sum(r) // global_batch for r in cache.repeats.values())
+def micro_batch_picker(value: int | list, key: str = "micro_batch_size_per_gpu") -> Callable[[Size], int]:
+    """``micro_batch_size_per_gpu`` as a function of the bucket size: an int, or [[resolution, batch], ...]
+    pairs where a bucket takes the pair whose resolution is nearest sqrt(width * height) (first on ties)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return lambda size: value
+    pairs = value if isinstance(value, list) else None
+    if not pairs or not all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[1], int) and p[1] > 0
+                            and isinstance(p[0], int | float) for p in pairs):
+        raise ValueError(f"{key} = {value!r} must be a positive integer or a list of [resolution, batch size] "
+                         "pairs, e.g. [[512, 4], [1024, 1]]")
+    table = dict((float(res), int(batch)) for res, batch in pairs)  # a repeated resolution: the last one wins
+
+    def pick(size: Size) -> int:
+        side = math.sqrt(size[0] * size[1])
+        return min(table.items(), key=lambda rb: abs(rb[0] - side))[1]
+
+    return pick
+
+
+def micro_batch_sizes(config: dict) -> Callable[[Size], int]:
+    """The per-bucket micro batch of a main config: ``image_micro_batch_size_per_gpu`` (every native bucket is
+    an image bucket) or else ``micro_batch_size_per_gpu`` (default 1)."""
+    for key in ("image_micro_batch_size_per_gpu", "micro_batch_size_per_gpu"):
+        if key in config:
+            return micro_batch_picker(config[key], key)
+    return micro_batch_picker(1)
+
+
+def _size_fn(value: BatchSize) -> Callable[[Size], int]:
+    if isinstance(value, int):
+        return lambda size: value
+    if isinstance(value, Mapping):
+        return lambda size: value[size]
+    return value
+
+
+def dropped_buckets(cache: Cache, micro_batch: BatchSize, grad_accum: int = 1) -> list[str]:
+    """A message per bucket with fewer examples than its global batch (it never trains)."""
+    size_of = _size_fn(micro_batch)
+    messages = []
+    for bucket in cache.buckets:
+        examples, global_batch = sum(bucket.example_repeats()), size_of(bucket.size) * grad_accum
+        if examples < global_batch:
+            messages.append(f"bucket {bucket.size[0]}x{bucket.size[1]} (aspect {bucket.ar}) has {examples} examples, "
+                            f"fewer than one global batch ({global_batch}): it is dropped")
+    return messages
+
+
+def steps_per_epoch(cache: Cache, micro_batch: BatchSize, grad_accum: int = 1, *,
+                    subsample_ratio: float | None = None) -> int:
+    """Optimizer steps in one epoch (each bucket truncated to a multiple of its global batch, then
+    ``subsample_ratio``); logs a warning per dropped bucket. ``steps_per_epoch(cache, global_batch)`` also works."""
+    for message in dropped_buckets(cache, micro_batch, grad_accum):
+        log.warning(message)
+    size_of = _size_fn(micro_batch)
+    steps = sum(sum(b.example_repeats()) // (size_of(b.size) * grad_accum) for b in cache.buckets)
+    return int(steps * subsample_ratio) if subsample_ratio is not None else steps
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One micro-batch: indices into one bucket."""
+    """One micro-batch: example indices into one bucket."""
 
     bucket: int
     rows: tuple[int, ...]
 
 
-def epoch_batches(cache: Cache, micro_batch: int, grad_accum: int, seed: int,
-                  epoch: int) -> Iterator[list[Batch]]:
-    """The optimizer steps of ``epoch``, each a list of ``grad_accum`` micro-batches, in shuffled order."""
+def _epoch_steps(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: int, epoch: int) -> list[list[Batch]]:
     rng = random.Random(seed * 1000 + epoch)
-    global_batch = micro_batch * grad_accum
+    size_of = _size_fn(micro_batch)
     steps: list[list[Batch]] = []
     for b, bucket in enumerate(cache.buckets):
-        order = [i for i, r in enumerate(cache.repeats[bucket.size]) for _ in range(r)]
+        micro = size_of(bucket.size)
+        global_batch = micro * grad_accum
+        order = [i for i, r in enumerate(bucket.example_repeats()) for _ in range(r)]
         rng.shuffle(order)
         usable = len(order) - len(order) % global_batch
-        if usable == 0 and epoch == 1:
-            log.warning("bucket %dx%d has %d examples, fewer than one global batch (%d): dropped",
-                        *bucket.size, len(order), global_batch)
         for s in range(0, usable, global_batch):
             chunk = order[s:s + global_batch]
-            steps.append([Batch(b, tuple(chunk[m:m + micro_batch]))
-                          for m in range(0, global_batch, micro_batch)])
+            steps.append([Batch(b, tuple(chunk[m:m + micro])) for m in range(0, global_batch, micro)])
     rng.shuffle(steps)
-    yield from steps
+    return steps
+
+
+def epoch_batches(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: int, epoch: int, *,
+                  subsample_ratio: float | None = None, start: int = 0) -> Iterator[list[Batch]]:
+    """The optimizer steps of ``epoch``, each a list of ``grad_accum`` micro-batches, in an order fixed by
+    (seed, epoch); ``micro_batch`` may differ per bucket size; ``start`` skips the epoch's first steps (resume)."""
+    steps = _epoch_steps(cache, micro_batch, grad_accum, seed, epoch)
+    if subsample_ratio is not None:
+        steps = steps[:int(len(steps) * subsample_ratio)]
+    yield from steps[start:]
 
 
 def batch_tensors(cache: Cache, batch: Batch, uncond_fraction: float,
-                  rng: random.Random) -> tuple[torch.Tensor, TextBatch]:
-    """Latents and text for one micro-batch; each caption is dropped with ``uncond_fraction`` probability."""
+                  rng: random.Random | None) -> tuple[torch.Tensor, TextBatch, torch.Tensor | None]:
+    """Latents, text and pixel mask ((B, H, W) float, or None) of one micro-batch, on the cache's device; each
+    caption is swapped for the empty one with probability ``uncond_fraction`` (``rng`` may be None when 0)."""
     bucket = cache.buckets[batch.bucket]
     rows = list(batch.rows)
     text_rows = [cache.empty_row if uncond_fraction and rng.random() < uncond_fraction else int(r)
                  for r in bucket.text_rows[rows].tolist()]
-    return bucket.latents[rows], cache.text.index(text_rows)
+    images = bucket.latent_rows[rows] if bucket.latent_rows is not None else torch.tensor(rows)
+    mask = None
+    if bucket.masks is not None:
+        # diffusion-pipe keeps masks as float16 (x / 255) and computes the loss in float32.
+        mask = (bucket.masks[images].float() / 255.0).half().float()
+    text = cache.text.index(text_rows)
+    latents = bucket.latents[images]
+    if cache.device is not None:
+        latents, text = latents.to(cache.device), TextBatch(text.embeds.to(cache.device), text.mask.to(cache.device))
+        mask = mask.to(cache.device) if mask is not None else None
+    return latents, text, mask

@@ -1,13 +1,16 @@
 """Dataset TOML -> training examples, with diffusion-pipe's semantics for the keys it shares.
 
 Top-level keys are defaults that each ``[[directory]]`` may override. Captions come from ``captions.json``
-(file name -> list of captions) when the folder has one, else from the same-stem ``.txt``. Every entry of
-``resolutions`` duplicates the dataset at that area; images are centre-cropped to their bucket's aspect ratio
-and resized (Pillow ``ImageOps.fit``), sides rounded to a multiple of 16.
+(file name -> list of captions) when the folder has one, else from the same-stem ``.txt``; a file with no
+caption is skipped (``skip_empty_caption = true``, the default) or trained with "". Every caption (and every
+``cache_shuffle_num`` tag-shuffled variant of it) is its own example, and every entry of ``resolutions``
+duplicates the dataset at that area. Images are centre-cropped to their bucket's aspect ratio and resized
+(Pillow ``ImageOps.fit``, as diffusion-pipe does), sides rounded to the family's pixel multiple.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,6 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
@@ -22,9 +26,12 @@ log = logging.getLogger(__name__)
 SKIP_SUFFIXES = {".txt", ".npz", ".json", ".parquet", ".bak", ".db"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets",
-               "num_repeats", "caption_prefix", "shuffle_tags", "cache_shuffle_num", "cache_shuffle_delimiter",
-               "skip_empty_caption")
+               "frame_buckets", "size_buckets", "num_repeats", "caption_prefix", "shuffle_tags",
+               "cache_shuffle_num", "cache_shuffle_delimiter", "skip_empty_caption", "shuffle_metadata",
+               "online_captions")
 SIDE_MULTIPLE = 16
+ROUND_DIGITS = 3  # diffusion-pipe rounds resolutions and aspect ratios to 3 decimals before de-duplicating
+CAPTIONS_JSON = "captions.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,22 @@ class Item:
     caption: str
     size: tuple[int, int]  # (width, height)
     repeats: int = 1
+    mask: Path | None = None
+    ar: float = 1.0  # the aspect-ratio bucket (w/h, 3 decimals): buckets are (ar, width, height)
+    root: Path | None = None  # the [[directory]] folder: its cache lives in <root>/cache/
+
+    @property
+    def bucket_key(self) -> tuple[float, int, int]:
+        """Identity of the item's bucket: two aspect ratios that round to one size stay apart."""
+        return (self.ar, *self.size)
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """One bucket of a directory: the aspect ratio it stands for and its size in pixels."""
+
+    ar: float
+    size: tuple[int, int]
 
 
 def directory_settings(dataset: dict, directory: dict) -> dict:
@@ -44,57 +67,150 @@ def directory_settings(dataset: dict, directory: dict) -> dict:
     return merged
 
 
+def dedup_sorted(values) -> list[float]:
+    """Resolutions or ratios rounded to 3 decimals, de-duplicated and sorted (diffusion-pipe's normalisation)."""
+    return sorted(float(v) for v in {round(v, ROUND_DIGITS) for v in values})
+
+
 def side_of(resolution) -> float:
     """A ``resolutions`` entry (side, or [w, h]) as the side of a square of the same area."""
     if isinstance(resolution, list | tuple):
+        if len(resolution) != 2:
+            raise ValueError(f"resolutions entry {resolution!r} must be a side length or a [width, height] pair")
         return math.sqrt(resolution[0] * resolution[1])
-    return float(resolution)
+    if not isinstance(resolution, int | float) or resolution <= 0:
+        raise ValueError(f"resolutions entry {resolution!r} must be a positive number or a [width, height] pair")
+    return resolution
+
+
+def _ratio(entry, key: str) -> float:
+    if isinstance(entry, list | tuple):
+        if len(entry) != 2 or entry[1] == 0:
+            raise ValueError(f"{key} entry {entry!r} must be a ratio or a [width, height] pair")
+        return entry[0] / entry[1]
+    if not isinstance(entry, int | float) or entry <= 0:
+        raise ValueError(f"{key} entry {entry!r} must be a positive ratio or a [width, height] pair")
+    return entry
 
 
 def ar_buckets(settings: dict) -> list[float]:
-    """Aspect ratios (w/h) to bucket into; [1.0] when AR bucketing is off (diffusion-pipe's default)."""
+    """Aspect ratios (w/h) to bucket into: [1.0] when AR bucketing is off (diffusion-pipe's default),
+    else ``ar_buckets`` or ``num_ar_buckets`` ratios spaced geometrically from ``min_ar`` to ``max_ar``."""
     if not settings.get("enable_ar_bucket", False):
         return [1.0]
     if settings.get("ar_buckets"):
-        return [b[0] / b[1] if isinstance(b, list | tuple) else float(b) for b in settings["ar_buckets"]]
-    lo, hi, n = float(settings["min_ar"]), float(settings["max_ar"]), int(settings["num_ar_buckets"])
-    if n == 1:
-        return [math.sqrt(lo * hi)]
-    # Spaced evenly in log space between min_ar and max_ar.
-    return [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (n - 1)) for i in range(n)]
+        return dedup_sorted(_ratio(b, "ar_buckets") for b in settings["ar_buckets"])
+    missing = [k for k in ("min_ar", "max_ar", "num_ar_buckets") if k not in settings]
+    if missing:
+        raise ValueError(f"enable_ar_bucket = true needs ar_buckets or {', '.join(missing)} in the dataset config")
+    return dedup_sorted(np.geomspace(settings["min_ar"], settings["max_ar"], num=int(settings["num_ar_buckets"])))
+
+
+def round_side(x: float, multiple: int) -> int:
+    """A side rounded to the nearest multiple (Python's round: halves go to the even multiple)."""
+    return int(round(x / multiple) * multiple)
 
 
 def bucket_size(side: float, aspect: float, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
-    """(width, height) of about ``side**2`` pixels at aspect ``aspect``, sides rounded to ``multiple``."""
-    width = side * math.sqrt(aspect)
-    height = side / math.sqrt(aspect)
-    return (max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple))
+    """(width, height) of ``side**2`` pixels at aspect ``aspect``, each side rounded to ``multiple``."""
+    area = side ** 2
+    width = math.sqrt(area * aspect)
+    size = (round_side(width, multiple), round_side(area / width, multiple))
+    if 0 in size:
+        raise ValueError(f"resolution {side} at aspect ratio {aspect} gives a {size[0]}x{size[1]} bucket; "
+                         f"use a resolution of at least {multiple}")
+    return size
 
 
-def nearest_aspect(aspect: float, buckets: list[float]) -> float:
-    """The bucket ratio closest to ``aspect`` in log space."""
-    return min(buckets, key=lambda b: abs(math.log(b) - math.log(aspect)))
+def _size_buckets(settings: dict, multiple: int) -> list[BucketSpec]:
+    specs = []
+    for entry in settings["size_buckets"]:
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            raise ValueError(f"size_buckets entry {entry!r} must be [width, height, frames]")
+        width, height, frames = entry
+        if frames != 1:
+            raise ValueError(f"size_buckets entry {list(entry)!r}: frames must be 1 for image models")
+        size = (round_side(width, multiple), round_side(height, multiple))
+        specs.append(BucketSpec(round(width / height, ROUND_DIGITS), size))
+    return specs
+
+
+def _check_frame_buckets(settings: dict) -> None:
+    frames = settings.get("frame_buckets", [1])
+    if not isinstance(frames, list) or set(frames) != {1}:
+        raise ValueError(f"frame_buckets = {frames!r}: only [1] (images) is supported by the native trainer; "
+                         "remove the key or use the diffusion-pipe backend for video")
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """The buckets of one directory, grouped by the aspect ratio an image is matched against."""
+
+    ratios: tuple[float, ...]
+    groups: tuple[tuple[BucketSpec, ...], ...]
+
+    @classmethod
+    def from_settings(cls, settings: dict, multiple: int = SIDE_MULTIPLE) -> BucketPlan:
+        """diffusion-pipe's buckets: each AR x each resolution, or the explicit ``size_buckets``."""
+        _check_frame_buckets(settings)
+        if settings.get("size_buckets"):
+            specs = _size_buckets(settings, multiple)
+            return cls(tuple(s.ar for s in specs), tuple((s,) for s in specs))
+        if not settings.get("resolutions"):
+            raise ValueError("the dataset config needs `resolutions` (or `size_buckets`)")
+        sides = dedup_sorted(side_of(r) for r in settings["resolutions"])
+        ratios = ar_buckets(settings)
+        groups = tuple(tuple(BucketSpec(ar, bucket_size(side, ar, multiple)) for side in sides) for ar in ratios)
+        return cls(tuple(ratios), groups)
+
+    def for_image(self, width: int, height: int) -> tuple[BucketSpec, ...]:
+        """The buckets of an image: those of the ratio closest in log space (the first one on ties)."""
+        index = int(np.argmin(np.abs(np.log(width / height) - np.log(np.array(self.ratios)))))
+        return self.groups[index]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Every bucket size, ratio by ratio (a size repeats when two ratios round to it)."""
+        return [spec.size for group in self.groups for spec in group]
+
+
+def bucket_table(settings: dict, multiple: int = SIDE_MULTIPLE) -> list[tuple[int, int]]:
+    """Every bucket (width, height) that dataset settings make, in diffusion-pipe's order."""
+    return BucketPlan.from_settings(settings, multiple).sizes()
+
+
+def stable_seed(*parts) -> int:
+    """A seed from values, the same in every process (Python's ``hash`` of a str is not)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode("utf-8")).hexdigest()
+    return int(digest[:16], 16)
 
 
 def shuffled_captions(caption: str, count: int, delimiter: str, rng: random.Random) -> list[str]:
-    """``count`` variants of ``caption`` with its tags shuffled (``cache_shuffle_num``); [caption] if 0."""
+    """``count`` variants of ``caption`` with its ``delimiter``-separated tags shuffled; [caption] if 0."""
     if count <= 0:
         return [caption]
-    tags = [t.strip() for t in caption.split(delimiter.strip() or delimiter) if t.strip()]
     variants = []
     for _ in range(count):
+        tags = caption.split(delimiter)
         rng.shuffle(tags)
         variants.append(delimiter.join(tags))
     return variants
 
 
 def read_captions(folder: Path) -> dict[str, list[str]] | None:
-    """``captions.json`` of a folder (name -> list of captions), or None when there is none."""
-    path = folder / "captions.json"
+    """``captions.json`` of a folder (file name -> list of captions), or None when there is none."""
+    path = folder / CAPTIONS_JSON
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {name: [caps] if isinstance(caps, str) else list(caps) for name, caps in data.items()}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a JSON object: file name -> list of captions")
+    for name, caps in data.items():
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise ValueError(f"{path}: the entry {name!r} must be a list of captions (strings), e.g. [\"a cat\"]")
+    return data
 
 
 def media_files(folder: Path) -> list[Path]:
@@ -102,86 +218,183 @@ def media_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in SKIP_SUFFIXES)
 
 
-def _captions_for(path: Path, json_caps: dict[str, list[str]] | None) -> list[str]:
-    if json_caps is not None:
-        return json_caps.get(path.name, [])
-    txt = path.with_suffix(".txt")
-    return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else []
+def subsample_ratio(dataset: dict) -> float | None:
+    """The top-level ``subsample_ratio`` (fraction of optimizer steps kept per epoch), checked."""
+    for directory in dataset.get("directory", []):
+        if "subsample_ratio" in directory:
+            raise ValueError(f"subsample_ratio is a top-level dataset key; move it out of the [[directory]] "
+                             f"table of {directory.get('path')!r}")
+    value = dataset.get("subsample_ratio")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"subsample_ratio = {value!r} must be a number in (0, 1]")
+    return float(value)
 
 
-def _image_aspect(path: Path) -> float | None:
+@dataclass(frozen=True)
+class _Directory:
+    """What scanning one ``[[directory]]`` needs, read and checked once."""
+
+    folder: Path
+    captions: dict[str, list[str]] | None
+    masks: dict[str, Path]
+    default_mask: Path | None
+    plan: BucketPlan
+    shuffle_num: int
+    delimiter: str
+    prefix: str
+    repeats: int
+    skip_empty: bool
+    seed: int
+
+
+def _config_path(directory: dict, key: str, folder: bool = True) -> Path | None:
+    """A path key of a [[directory]] table, which must name an existing folder (or file)."""
+    if key not in directory:
+        return None
+    path = Path(directory[key]).expanduser()
+    if not (path.is_dir() if folder else path.is_file()):
+        what = "directory" if folder else "file"
+        raise FileNotFoundError(f"[[directory]] {key} = {directory[key]!r} is not a {what}")
+    return path
+
+
+def _mask_files(mask_dir: Path | None) -> dict[str, Path]:
+    masks: dict[str, Path] = {}
+    for path in sorted(mask_dir.iterdir()) if mask_dir else []:
+        if not path.is_file():
+            continue
+        if path.stem in masks:
+            raise ValueError(f"two mask files for the stem {path.stem!r}: {masks[path.stem]} and {path}; keep one")
+        masks[path.stem] = path
+    return masks
+
+
+def _read_directory(directory: dict, settings: dict, seed: int, multiple: int, model: str) -> _Directory:
+    if "control_path" in directory:
+        raise ValueError(f"[[directory]] control_path = {directory['control_path']!r}: edit datasets are not "
+                         f"supported for {model}")
+    if "path" not in directory:
+        raise ValueError("a [[directory]] table has no `path`")
+    folder = _config_path(directory, "path")
+    repeats = settings.get("num_repeats", 1)
+    if not isinstance(repeats, int) or repeats <= 0:
+        raise ValueError(f"num_repeats = {repeats!r} for {folder} must be an integer > 0")
+    if settings.get("online_captions") and not (folder / CAPTIONS_JSON).is_file():
+        raise FileNotFoundError(f"online_captions = true but {folder / CAPTIONS_JSON} does not exist")
+    shuffle_num = int(settings.get("cache_shuffle_num", 0))
+    if settings.get("shuffle_tags") and shuffle_num == 0:
+        shuffle_num = 1  # diffusion-pipe: the legacy shuffle_tags means one shuffled variant
+    return _Directory(
+        folder=folder, captions=read_captions(folder), masks=_mask_files(_config_path(directory, "mask_path")),
+        default_mask=_config_path(directory, "default_mask_file", folder=False),
+        plan=BucketPlan.from_settings(settings, multiple), shuffle_num=shuffle_num,
+        delimiter=settings.get("cache_shuffle_delimiter", ", "), prefix=settings.get("caption_prefix", ""),
+        repeats=repeats, skip_empty=bool(settings.get("skip_empty_caption", True)), seed=seed)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
-            return img.width / img.height
-    except (OSError, ValueError):
+            if path.suffix.lower() == ".webp" and getattr(img, "n_frames", 1) > 1:
+                raise ValueError(f"{path}: animated WebP is not supported (as in diffusion-pipe); convert or remove it")
+            return img.size
+    except (OSError, Image.DecompressionBombError):
         return None
 
 
-def scan_directory(directory: dict, settings: dict, rng: random.Random) -> list[Item]:
-    """The items of one ``[[directory]]``: every image x caption variant x resolution."""
-    folder = Path(directory["path"]).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"[[directory]] path = {directory['path']!r} is not a directory")
-    json_caps = read_captions(folder)
-    shuffle_num = int(settings.get("cache_shuffle_num", 1 if settings.get("shuffle_tags") else 0))
-    delimiter = settings.get("cache_shuffle_delimiter", ", ")
-    prefix = settings.get("caption_prefix", "")
-    repeats = int(settings.get("num_repeats", 1))
-    if repeats <= 0:
-        raise ValueError(f"num_repeats must be > 0 for {folder}")
-    buckets = ar_buckets(settings)
-    items: list[Item] = []
-    for path in media_files(folder):
-        items.extend(_items_for(path, json_caps, settings, rng, shuffle_num, delimiter, prefix, repeats, buckets))
-    return items
+def _captions_for(path: Path, d: _Directory) -> list[str] | None:
+    """The captions of a file, or None when it has none (no captions.json entry, no .txt)."""
+    if d.captions is not None:
+        return d.captions.get(path.name)
+    txt = path.with_suffix(".txt")
+    return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else None
 
 
-def _items_for(path: Path, json_caps, settings: dict, rng: random.Random, shuffle_num: int, delimiter: str,
-               prefix: str, repeats: int, buckets: list[float]) -> list[Item]:
+def _mask_for(path: Path, size: tuple[int, int], d: _Directory) -> Path | None:
+    mask = d.masks.get(path.stem, d.default_mask)
+    if mask is None:
+        if d.masks or d.default_mask:
+            log.warning("no mask file for %s: training it without a mask", path.name)
+        return None
+    mask_size = _image_size(mask)
+    if mask_size is None:
+        raise ValueError(f"mask {mask} (for image {path}) is not an image Pillow can open")
+    if mask_size != size:
+        raise ValueError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but image {path} is {size[0]}x{size[1]}: "
+                         "a mask must have exactly its image's size")
+    return mask
+
+
+def _items_for(path: Path, d: _Directory) -> list[Item]:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         log.warning("skipping %s: videos are not supported by the native trainer", path.name)
         return []
-    aspect = _image_aspect(path)
-    if aspect is None:
+    size = _image_size(path)
+    if size is None:
         log.warning("skipping %s: not an image Pillow can open", path.name)
         return []
-    captions = [c for c in _captions_for(path, json_caps) if c] or []
-    if not captions:
-        if settings.get("skip_empty_caption", True):
+    captions = _captions_for(path, d)
+    if captions is None:
+        if d.skip_empty:
             log.warning("skipping %s: no caption (skip_empty_caption = true)", path.name)
             return []
+        log.warning("%s has no caption: training it with an empty caption", path.name)
         captions = [""]
-    sizes = [bucket_size(side_of(r), nearest_aspect(aspect, buckets)) for r in settings["resolutions"]]
-    return [Item(path, prefix + variant, size, repeats)
-            for caption in captions
-            for variant in shuffled_captions(caption, shuffle_num, delimiter, rng)
-            for size in sizes]
+    mask = _mask_for(path, size, d)
+    specs = d.plan.for_image(*size)
+    items = []
+    for index, caption in enumerate(captions):
+        rng = random.Random(stable_seed(d.seed, path.name, index, caption))
+        for variant in shuffled_captions(caption, d.shuffle_num, d.delimiter, rng):
+            items.extend(Item(path, d.prefix + variant, spec.size, d.repeats, mask, spec.ar, d.folder)
+                         for spec in specs)
+    return items
 
 
-def scan_dataset(dataset: dict, seed: int) -> list[Item]:
-    """All items of a dataset TOML (already parsed)."""
+def scan_directory(directory: dict, settings: dict, seed: int, multiple: int = SIDE_MULTIPLE,
+                   model: str = "chroma") -> list[Item]:
+    """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio."""
+    d = _read_directory(directory, settings, seed, multiple, model)
+    return [item for path in media_files(d.folder) for item in _items_for(path, d)]
+
+
+def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma") -> list[Item]:
+    """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple."""
     directories = dataset.get("directory", [])
     if not directories:
         raise ValueError("the dataset config has no [[directory]] table")
-    rng = random.Random(seed)
+    subsample_ratio(dataset)
     items: list[Item] = []
     for directory in directories:
-        settings = directory_settings(dataset, directory)
-        if not settings.get("resolutions"):
-            raise ValueError(f"no `resolutions` for [[directory]] {directory.get('path')!r}")
-        items.extend(scan_directory(directory, settings, rng))
+        items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model))
     if not items:
         raise RuntimeError("the dataset is empty: no image with a caption was found")
     return items
 
 
+def _rgb(img: Image.Image) -> Image.Image:
+    """Transparent parts composited on white, as diffusion-pipe does."""
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_pixels(item: Item) -> Image.Image:
-    """The item's image, transparent parts composited on white, centre-cropped and resized to its bucket."""
+    """The item's image, transparent parts on white, centre-cropped and resized to its bucket."""
     with Image.open(item.path) as img:
         img.load()
-        if img.mode in ("RGBA", "LA", "P"):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
+        rgb = _rgb(img)
+    return ImageOps.fit(rgb, item.size)
+
+
+def load_mask(item: Item) -> np.ndarray | None:
+    """The item's mask as uint8 (H, W) at its bucket size (R channel: 255 = train, 0 = ignore), or None."""
+    if item.mask is None:
+        return None
+    with Image.open(item.mask) as img:
         rgb = img.convert("RGB")
-    return ImageOps.fit(rgb, item.size, Image.Resampling.LANCZOS)
+    return np.asarray(ImageOps.fit(rgb, item.size))[..., 0].copy()

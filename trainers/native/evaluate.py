@@ -15,9 +15,16 @@ from pathlib import Path
 import torch
 
 from trainers.native import cache as cache_mod
-from trainers.native.flow import LossConfig, TimestepConfig, flow_loss, noisy_input, sample_timesteps
+from trainers.native.flow import (
+    EVAL_QUANTILES,
+    LossConfig,
+    TimestepConfig,
+    flow_loss,
+    latent_mask,
+    noisy_input,
+    sample_timesteps,
+)
 
-EVAL_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EVAL_SEED = 12345
 
 
@@ -46,7 +53,7 @@ def eval_sets_from_config(config: dict, base: Path) -> list[tuple[str, Path]]:
 
 @torch.no_grad()
 def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConfig,
-             micro_batch: int) -> tuple[float, dict[str, float], float]:
+             micro_batch: cache_mod.BatchSize, grad_accum: int = 1) -> tuple[float, dict[str, float], float]:
     """(mean loss, {"0.10": loss, ...}, seconds) for one eval set with the live model."""
     started = time.time()
     transformer = family.transformer
@@ -57,19 +64,20 @@ def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConf
         for q in EVAL_QUANTILES:
             generator = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
             total, count = 0.0, 0
-            for micro_batches in cache_mod.epoch_batches(eval_set.cache, micro_batch, 1, EVAL_SEED, 1):
+            for micro_batches in cache_mod.epoch_batches(eval_set.cache, micro_batch, grad_accum, EVAL_SEED, 1):
                 for batch in micro_batches:
-                    x0, text = cache_mod.batch_tensors(eval_set.cache, batch, 0.0, None)[:2]
+                    x0, text, mask = cache_mod.batch_tensors(eval_set.cache, batch, 0.0, None)
                     x0 = x0.to(family.device, family.dtype)
                     t = sample_timesteps(tcfg, x0.shape[0], family.image_seq_len(x0.shape), generator, quantile=q)
                     noise = torch.randn(x0.shape, generator=generator).to(family.device, x0.dtype)
                     x_t, target = noisy_input(x0, noise, t.to(family.device))
-                    loss = flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg)
+                    weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
+                    loss = flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg, weights)
                     total += float(loss) * x0.shape[0]
                     count += x0.shape[0]
             if count == 0:
                 raise RuntimeError(f"eval set {eval_set.name!r} has no batch: every bucket is smaller than the eval "
-                                   f"micro batch ({micro_batch}); add images or lower eval_micro_batch_size_per_gpu")
+                                   "eval batch; add images or lower eval_micro_batch_size_per_gpu")
             quantiles[f"{q:.2f}"] = total / count
     finally:
         transformer.train(was_training)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 # tokens to 1.15 at 4096 tokens.
 BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+# Timestep quantiles diffusion-pipe evaluates the loss at.
+EVAL_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,28 @@ def constant_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 
-def sample_timesteps(cfg: TimestepConfig, batch: int, image_seq_len: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw ``batch`` training timesteps in (0, 1); ``shift`` wins over ``flux_shift`` (diffusion-pipe order)."""
+def _base_timesteps(cfg: TimestepConfig, batch: int, generator: torch.Generator | None,
+                    quantile: float | None) -> torch.Tensor:
+    """Unshifted timesteps: drawn, or the ``quantile`` of the base distribution (diffusion-pipe's icdf)."""
+    if quantile is not None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"timestep quantile must be in (0, 1), got {quantile}")
+        q = torch.full((batch,), float(quantile))
+        if cfg.method == "uniform":
+            return q
+        return torch.sigmoid(torch.distributions.Normal(0.0, 1.0).icdf(q) * cfg.sigmoid_scale)
     if cfg.method == "logit_normal":
-        t = torch.sigmoid(torch.randn(batch, generator=generator) * cfg.sigmoid_scale)
-    else:
-        t = torch.rand(batch, generator=generator)
+        return torch.sigmoid(torch.randn(batch, generator=generator) * cfg.sigmoid_scale)
+    return torch.rand(batch, generator=generator)
+
+
+def sample_timesteps(cfg: TimestepConfig, batch: int, image_seq_len: int,
+                     generator: torch.Generator | None = None, quantile: float | None = None) -> torch.Tensor:
+    """``batch`` timesteps in (0, 1): drawn for training, or all at ``quantile`` of the distribution (eval).
+
+    ``shift`` wins over ``flux_shift`` (diffusion-pipe's order); a quantile consumes no random numbers.
+    """
+    t = _base_timesteps(cfg, batch, generator, quantile)
     if cfg.shift is not None:
         t = constant_shift(cfg.shift, t)
     elif cfg.flux_shift:
@@ -92,11 +109,32 @@ class LossConfig:
         return cls(None if h is None else float(h), None if s is None else float(s))
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossConfig()) -> torch.Tensor:
-    """Mean loss between prediction and target (computed in float32)."""
+def latent_mask(mask_pixels: torch.Tensor, latent_hw: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """A (B, H, W) pixel mask resized to latent (B, h, w) with nearest-exact interpolation (diffusion-pipe)."""
+    if mask_pixels.dim() != 3:
+        raise ValueError(f"mask must be (batch, height, width), got shape {tuple(mask_pixels.shape)}")
+    resized = F.interpolate(mask_pixels[:, None].float(), size=tuple(latent_hw), mode="nearest-exact")
+    return resized[:, 0]
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossConfig(),
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss between prediction and target (in float32).
+
+    With a latent-space ``mask`` (B, h, w) every element's loss is weighted by its position's mask value
+    and the mean is still over all elements, masked ones included, as diffusion-pipe averages it.
+    """
     pred, target = pred.float(), target.float()
     if cfg.huber_delta is not None:
-        return F.huber_loss(pred, target, delta=cfg.huber_delta)
-    if cfg.smooth_l1_beta is not None:
-        return F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta)
-    return F.mse_loss(pred, target)
+        loss = F.huber_loss(pred, target, reduction="none", delta=cfg.huber_delta)
+    elif cfg.smooth_l1_beta is not None:
+        loss = F.smooth_l1_loss(pred, target, reduction="none", beta=cfg.smooth_l1_beta)
+    else:
+        loss = F.mse_loss(pred, target, reduction="none")
+    if mask is not None:
+        if mask.dim() != 3 or mask.shape[0] != loss.shape[0] or mask.shape[-2:] != loss.shape[-2:]:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit predictions of shape "
+                             f"{tuple(loss.shape)}; resize it with latent_mask(mask, latents.shape[-2:])")
+        loss = loss * mask.to(loss.device, torch.float32).view(mask.shape[0], *([1] * (loss.dim() - 3)),
+                                                              *mask.shape[1:])
+    return loss.mean()

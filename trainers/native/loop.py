@@ -8,7 +8,6 @@ Commands (stop, save, sample) are taken at every optimizer-step boundary.
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
 import math
 import os
@@ -24,10 +23,17 @@ from trainers.commands import Command, take_commands
 from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
 from trainers.native import cache as cache_mod
 from trainers.native import state as state_mod
-from trainers.native.data import scan_dataset
+from trainers.native.data import scan_dataset, subsample_ratio
 from trainers.native.evaluate import EvalSet, eval_sets_from_config, evaluate
 from trainers.native.families.base import Family, dtype_of
-from trainers.native.flow import LossConfig, TimestepConfig, flow_loss, noisy_input, sample_timesteps
+from trainers.native.flow import (
+    LossConfig,
+    TimestepConfig,
+    flow_loss,
+    latent_mask,
+    noisy_input,
+    sample_timesteps,
+)
 from trainers.native.lora_io import adapter_config, adapter_settings, attach_lora, lora_state_dict, save_lora
 from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr
@@ -83,7 +89,7 @@ class Trainer:
         self.step, self.epoch, self.steps_into_epoch, self.examples = 0, 1, 0, 0
         self.phase = "starting"
         self.stop_requested = False
-        self.last_saved_step = self.last_sampled_step = self.last_state_step = -1
+        self.last_saved_step = self.last_sampled_step = self.last_state_step = self.last_eval_step = -1
         self.last_state_time = time.time()
         self.step_seconds: float | None = None
         self.epoch_losses: list[float] = []
@@ -155,18 +161,25 @@ class Trainer:
                   f"trainable%: {100 * trainable / total:.4f} (LoRA rank {self.rank}, alpha = rank)")
 
     def _cache_dataset(self, dataset: dict, what: str) -> cache_mod.Cache:
-        items = scan_dataset(dataset, self.s.seed)
-        self._set_phase("caching", f"encoding {len(items)} examples of the {what} set", total=len(items))
+        config = self.s.config
+        items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name)
+        self._set_phase("caching", f"{len(items)} examples of the {what} set", total=len(items))
         started = time.time()
-        cache = cache_mod.build_cache(self.family, items, self.s.seed)
+        cache = cache_mod.build_cache(
+            self.family, items, self.s.seed, regenerate=bool(config.get("regenerate_cache", False)),
+            batch_size=int(config.get("caching_batch_size", 1)),
+            workers=int(config.get("map_num_proc", min(8, os.cpu_count() or 1))))
         sizes = ", ".join(f"{b.size[0]}x{b.size[1]}: {len(b.text_rows)}" for b in cache.buckets)
         self._log(f"cached {len(items)} examples of the {what} set in {time.time() - started:.1f} s "
-                  f"(buckets {sizes})")
+                  f"({cache.stats.summary()}; buckets {sizes})")
         return cache
 
     def _plan(self) -> None:
         s, config = self.s, self.s.config
-        self.steps_per_epoch = cache_mod.steps_per_epoch(self.cache, s.global_batch)
+        self.micro_batch = cache_mod.micro_batch_sizes(config)
+        self.subsample = subsample_ratio(s.dataset)
+        self.steps_per_epoch = cache_mod.steps_per_epoch(self.cache, self.micro_batch, s.grad_accum,
+                                                         subsample_ratio=self.subsample)
         if self.steps_per_epoch == 0:
             raise RuntimeError(f"Processed dataset was empty: every bucket has fewer examples than the global "
                                f"batch size ({s.global_batch}); lower micro_batch_size_per_gpu or add images")
@@ -181,7 +194,12 @@ class Trainer:
             self.eval_steps = max(1, int(config["eval_every_n_examples"]) // s.global_batch)
             print(f"Computed eval_every_n_steps = {self.eval_steps}", flush=True)
         self.eval_epochs = config.get("eval_every_n_epochs")
-        self.eval_micro_batch = int(_first_batch(config.get("eval_micro_batch_size_per_gpu", s.micro_batch)))
+        self.eval_micro_batch = self.micro_batch
+        for key in ("eval_image_micro_batch_size_per_gpu", "eval_micro_batch_size_per_gpu"):
+            if key in config:
+                self.eval_micro_batch = cache_mod.micro_batch_picker(config[key], key)
+                break
+        self.eval_grad_accum = int(config.get("eval_gradient_accumulation_steps", 1))
         self.checkpoint_minutes = config.get("checkpoint_every_n_minutes")
         self.checkpoint_epochs = config.get("checkpoint_every_n_epochs")
         self._log(f"Global batch size = {s.global_batch}; {self.steps_per_epoch} steps per epoch, "
@@ -238,8 +256,9 @@ class Trainer:
             self.epoch, self.steps_into_epoch = self.epoch + 1, 0
         for epoch in range(self.epoch, self.s.epochs + 1):
             self.epoch = epoch
-            batches = cache_mod.epoch_batches(self.cache, self.s.micro_batch, self.s.grad_accum, self.s.seed, epoch)
-            for micro_batches in itertools.islice(batches, self.steps_into_epoch, None):
+            batches = cache_mod.epoch_batches(self.cache, self.micro_batch, self.s.grad_accum, self.s.seed, epoch,
+                                              subsample_ratio=self.subsample, start=self.steps_into_epoch)
+            for micro_batches in batches:
                 if self._handle_commands():
                     return "stopped"
                 self._set_phase("training", total=self.total_steps)
@@ -317,12 +336,13 @@ class Trainer:
                             f"from {STATE_PREFIX}{self.step}; or set [studio] nonfinite_loss = 'skip'")
 
     def _micro_batch_loss(self, batch: cache_mod.Batch) -> torch.Tensor:
-        x0, text = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
+        x0, text, mask = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
         x0 = x0.to(self.device, self.family.dtype)
         t = sample_timesteps(self.tcfg, x0.shape[0], self.family.image_seq_len(x0.shape), self.generator)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device, x0.dtype)
         x_t, target = noisy_input(x0, noise, t.to(self.device))
-        return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg)
+        weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
+        return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg, weights)
 
     def _emit_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float) -> None:
         ema = self.step_seconds
@@ -372,7 +392,7 @@ class Trainer:
             self.save_now(name)
         if self.s.studio.every_n_steps and self.last_sampled_step != self.step:
             self.sample_now()
-        if self.eval_sets and (self.eval_steps or self.eval_epochs):
+        if self.eval_sets and (self.eval_steps or self.eval_epochs) and self.last_eval_step != self.step:
             self.eval_now()
         if self.last_state_step != self.step:
             self.checkpoint_now()  # as diffusion-pipe: one at the end, so a finished run can be extended
@@ -392,9 +412,10 @@ class Trainer:
         """Eval loss of every eval set at diffusion-pipe's fixed timestep quantiles."""
         self._set_phase("evaluating", f"step {self.step}")
         print("Running eval", flush=True)
+        self.last_eval_step = self.step
         for eval_set in self.eval_sets:
             loss, quantiles, seconds = evaluate(self.family, eval_set, self.tcfg, self.loss_cfg,
-                                                self.eval_micro_batch)
+                                                self.eval_micro_batch, self.eval_grad_accum)
             self.events.emit(EvalEvent(step=self.step, epoch=self.epoch, name=eval_set.name, loss=loss,
                                        quantiles=quantiles))
             if self.metrics is not None:
@@ -422,11 +443,6 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.flush()
         print(f"Saved training state to {folder.name}", flush=True)
-
-
-def _first_batch(value) -> int:
-    """A batch-size key's value: an int, or [[resolution, batch], ...] (the first batch size)."""
-    return int(value[0][1]) if isinstance(value, list) else int(value)
 
 
 def _read_dataset(path: Path) -> dict:
