@@ -90,8 +90,10 @@ def test_short_run_writes_events_samples_and_lora(tmp_path: Path):
         with Image.open(run_dir / e.path) as img:
             assert img.size == (64, 64)
     assert kinds.index("sample") < kinds.index("step") < kinds.index("checkpoint") < kinds.index("finished")
-    (checkpoint,) = [e for e in events if e.kind == "checkpoint"]
+    (checkpoint,) = [e for e in events if e.kind == "checkpoint" and e.what == "lora"]
     assert checkpoint.path == "step6"
+    (state,) = [e for e in events if e.kind == "checkpoint" and e.what == "state"]
+    assert state.path == "global_step6" and (run_dir / "global_step6" / "training_state.pt").is_file()
     keys = lora_keys(run_dir / "step6")
     assert keys and all(k.startswith("diffusion_model.") for k in keys)
     assert any(k.endswith(".lora_A.weight") for k in keys) and any(k.endswith(".lora_B.weight") for k in keys)
@@ -116,16 +118,18 @@ def test_stop_command_saves_and_finishes_stopped(tmp_path: Path):
     events = finish(proc, run_dir, timeout=60)
     assert events[-1].kind == "finished" and events[-1].reason == "stopped"
     assert [e.kind for e in events].count("finished") == 1
-    (checkpoint,) = [e for e in events if e.kind == "checkpoint"]
+    (checkpoint,) = [e for e in events if e.kind == "checkpoint" and e.what == "lora"]
     assert checkpoint.path == f"step{events[-1].step}" and events[-1].step < 5000
     assert lora_keys(run_dir / checkpoint.path)
+    (state,) = [e for e in events if e.kind == "checkpoint" and e.what == "state"]
+    assert state.path == f"global_step{events[-1].step}"  # a stop can always be resumed
 
 
 def test_bad_config_ends_with_one_failed_event(tmp_path: Path):
-    run_dir = make_run(tmp_path, **{"optimizer.type": "Prodigy"})
+    run_dir = make_run(tmp_path, **{"optimizer.type": "Prodigee"})
     proc = start(run_dir)
     proc.wait(timeout=120)
     events = load_all(run_dir)
     assert proc.returncode == 1
-    assert events[-1].kind == "failed" and "Prodigy" in events[-1].error and "Traceback" in events[-1].detail
+    assert events[-1].kind == "failed" and "Prodigee" in events[-1].error and "Traceback" in events[-1].detail
     assert [e.kind for e in events].count("failed") == 1

@@ -92,3 +92,21 @@ def test_kohya_and_comfyui_layouts(tmp_path):
 def test_to_diffusers_rejects_foreign_keys():
     with pytest.raises(ExportError, match="unexpected key"):
         to_diffusers({"lora_unet_x.lora_down.weight": torch.zeros(1)})
+
+
+def test_diffusers_export_of_a_lora_trained_on_the_fused_linears(tmp_path):
+    """diffusion-pipe's own Chroma LoRAs share one A across q, k, v: each part gets it with its rows of B."""
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 32, generator=gen), torch.randn(96, 2, generator=gen)
+    proj_a, proj_b = torch.randn(2, 32, generator=gen), torch.randn(32, 2, generator=gen)
+    tensors = {"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": a,
+               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": b,
+               "diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": proj_a,
+               "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": proj_b}
+    out = to_diffusers(tensors)  # no adapter_config: the rank comes from the unfused module
+    for i, part in enumerate(("to_q", "to_k", "to_v")):
+        assert torch.equal(out[f"transformer.transformer_blocks.0.attn.{part}.lora_A.weight"], a)
+        assert torch.equal(out[f"transformer.transformer_blocks.0.attn.{part}.lora_B.weight"], b[32 * i:32 * (i + 1)])
+    assert torch.equal(out["transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight"], proj_b)
+    with pytest.raises(ExportError, match="does not split into rank-3 parts"):
+        to_diffusers(tensors, {"r": 3})

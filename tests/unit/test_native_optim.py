@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.native.optim import COSINE_ETA_MIN, build_optimizer, constructor_kwargs, lr_at
+from trainers.native.optim import (
+    COSINE_ETA_MIN,
+    build_optimizer,
+    constructor_kwargs,
+    lr_at,
+    optimizer_class,
+    set_optimizer_mode,
+)
 
 
 def test_warmup_is_linear_from_lr_over_warmup_steps():
@@ -38,7 +45,51 @@ def test_optimi_and_errors():
 
     w = torch.nn.Parameter(torch.zeros(2, 2))
     assert isinstance(build_optimizer([("w", w)], {"type": "adamw_optimi", "lr": 1e-3}), optimi.AdamW)
-    with pytest.raises(TypeError, match="does not take"):
+    with pytest.raises(TypeError, match=r"\[optimizer\] betaz is not an option of the adamw optimizer; did you mean "
+                                        r"betas"):
         build_optimizer([("w", w)], {"type": "adamw", "lr": 1e-3, "betaz": [0.9, 0.9]})
-    with pytest.raises(ValueError, match="not supported"):
-        build_optimizer([("w", w)], {"type": "Prodigy", "lr": 1.0})
+
+
+def _step(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter) -> None:
+    param.grad = torch.ones_like(param)
+    optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["Prodigy", "prodigy", "CAME", "ScheduleFreeAdamW"])
+def test_pytorch_optimizer_classes_by_name_build_and_step(name):
+    import pytorch_optimizer
+
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    optimizer = build_optimizer([("w", w)], {"type": name, "lr": 0.1, "weight_decay": 0.0})
+    assert type(optimizer).__name__.lower() == name.lower()
+    assert optimizer_class(name) is pytorch_optimizer.load_optimizer(name)
+    set_optimizer_mode(optimizer, training=True)  # schedule-free optimizers need it; the others ignore it
+    _step(optimizer, w)
+    set_optimizer_mode(optimizer, training=False)
+    assert not torch.equal(w.detach(), torch.ones(4, 4))
+
+
+def test_unknown_names_and_option_typos_are_explained():
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="'Prodigi' is not a known optimizer; did you mean prodigy"):
+        build_optimizer([("w", w)], {"type": "Prodigi", "lr": 1.0})
+    with pytest.raises(TypeError, match="d_coeff is not an option of the Prodigy optimizer; did you mean d_coef"):
+        build_optimizer([("w", w)], {"type": "Prodigy", "lr": 1.0, "d_coeff": 0.5})
+    with pytest.raises(ValueError, match="diffusion-pipe's own optimizer"):
+        build_optimizer([("w", w)], {"type": "AdamW8bitKahan", "lr": 1e-4})
+
+
+def test_adamw8bit_needs_bitsandbytes_and_cuda(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable
+    with pytest.raises(ValueError, match="needs the bitsandbytes package.*adamw_optimi"):
+        optimizer_class("adamw8bit")
+    fake = types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=torch.optim.AdamW))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        optimizer_class("AdamW8bit")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert optimizer_class("adamw8bit") is torch.optim.AdamW

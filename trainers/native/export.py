@@ -2,7 +2,12 @@
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: the saved A matrices are the
-parts' A matrices stacked, and B is block-diagonal, so the parts come back unchanged.
+parts' A matrices stacked, and B is block-diagonal, so the parts come back unchanged (a LoRA trained on the fused
+Linear itself gives every part the shared A and its rows of B).
+
+diffusers' ``ChromaPipeline.load_lora_weights`` cannot read the saved ComfyUI layout itself (0.42's Flux/Chroma
+loader converts only kohya, XLabs, BFL-control and fal layouts, and silently loads nothing from
+``diffusion_model.`` keys): load the diffusers export, or ``to_diffusers(read_saved(folder)[0])``.
 
 Usage: ``python -m trainers.native.export SAVED_FOLDER --layout comfyui|diffusers|kohya --out FILE.safetensors``
 """
@@ -19,13 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trainers.native.families.chroma_keys import FUSED_PARTS, PREFIX
+from trainers.native.families.chroma_keys import PREFIX, diffusers_name, fused_parts, split_fused_lora
 from trainers.native.lora_io import ADAPTER_FILE, CONFIG_FILE
 
 LAYOUTS = ("comfyui", "diffusers", "kohya")
-DOUBLE_SUFFIX = {"img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out", "img_mlp.0": "ff.net.0.proj",
-                 "img_mlp.2": "ff.net.2", "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2"}
-SINGLE_SUFFIX = {"linear2": "proj_out"}
 
 
 class ExportError(ValueError):
@@ -55,35 +57,52 @@ def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, 
     return {m: (ab["A"], ab["B"]) for m, ab in out.items()}
 
 
-def _split(module: str, a: torch.Tensor, b: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """A fused module's LoRA as the diffusers parts' LoRAs (exact inverse of stacking + block-diagonal)."""
-    block, index, fused = module.split(".", 2)
-    kind = "transformer_blocks" if block == "double_blocks" else "single_transformer_blocks"
-    parts = FUSED_PARTS[fused]
-    if a.shape[0] % len(parts):
-        raise ExportError(f"{module}: rank {a.shape[0]} does not split into {len(parts)} equal parts")
-    rank, width = a.shape[0] // len(parts), a.shape[1]
-    outs = [width] * len(parts)
-    outs[-1] = b.shape[0] - width * (len(parts) - 1)  # the MLP input of linear1 is wider than q/k/v
-    result, row = [], 0
-    for i, suffix in enumerate(parts):
-        cols = slice(i * rank, (i + 1) * rank)
-        result.append((f"{kind}.{index}.{suffix}", a[cols], b[row:row + outs[i], cols]))
-        row += outs[i]
-    return result
+def _part_outs(module: str, a: torch.Tensor, b: torch.Tensor) -> list[int]:
+    """Output widths of a fused module's parts: q, k and v are as wide as the input, linear1's MLP takes the rest."""
+    n, width = len(fused_parts(module) or ()), a.shape[1]
+    return [width] * (n - 1) + [b.shape[0] - width * (n - 1)]
 
 
-def to_diffusers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys ``transformer.<diffusers module>.lora_A/.lora_B.weight`` as diffusers' load_lora_weights reads."""
+def lora_rank(modules: dict[str, tuple[torch.Tensor, torch.Tensor]], config: dict) -> int:
+    """The LoRA's rank: adapter_config's ``r``, else the unfused modules' rank (else a fused module's part rank)."""
+    if "r" in config:
+        return int(config["r"])
+    plain = {a.shape[0] for m, (a, _) in modules.items() if not fused_parts(m)}
+    if len(plain) == 1:
+        return plain.pop()
+    if plain:
+        raise ExportError(f"modules have different ranks {sorted(plain)} and there is no adapter_config.json")
+    module, (a, b) = next(iter(modules.items()))
+    n = len(fused_parts(module) or ())
+    try:
+        split_fused_lora(module, a, b, _part_outs(module, a, b), a.shape[0] // n)
+        return a.shape[0] // n
+    except ValueError:
+        return a.shape[0]
+
+
+def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -> dict[str, torch.Tensor]:
+    """Keys ``transformer.<diffusers module>.lora_A/.lora_B.weight`` as diffusers' load_lora_weights reads.
+
+    Fused modules are split exactly (:func:`split_fused_lora`): our stacked parts come back unchanged, a LoRA
+    trained on the fused Linear gives every part its A and its rows of B.
+    """
+    modules = _modules(tensors)
+    rank = lora_rank(modules, config or {})
     out = {}
-    for module, (a, b) in _modules(tensors).items():
-        block, index, rest = module.split(".", 2)
-        if rest in FUSED_PARTS:
-            pieces = _split(module, a, b)
+    for module, (a, b) in modules.items():
+        parts = fused_parts(module)
+        if parts:
+            try:
+                split = split_fused_lora(module, a, b, _part_outs(module, a, b), rank)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from None
+            pieces = [(name, *ab) for name, ab in zip(parts, split, strict=True) if ab is not None]
         else:
-            kind, table = (("transformer_blocks", DOUBLE_SUFFIX) if block == "double_blocks"
-                           else ("single_transformer_blocks", SINGLE_SUFFIX))
-            pieces = [(f"{kind}.{index}.{table[rest]}", a, b)]
+            try:
+                pieces = [(diffusers_name(module), a, b)]
+            except KeyError:
+                raise ExportError(f"{module} is not a Linear of a Chroma transformer") from None
         for name, pa, pb in pieces:
             out[f"transformer.{name}.lora_A.weight"] = pa.contiguous()
             out[f"transformer.{name}.lora_B.weight"] = pb.contiguous()
@@ -117,7 +136,10 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
     if layout not in LAYOUTS:
         raise ExportError(f"layout {layout!r} unknown; pick one of {', '.join(LAYOUTS)}")
     tensors, config = read_saved(folder)
-    converted = {"comfyui": dict, "diffusers": to_diffusers, "kohya": to_kohya}[layout](tensors)
+    if layout == "diffusers":
+        converted = to_diffusers(tensors, config)
+    else:
+        converted = to_kohya(tensors) if layout == "kohya" else dict(tensors)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -7,6 +7,7 @@ Commands (stop, save, sample) are taken at every optimizer-step boundary.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -36,7 +37,7 @@ from trainers.native.flow import (
 )
 from trainers.native.lora_io import adapter_config, adapter_settings, attach_lora, lora_state_dict, save_lora
 from trainers.native.metrics import Metrics
-from trainers.native.optim import build_optimizer, lr_at, set_lr
+from trainers.native.optim import build_optimizer, lr_at, set_lr, set_optimizer_mode
 from trainers.native.sampling import render_samples
 from trainers.native.settings import RunSettings, check_supported
 
@@ -52,14 +53,14 @@ class NonFiniteLoss(RuntimeError):
     """The loss (or the gradient norm) became NaN or infinite."""
 
 
-def load_family(model: dict, device: torch.device) -> Family:
-    """Instantiate the family named by ``[model] type``."""
+def load_family(model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> Family:
+    """Instantiate the family named by ``[model] type``, with ``[adapter] fuse_adapters`` merged in."""
     kind = model.get("type")
     if kind not in FAMILIES:
         raise ValueError(f"[model] type = {kind!r} is not supported by the native trainer yet; "
                          f"supported: {', '.join(FAMILIES)} (use the diffusion-pipe backend for the others)")
     module, cls = FAMILIES[kind].split(":")
-    return getattr(importlib.import_module(module), cls).load(model, device)
+    return getattr(importlib.import_module(module), cls).load(model, device, fuse_adapters=fuse_adapters)
 
 
 def pick_device() -> torch.device:
@@ -99,7 +100,7 @@ class Trainer:
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
         self.loss_cfg = LossConfig.from_config(config)
-        self.save_dtype = dtype_of(config["save_dtype"], "save_dtype") if "save_dtype" in config else None
+        self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
         self.nonfinite = str(config.get("studio", {}).get("nonfinite_loss", "stop"))
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"[studio] nonfinite_loss = {self.nonfinite!r}: use 'stop' (save and stop) or 'skip' "
@@ -129,7 +130,7 @@ class Trainer:
             self._log(warning, "warning")
         self._set_phase("loading", f"loading {config['model'].get('type')} on {self.device}")
         started = time.time()
-        self.family = load_family(config["model"], self.device)
+        self.family = load_family(config["model"], self.device, (config.get("adapter") or {}).get("fuse_adapters"))
         self._attach_adapter(config)
         self._log(f"model loaded in {time.time() - started:.1f} s")
         self.cache = self._cache_dataset(self.s.dataset, "training")
@@ -140,6 +141,7 @@ class Trainer:
             self.eval_sets.append(EvalSet(name, self._cache_dataset(dataset, f"eval set {name}")))
         self._plan()
         self.optimizer = build_optimizer(self.params, config.get("optimizer", {}))
+        set_optimizer_mode(self.optimizer, True)
         self.base_lr = float(config.get("force_constant_lr", config["optimizer"]["lr"]))
         resumed_at = None
         if self.resume:
@@ -152,8 +154,15 @@ class Trainer:
             raise ValueError("the native trainer trains LoRAs only: add an [adapter] table (type = 'lora')")
         self.rank, self.dropout = adapter_settings(table)
         dtype = dtype_of(table.get("dtype", config["model"]["dtype"]), "[adapter] dtype")
-        self.params = attach_lora(self.family.transformer, self.family.lora_targets(), self.rank, self.dropout,
-                                  dtype, table.get("exclude_modules"))
+        if table.get("init_from_existing"):
+            self.params = self.family.init_from_existing(table["init_from_existing"], self.rank, self.dropout, dtype,
+                                                         table.get("exclude_modules"))
+            self._log(f"LoRA starts from {table['init_from_existing']}")
+        else:
+            self.params = attach_lora(self.family.transformer, self.family.lora_targets(), self.rank, self.dropout,
+                                      dtype, table.get("exclude_modules"))
+        if config.get("activation_checkpointing") is True:
+            self.family.enable_activation_checkpointing(bool(config.get("reentrant_activation_checkpointing")))
         self.family.transformer.train()
         trainable = sum(p.numel() for _, p in self.params)
         total = sum(p.numel() for p in self.family.transformer.parameters())
@@ -398,13 +407,26 @@ class Trainer:
             self.checkpoint_now()  # as diffusion-pipe: one at the end, so a finished run can be extended
 
     # ----- outputs ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_weights(self):
+        """Schedule-free optimizers sample, evaluate and save from their averaged weights; others: no change."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            set_optimizer_mode(optimizer, False)
+        try:
+            yield
+        finally:
+            if optimizer is not None:
+                set_optimizer_mode(optimizer, True)
+
     def sample_now(self, force: bool = False) -> None:
         """Render the ``[studio]`` previews at the current step (if any prompts are set)."""
         if not self.s.studio.prompts or (self.last_sampled_step == self.step and not force):
             return
         self._set_phase("sampling", f"step {self.step}")
         started = time.time()
-        paths = render_samples(self.family, self.s.studio, self.s.run_dir, self.step, self.epoch, self.events)
+        with self._eval_weights():
+            paths = render_samples(self.family, self.s.studio, self.s.run_dir, self.step, self.epoch, self.events)
         self.last_sampled_step = self.step
         print(f"sampled {len(paths)} previews in {time.time() - started:.2f} s", flush=True)
 
@@ -414,8 +436,9 @@ class Trainer:
         print("Running eval", flush=True)
         self.last_eval_step = self.step
         for eval_set in self.eval_sets:
-            loss, quantiles, seconds = evaluate(self.family, eval_set, self.tcfg, self.loss_cfg,
-                                                self.eval_micro_batch, self.eval_grad_accum)
+            with self._eval_weights():
+                loss, quantiles, seconds = evaluate(self.family, eval_set, self.tcfg, self.loss_cfg,
+                                                    self.eval_micro_batch, self.eval_grad_accum)
             self.events.emit(EvalEvent(step=self.step, epoch=self.epoch, name=eval_set.name, loss=loss,
                                        quantiles=quantiles))
             if self.metrics is not None:
@@ -425,7 +448,8 @@ class Trainer:
     def save_now(self, name: str) -> None:
         """Save the LoRA into ``<run dir>/<name>/`` in diffusion-pipe's layout."""
         self._set_phase("saving", name)
-        tensors, extra = self.family.export_lora(lora_state_dict(self.family.transformer))
+        with self._eval_weights():
+            tensors, extra = self.family.export_lora(lora_state_dict(self.family.transformer))
         save_lora(self.s.run_dir / name, tensors, adapter_config(self.rank, self.dropout, extra),
                   self.s.main_path, self.save_dtype)
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=name, what="lora"))

@@ -50,6 +50,7 @@ class Family(Protocol):
     name: str
     device: torch.device
     dtype: torch.dtype
+    pixel_multiple: int  # image sides are rounded to this many pixels (VAE factor x patch size)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -62,6 +63,10 @@ class Family(Protocol):
 
     def encode_prompts(self, captions: list[str]) -> TextBatch:
         """Captions -> text embeddings and mask, as the family's pipeline would make them."""
+        ...
+
+    def cache_key(self) -> str:
+        """Identity of the encoders: a change must invalidate cached latents/embeddings."""
         ...
 
     def image_seq_len(self, latent_shape: torch.Size) -> int:
@@ -84,6 +89,19 @@ class Family(Protocol):
         """Adapter weights (peft names) -> (tensors to save, extra adapter_config fields)."""
         ...
 
+    def fuse_adapters(self, tables: list[dict]) -> None:
+        """Merge ``[adapter] fuse_adapters`` LoRAs (``{path, weight}``) into the base weights."""
+        ...
+
+    def attach_saved_lora(self, folder_or_file: Path, trainable: bool = False, dtype: torch.dtype | None = None,
+                          ) -> tuple[int, list[tuple[str, torch.nn.Parameter]]]:
+        """Attach a saved LoRA exactly as it was trained; returns (rank, its named parameters)."""
+        ...
+
+    def enable_activation_checkpointing(self, reentrant: bool = False) -> None:
+        """Recompute block activations in the backward pass instead of keeping them."""
+        ...
+
 
 def resolve_path(value: str | Path, what: str) -> Path:
     """A config path resolved against the working directory (the source config's folder); must exist."""
@@ -95,18 +113,29 @@ def resolve_path(value: str | Path, what: str) -> Path:
     return path
 
 
-# diffusion-pipe's DTYPE_MAP strings (float8 kinds are storage-only and not supported natively yet).
+# diffusion-pipe's DTYPE_MAP strings. The float8 kinds only store weights (``transformer_dtype``); computing
+# happens in ``dtype``.
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
+    "float8": torch.float8_e4m3fn,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
 }
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def dtype_of(value: str, key: str) -> torch.dtype:
-    """The torch dtype for a config dtype string; the error names the key and the choices."""
+def dtype_of(value: str, key: str, storage: bool = False) -> torch.dtype:
+    """The torch dtype for a config dtype string; the error names the key and the choices.
+
+    ``storage`` allows the float8 kinds (keys that only say how weights are kept, like ``transformer_dtype``).
+    """
     try:
-        return DTYPES[value]
+        dtype = DTYPES[value]
     except KeyError:
-        raise ValueError(f"{key} = {value!r} is not supported by the native trainer; "
-                         f"use one of {', '.join(DTYPES)}") from None
+        raise ValueError(f"{key} = {value!r} is not a dtype; use one of {', '.join(DTYPES)}") from None
+    if dtype in FLOAT8 and not storage:
+        raise ValueError(f"{key} = {value!r}: float8 only stores weights; use float32, float16 or bfloat16 here "
+                         "(and [model] transformer_dtype = 'float8' to keep the transformer's weights in float8)")
+    return dtype

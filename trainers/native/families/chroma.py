@@ -2,28 +2,58 @@
 
 Config keys (diffusion-pipe's ``[model]`` for ``type = 'chroma'``): ``diffusers_path`` is a Flux diffusers
 folder the VAE (``vae/``), T5 (``text_encoder_2/``) and tokenizer (``tokenizer_2/``) come from;
-``transformer_path`` is the Chroma transformer (a diffusers folder, or a single ``.safetensors`` file);
-``dtype`` and optional ``transformer_dtype``. Everything loads offline.
+``transformer_path`` is the Chroma transformer: a diffusers folder, or a single ``.safetensors`` file in the
+original layout (``double_blocks.0.img_attn.qkv.weight``), with or without ComfyUI's ``model.diffusion_model.``
+or ``diffusion_model.`` prefix; ``dtype`` (compute) and optional ``transformer_dtype`` (storage of the big
+weights, float8 included). Everything loads offline: a single file's config is read off its tensor shapes.
+
+``[adapter]`` extras: ``fuse_adapters`` LoRAs are merged into the base weights before the trainable LoRA is
+attached (:meth:`ChromaFamily.fuse_adapters`), ``init_from_existing`` starts the LoRA from a saved one
+(:meth:`ChromaFamily.init_from_existing`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
+import accelerate
 import torch
 from diffusers import AutoencoderKL, ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from diffusers.hooks import HookRegistry
+from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
+from diffusers.models.transformers.transformer_chroma import ChromaSingleTransformerBlock
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, T5EncoderModel
 
+from trainers.checkpoint_probe import ProbeError, probe_transformer
 from trainers.native.families.base import SampleRequest, TextBatch, dtype_of, resolve_path
-from trainers.native.families.chroma_keys import to_original_lora
+from trainers.native.families.chroma_keys import (
+    CheckpointKeyError,
+    from_original_checkpoint,
+    fused_parts,
+    original_name,
+    split_fused_lora,
+    to_original_lora,
+    transformer_config,
+)
+from trainers.native.lora_io import LoraPair, attach_lora, lora_pairs, read_adapter
 
 log = logging.getLogger(__name__)
 
 # T5 sequence length Chroma trains and samples with (the tokenizer's own limit when it is shorter).
 MAX_T5_TOKENS = 512
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+# diffusion-pipe keeps parameters whose original name holds one of these in ``dtype`` when ``transformer_dtype``
+# is lower: in diffusers names the norms, every bias, x_embedder, context_embedder, the approximator and proj_out.
+KEEP_IN_HIGH_PRECISION = ("norm", "bias", "img_in", "txt_in", "distilled_guidance_layer", "final_layer")
+# ComfyUI's fp8_scaled files: float8 weights that only mean something multiplied by these per-tensor scales.
+SCALED_FP8_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".comfy_quant")
+ANCHOR_KEY = "distilled_guidance_layer.in_proj.weight"  # present in every Chroma checkpoint, whatever the prefix
+ENCODER_PARTS = ("vae", "text_encoder_2", "tokenizer_2")  # what cached latents and text embeddings depend on
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -52,27 +82,34 @@ class ChromaFamily:
     """Chroma LoRA training and sampling on diffusers components."""
 
     name = "chroma"
+    pixel_multiple = 16  # diffusion-pipe rounds Chroma image sides to 16 px (VAE factor 8 x 2x2 packing)
 
     def __init__(self, vae: AutoencoderKL, text_encoder: T5EncoderModel, tokenizer, transformer:
                  ChromaTransformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, sources: dict[str, Path] | None = None):
         self.device, self.dtype = device, dtype
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self._transformer = transformer
+        self.sources = sources  # encoder folders on disk (for cache_key); None for modules built in memory
         self.pipe = ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                                    tokenizer=tokenizer, transformer=transformer)
         self.pipe.set_progress_bar_config(disable=True)
         self.max_sequence_length = min(MAX_T5_TOKENS, int(tokenizer.model_max_length))
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._checkpoint_hooks: list = []
 
     @classmethod
-    def load(cls, model: dict, device: torch.device) -> ChromaFamily:
-        """Load every component named by a ``[model]`` table, frozen, offline."""
+    def load(cls, model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> ChromaFamily:
+        """Load every component named by a ``[model]`` table, frozen, offline.
+
+        ``fuse_adapters`` (``[adapter] fuse_adapters``) are merged while the weights are still in ``dtype``;
+        then the transformer's big weights go to ``transformer_dtype`` storage, as in diffusion-pipe.
+        """
         for key in ("diffusers_path", "transformer_path", "dtype"):
             if key not in model:
                 raise KeyError(f"[model] {key} is required for type = 'chroma'")
         dtype = dtype_of(model["dtype"], "[model] dtype")
-        tdtype = dtype_of(model.get("transformer_dtype", model["dtype"]), "[model] transformer_dtype")
+        storage = dtype_of(model.get("transformer_dtype", model["dtype"]), "[model] transformer_dtype", storage=True)
         root = resolve_path(model["diffusers_path"], "[model] diffusers_path")
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer_2", local_files_only=True)
@@ -80,13 +117,19 @@ class ChromaFamily:
                                                       local_files_only=True)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler",
                                                                     local_files_only=True)
-        transformer = load_transformer(resolve_path(model["transformer_path"], "[model] transformer_path"),
-                                       tdtype)
+        transformer = load_transformer(resolve_path(model["transformer_path"], "[model] transformer_path"), dtype)
+        family = cls(vae, text_encoder, tokenizer, transformer, scheduler, device, dtype,
+                     {part: root / part for part in ENCODER_PARTS})
+        if fuse_adapters:
+            family.fuse_adapters(fuse_adapters)
+        if storage != dtype:
+            count = apply_storage_dtype(transformer, storage, dtype)
+            log.info("%d transformer Linears store their weights in %s (compute in %s)", count, storage, dtype)
         for module in (vae, text_encoder, transformer):
             module.requires_grad_(False)
             module.eval()
             module.to(device)
-        return cls(vae, text_encoder, tokenizer, transformer, scheduler, device, dtype)
+        return family
 
     @property
     def transformer(self) -> ChromaTransformer2DModel:
@@ -106,6 +149,26 @@ class ChromaFamily:
             prompt=captions, do_classifier_free_guidance=False, device=self.device,
             max_sequence_length=self.max_sequence_length)
         return TextBatch(embeds, mask)
+
+    def cache_key(self) -> str:
+        """Changes when the VAE, T5 or tokenizer files (names, sizes, mtimes), ``dtype`` or the T5 length do.
+
+        Families built from in-memory modules (the demo builder) hash the encoders' weights and vocabulary.
+        """
+        digest = hashlib.sha256(f"{self.name}|{self.dtype}|{self.max_sequence_length}".encode())
+        if self.sources:
+            for part, folder in sorted(self.sources.items()):
+                for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+                    stat = file.stat()
+                    digest.update(f"|{part}/{file.relative_to(folder).as_posix()}:{stat.st_size}:"
+                                  f"{stat.st_mtime_ns}".encode())
+        else:
+            for module in (self.vae, self.text_encoder):
+                for key, tensor in module.state_dict().items():
+                    digest.update(key.encode())
+                    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
+        return f"{self.name}-{digest.hexdigest()[:32]}"
 
     def image_seq_len(self, latent_shape: torch.Size) -> int:
         """Packed image tokens: one per 2x2 latent patch."""
@@ -167,15 +230,345 @@ class ChromaFamily:
                         if isinstance(m, torch.nn.Linear)}
         return to_original_lora(state_dict, out_features)
 
+    # ----- LoRAs from files ----------------------------------------------------------------------------
+    def _name_table(self) -> dict[str, str]:
+        """Every way a LoRA file may name a Linear -> its diffusers name, or the original name of a fused Linear.
 
+        Diffusers and original names, dotted or with ``_`` (kohya writes ``double_blocks_0_img_attn_qkv``).
+        """
+        table: dict[str, str] = {}
+        for name, module in self.transformer.named_modules():
+            if not isinstance(module, torch.nn.Linear) or ".lora_" in name:
+                continue
+            name = name.removesuffix(".base_layer")  # a Linear inside an attached LoRA
+            names = {name: name}
+            try:
+                original, slot = original_name(name)
+                names[original] = original if slot is not None else name
+            except KeyError:
+                pass
+            for alias, target in names.items():
+                table[alias] = table[alias.replace(".", "_")] = target
+        return table
+
+    def _resolve(self, pairs: dict[str, LoraPair], file: Path) -> dict[str, LoraPair]:
+        """Module names as written in a LoRA file -> diffusers module or fused original module."""
+        table = self._name_table()
+        unknown = sorted(name for name in pairs if name not in table)
+        if unknown:
+            raise ValueError(f"{file}: {len(unknown)} LoRA modules match no Linear of this Chroma transformer, "
+                             f"e.g. {', '.join(unknown[:4])} (is it a LoRA for another model?)")
+        resolved: dict[str, LoraPair] = {}
+        for name, pair in pairs.items():
+            target = table[name]
+            if target in resolved:
+                raise ValueError(f"{file}: {target} appears twice (as {name} and under another name)")
+            resolved[target] = pair
+        return resolved
+
+    def _out_features(self, module: str) -> int:
+        return self.transformer.get_submodule(module).out_features
+
+    def lora_deltas(self, path: Path, what: str) -> dict[str, torch.Tensor]:
+        """diffusers Linear -> the float32 weight change ``scale * B @ A`` of the LoRA at ``path`` (fused split)."""
+        tensors, config, file = read_adapter(path, what)
+        deltas: dict[str, torch.Tensor] = {}
+        for target, pair in self._resolve(lora_pairs(tensors, config, file), file).items():
+            delta = pair.scale() * (pair.b.float() @ pair.a.float())
+            parts = fused_parts(target) or (target,)
+            outs = [self._out_features(p) for p in parts]
+            weight_in = self.transformer.get_submodule(parts[0]).in_features
+            if list(delta.shape) != [sum(outs), weight_in]:
+                raise ValueError(f"{what}: {file} changes {target} by a {list(delta.shape)} matrix but its weight is "
+                                 f"{[sum(outs), weight_in]}: the LoRA is for a model of another size")
+            deltas.update(zip(parts, torch.split(delta, outs, dim=0), strict=True))
+        return deltas
+
+    def fuse_adapters(self, tables: list[dict]) -> None:
+        """Merge each ``{path, weight}`` LoRA into the base weights: ``W += weight * alpha/rank * B @ A``.
+
+        Reads our and diffusion-pipe's ComfyUI layout, diffusers/peft and kohya files (alpha tensors honoured).
+        diffusion-pipe fuses Chroma LoRAs at weight 1 whatever ``weight`` says; here ``weight`` counts (as it
+        does for diffusion-pipe's Flux). Must run before the trainable LoRA is attached.
+        """
+        if not isinstance(tables, list):
+            raise ValueError("[adapter] fuse_adapters must be a list of {path = '...', weight = 1.0} tables")
+        if getattr(self.transformer, "_hf_peft_config_loaded", False):
+            raise RuntimeError("fuse_adapters must run before a LoRA is attached to the transformer")
+        for index, table in enumerate(tables):
+            what = f"[adapter] fuse_adapters[{index}]"
+            path, weight = _fuse_entry(table, what)
+            deltas = self.lora_deltas(path, what)
+            with torch.no_grad():
+                for module, delta in deltas.items():
+                    param = self.transformer.get_submodule(module).weight
+                    param.data = (param.data.float() + weight * delta.to(param.device)).to(param.dtype)
+            log.info("fused %s at weight %s into %d Linears", path, weight, len(deltas))
+
+    def _saved_lora(self, path: Path, what: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+        """(diffusers module -> (A, B) of the given rank, rank) for a saved LoRA; alpha/rank is folded into B."""
+        tensors, config, file = read_adapter(path, what)
+        resolved = self._resolve(lora_pairs(tensors, config, file), file)
+        rank = self._saved_rank(resolved, config, file)
+        weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for target, pair in resolved.items():
+            b = pair.b if pair.scale() == 1 else pair.b * pair.scale()
+            parts = fused_parts(target)
+            if parts:
+                try:
+                    split = split_fused_lora(target, pair.a, b, [self._out_features(p) for p in parts], rank)
+                except ValueError as exc:
+                    raise ValueError(f"{file}: {exc}") from None
+                weights.update((p, ab) for p, ab in zip(parts, split, strict=True) if ab is not None)
+            elif pair.rank != rank:
+                raise ValueError(f"{file}: {target} has rank {pair.rank} but the LoRA's rank is {rank}; "
+                                 "LoRAs with per-module ranks cannot be loaded")
+            else:
+                weights[target] = (pair.a, b)
+        return weights, rank
+
+    def _saved_rank(self, resolved: dict[str, LoraPair], config: dict | None, file: Path) -> int:
+        """``r`` of adapter_config.json, else the rank of the unfused modules (a fused one's when alone)."""
+        if config and "r" in config:
+            return int(config["r"])
+        plain = {pair.rank for target, pair in resolved.items() if not fused_parts(target)}
+        if len(plain) > 1:
+            raise ValueError(f"{file}: modules have different ranks {sorted(plain)} and no adapter_config.json says "
+                             "which is the LoRA's rank")
+        if plain:
+            return plain.pop()
+        if not resolved:
+            raise ValueError(f"{file} holds no LoRA weights")
+        target, pair = next(iter(resolved.items()))
+        parts = fused_parts(target) or ()
+        if pair.rank % len(parts) == 0:  # our stacking of the parts' LoRAs, when it splits exactly
+            try:
+                split_fused_lora(target, pair.a, pair.b, [self._out_features(p) for p in parts],
+                                 pair.rank // len(parts))
+                return pair.rank // len(parts)
+            except ValueError:
+                pass
+        return pair.rank
+
+    def attach_saved_lora(self, folder_or_file: Path, trainable: bool = False, dtype: torch.dtype | None = None,
+                          *, dropout: float = 0.0, exclude: list[str] | None = None,
+                          ) -> tuple[int, list[tuple[str, torch.nn.Parameter]]]:
+        """Attach a peft LoRA (alpha = rank) to :meth:`lora_targets` holding exactly the saved weights.
+
+        ``folder_or_file``: a saved ``epochN``/``stepN`` folder or its ``adapter_model.safetensors`` (our and
+        diffusion-pipe's ComfyUI layout; diffusers/peft and kohya files work too); the rank comes from
+        ``adapter_config.json`` beside it, else from the tensor shapes. The inverse of :meth:`export_lora`, fused
+        qkv/linear1 included. A LoRA already attached is replaced. Returns (rank, the LoRA's named parameters,
+        ``requires_grad = trainable``, in ``dtype`` or the family's dtype).
+        """
+        weights, rank = self._saved_lora(Path(folder_or_file), "saved LoRA")
+        return rank, self._attach_weights(weights, rank, trainable, dtype, dropout, exclude)
+
+    def init_from_existing(self, path: str | Path, rank: int, dropout: float = 0.0, dtype: torch.dtype | None = None,
+                           exclude: list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """``[adapter] init_from_existing``: a trainable LoRA starting from a saved one of the same rank."""
+        what = "[adapter] init_from_existing"
+        weights, saved_rank = self._saved_lora(resolve_path(path, what), what)
+        if saved_rank != rank:
+            raise ValueError(f"{what} = {str(path)!r} has rank {saved_rank} but [adapter] rank = {rank}: set "
+                             f"rank = {saved_rank}, or start from a LoRA of rank {rank}")
+        return self._attach_weights(weights, rank, True, dtype, dropout, exclude)
+
+    def _attach_weights(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int, trainable: bool,
+                        dtype: torch.dtype | None, dropout: float, exclude: list[str] | None,
+                        ) -> list[tuple[str, torch.nn.Parameter]]:
+        if getattr(self.transformer, "_hf_peft_config_loaded", False):
+            self.transformer.unload_lora()
+        named = attach_lora(self.transformer, self.lora_targets(), rank, dropout, dtype or self.dtype, exclude)
+        modules = dict(self.transformer.named_modules())
+        with torch.no_grad():
+            for module, (a, b) in weights.items():
+                layer = modules.get(module)
+                if layer is None or "default" not in getattr(layer, "lora_A", {}):
+                    raise ValueError(f"the saved LoRA has weights for {module}, which is not a LoRA target here "
+                                     "(see [adapter] exclude_modules)")
+                for param, value in ((layer.lora_A["default"].weight, a), (layer.lora_B["default"].weight, b)):
+                    if param.shape != value.shape:
+                        raise ValueError(f"{module}: saved LoRA shape {list(value.shape)} does not fit "
+                                         f"{list(param.shape)} (a LoRA for another model size?)")
+                    param.copy_(value)
+        for _, param in named:
+            param.requires_grad_(trainable)
+        return named
+
+    # ----- memory ---------------------------------------------------------------------------------------
+    def enable_activation_checkpointing(self, reentrant: bool = False) -> None:
+        """Recompute each block's activations in the backward pass (diffusers' gradient checkpointing).
+
+        diffusers 0.42 does not hand the attention mask to checkpointed single blocks; it is passed here, so
+        masked text padding stays masked. Reentrant checkpointing needs an input that requires grad, so the
+        embedders' outputs are marked (as diffusion-pipe marks its first layer's inputs).
+        """
+        for handle in self._checkpoint_hooks:
+            handle.remove()
+        mask: dict[str, torch.Tensor | None] = {}
+
+        def remember_mask(_module, args, kwargs):
+            mask["value"] = kwargs.get("attention_mask", args[5] if len(args) > 5 else None)
+
+        def checkpoint(block, *args):
+            if isinstance(block, ChromaSingleTransformerBlock) and len(args) == 3:
+                args = (*args, mask.get("value"))
+            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=reentrant)
+
+        transformer = self.transformer
+        self._checkpoint_hooks = [transformer.register_forward_pre_hook(remember_mask, with_kwargs=True)]
+        if reentrant:
+            for embedder in (transformer.x_embedder, transformer.context_embedder):
+                self._checkpoint_hooks.append(embedder.register_forward_hook(_require_grad))
+        transformer.enable_gradient_checkpointing(checkpoint)
+
+
+def _require_grad(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    return output.requires_grad_(True) if torch.is_grad_enabled() and not output.requires_grad else output
+
+
+def _fuse_entry(table, what: str) -> tuple[Path, float]:
+    """(path, weight) of one ``fuse_adapters`` table; unknown keys are errors."""
+    if not isinstance(table, dict) or "path" not in table:
+        raise ValueError(f"{what} must be a table with path (and optional weight), e.g. "
+                         "{path = 'loras/style', weight = 1.0}")
+    unknown = sorted(set(table) - {"path", "weight"})
+    if unknown:
+        raise ValueError(f"{what} has unknown keys {', '.join(unknown)}; only path and weight are read")
+    weight = table.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ValueError(f"{what} weight = {weight!r} must be a number")
+    return resolve_path(table["path"], f"{what} path"), float(weight)
+
+
+# ----- storage dtype ---------------------------------------------------------------------------------------
+class WeightStorageHook(LayerwiseCastingHook):
+    """diffusers' layerwise casting for the weight alone: stored in ``storage_dtype``, upcast to
+    ``compute_dtype`` for each forward; the bias stays in the compute dtype (diffusion-pipe keeps biases high)."""
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        module.weight.data = module.weight.data.to(self.storage_dtype)
+        return module
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        module.weight.data = module.weight.data.to(self.compute_dtype)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
+        module.weight.data = module.weight.data.to(self.storage_dtype)
+        return output
+
+
+def keeps_high_precision(diffusers_module: str) -> bool:
+    """Whether diffusion-pipe keeps this Linear's weight in ``dtype`` (by its original name)."""
+    try:
+        original, _ = original_name(diffusers_module)
+    except KeyError:
+        return True
+    return any(word in original for word in KEEP_IN_HIGH_PRECISION)
+
+
+def apply_storage_dtype(transformer: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> int:
+    """Keep the weights of the transformer's big Linears in ``storage``, computing in ``compute``.
+
+    Call before a LoRA is attached (the LoRA's own Linears stay in the adapter dtype). The hook is registered
+    under diffusers' layerwise-casting name, so ``transformer.dtype`` reports ``compute``. Returns the count.
+    """
+    count = 0
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and not keeps_high_precision(name):
+            hook = WeightStorageHook(storage, compute, non_blocking=False)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, "layerwise_casting")
+            count += 1
+    return count
+
+
+# ----- loading the transformer -----------------------------------------------------------------------------
 def load_transformer(path: Path, dtype: torch.dtype) -> ChromaTransformer2DModel:
-    """A diffusers folder, or a single file in the original Chroma layout (its config must be beside it)."""
+    """A diffusers folder, or a single original/ComfyUI-layout ``.safetensors`` file (config from its shapes)."""
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"[model] transformer_path = {str(path)!r} is a folder without config.json: pick "
+                                    "the Chroma .safetensors file, or a diffusers transformer folder")
         return ChromaTransformer2DModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-    config_dir = path.parent / "config.json"
-    if not config_dir.exists():
-        raise FileNotFoundError(
-            f"[model] transformer_path = {str(path)!r} is a single file; the native trainer needs the diffusers "
-            f"config.json of the transformer beside it (offline, nothing is downloaded)")
-    return ChromaTransformer2DModel.from_single_file(str(path), config=str(path.parent), torch_dtype=dtype,
-                                                     local_files_only=True)
+    return load_transformer_file(path, dtype)
+
+
+def _describe(path: Path) -> str:
+    try:
+        return probe_transformer(path).summary()
+    except ProbeError as exc:
+        return str(exc)
+
+
+def _checkpoint_prefix(keys: list[str], path: Path, what: str) -> str:
+    """The prefix in front of the transformer's keys ("", ``diffusion_model.``, ``model.diffusion_model.``)."""
+    found = [k[:-len(ANCHOR_KEY)] for k in keys if k.endswith(ANCHOR_KEY)]
+    if len(found) != 1 or (found[0] and not found[0].endswith(".")):
+        raise ValueError(f"{what} is not a Chroma transformer (found: {_describe(path)}); pick a Chroma "
+                         ".safetensors file (keys like double_blocks.0.img_attn.qkv.weight)")
+    prefix = found[0]
+    if any(k.startswith(prefix + "transformer_blocks.") for k in keys):
+        raise ValueError(f"{what} is in diffusers' key layout: set transformer_path to the folder holding it and "
+                         "its config.json")
+    return prefix
+
+
+def _reject_scaled_fp8(keys: list[str], what: str) -> None:
+    """ComfyUI's fp8_scaled files cannot be read as plain weights (diffusion-pipe refuses them too)."""
+    scaled = [k for k in keys if k.endswith(SCALED_FP8_SUFFIXES) or k == "scaled_fp8"]
+    if scaled:
+        raise ValueError(f"{what} is an fp8_scaled checkpoint ({len(scaled)} scale tensors such as {scaled[0]!r}): "
+                         "its float8 weights only mean something with per-tensor scales, which the native trainer "
+                         "does not apply. Pick the bf16 Chroma file (or an unscaled float8 one) and set [model] "
+                         "transformer_dtype = 'float8' to keep the weights in float8")
+
+
+def _checkpoint_config(shapes: dict[str, list[int]], path: Path, what: str) -> dict:
+    """The model config read off the shapes; a diffusers ``config.json`` beside the file may set the RoPE axes
+    (the one thing shapes do not tell) and must agree with the shapes on everything else."""
+    try:
+        config = transformer_config(shapes)
+    except CheckpointKeyError as exc:
+        raise ValueError(f"{what}: {exc.args[0]}") from None
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        stored = json.loads(beside.read_text(encoding="utf-8"))
+        if stored.get("_class_name") == ChromaTransformer2DModel.__name__:
+            for key, value in config.items():
+                if key != "axes_dims_rope" and key in stored and stored[key] != value:
+                    raise ValueError(f"{what}: {beside} says {key} = {stored[key]!r} but the weights have {value!r}")
+            config["axes_dims_rope"] = tuple(stored.get("axes_dims_rope", config["axes_dims_rope"]))
+    if sum(config["axes_dims_rope"]) != config["attention_head_dim"]:
+        raise ValueError(f"{what}: RoPE axes {config['axes_dims_rope']} do not add up to the head width "
+                         f"{config['attention_head_dim']}")
+    return config
+
+
+def load_transformer_file(path: Path, dtype: torch.dtype) -> ChromaTransformer2DModel:
+    """A Chroma transformer from one original-layout file, with or without ComfyUI's prefix, in ``dtype``."""
+    what = f"[model] transformer_path = {str(path)!r}"
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{what} is not a readable .safetensors file ({exc})") from None
+    with handle as fh:
+        keys = list(fh.keys())
+        _reject_scaled_fp8(keys, what)
+        prefix = _checkpoint_prefix(keys, path, what)
+        names = [k for k in keys if k.startswith(prefix)]
+        config = _checkpoint_config({k[len(prefix):]: fh.get_slice(k).get_shape() for k in names}, path, what)
+        state = {k[len(prefix):]: fh.get_tensor(k).to(dtype) for k in names}
+    try:
+        state = from_original_checkpoint(state)
+    except CheckpointKeyError as exc:
+        raise ValueError(f"{what}: {exc.args[0]}") from None
+    with accelerate.init_empty_weights():
+        model = ChromaTransformer2DModel.from_config(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{what} does not fit a Chroma transformer of its own shapes: {exc}") from None
+    log.info("loaded %s (%s) as %s", path.name, prefix or "original layout", config)
+    return model.to(dtype).eval()
