@@ -1,18 +1,26 @@
-"""Named API endpoints (for ``gradio_client`` and scripts): start, watch, command, list and queue runs.
+"""Named API endpoints (for ``gradio_client`` and scripts): start, watch, command, list and queue runs; the runs
+library's diff, best save, export, sidecar sampling, resume and delete.
 
 Each is a typed method registered with ``gr.api``; they call the same RunManager as the UI. Events
-travel as their events.jsonl lines (see trainers/events.py; ``parse_event`` reads them back).
+travel as their events.jsonl lines (see trainers/events.py; ``parse_event`` reads them back). An export comes
+back as a file the client downloads.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 
 import gradio as gr
 
+from studio import runs_view
 from studio.services import Services
+from trainers import run_library
+from trainers.checkpoints import resume_points
 from trainers.runs import RunError, RunInfo, RunManager
+
+STUDIO_ERRORS = (RunError, ValueError, KeyError)
 
 
 def _info_dict(info: RunInfo) -> dict:
@@ -20,17 +28,35 @@ def _info_dict(info: RunInfo) -> dict:
             "created": info.created, "run_dir": str(info.run_dir)}
 
 
+def _message(exc: Exception) -> str:
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
 def _guard(fn: Callable) -> Callable:
-    """Turn the studio's own errors into a gr.Error the client sees with its message."""
+    """Turn the studio's own errors into a gr.Error the client sees with its message (generators too)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except STUDIO_ERRORS as exc:
+                raise gr.Error(_message(exc)) from exc
+
+        return stream
 
     @functools.wraps(fn)  # gr.api reads the signature and type hints through __wrapped__
     def inner(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (RunError, ValueError) as exc:
-            raise gr.Error(str(exc)) from exc
+        except STUDIO_ERRORS as exc:
+            raise gr.Error(_message(exc)) from exc
 
     return inner
+
+
+def _file(path) -> dict:
+    """A file result gradio_client downloads (the run folders are served by the app)."""
+    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
 class RunsApi:
@@ -70,10 +96,54 @@ class RunsApi:
             if fresh:
                 yield fresh
 
+    def saved_folders(self, run_id: str) -> list[str]:
+        """The run's saved LoRA folders (epochN / stepN, relative to the run folder), in training order."""
+        info = self.manager.info(run_id)
+        return run_library.saved_folders(info.run_dir, info.meta)
+
+    def diff_runs(self, run_a: str, run_b: str) -> list[list[str]]:
+        """Key-by-key config differences of two runs: [dotted key, value in A, value in B]."""
+        a, b = self.manager.info(run_a), self.manager.info(run_b)
+        return [list(row) for row in runs_view.config_diff(runs_view.run_config(a.run_dir, a.meta),
+                                                           runs_view.run_config(b.run_dir, b.meta))]
+
+    def mark_best(self, run_id: str, folder: str, note: str = "") -> str:
+        """Record a saved folder as the run's best save."""
+        run_library.mark_best(self.manager.info(run_id), folder, note)
+        return f"{folder} is now the best save of {run_id}"
+
+    def export_lora(self, run_id: str, folder: str, layout: str = "comfyui") -> dict:
+        """Export a saved LoRA as 'comfyui', 'diffusers' or 'kohya'; the client receives the file."""
+        return _file(run_library.export_lora(self.manager.info(run_id), folder, layout))
+
+    def render_samples(self, run_id: str, folder: str, prompts: list[str] | None = None,
+                       seeds: list[int] | None = None) -> Iterator[str]:
+        """Render the run's [studio] prompts x seeds (or the given ones) with a saved LoRA folder, in a
+        sidecar process; streams its progress lines. The images join the run's samples (source 'sidecar')."""
+        yield from run_library.render_samples(self.manager.info(run_id), folder, prompts or [], seeds or [])
+
+    def resume_points(self, run_id: str) -> list[dict]:
+        """Where the run can be continued from, newest first. kind 'state': full training state, continues
+        exactly; kind 'lora': weights only, a new run starts from them with a fresh optimizer and schedule."""
+        return [{"name": p.name, "kind": p.kind, "step": p.step, "epoch": p.epoch, "time": p.time,
+                 "label": p.label} for p in resume_points(self.manager.run_dir(run_id))]
+
+    def resume_run(self, run_id: str, point: str) -> dict:
+        """Continue the run from one of its resume points (a name from resume_points); returns the run that
+        continues (the same one for a full state, a new one for a LoRA)."""
+        return _info_dict(self.manager.info(self.manager.resume(run_id, point)))
+
+    def delete_run(self, run_id: str, confirm: str) -> str:
+        """Delete a finished run's folder; ``confirm`` must repeat the run id."""
+        run_library.delete_run(self.manager.info(run_id), confirm)
+        return f"deleted {run_id}"
+
 
 def register(services: Services) -> None:
     """Register the endpoints on the Blocks being built (call inside its ``with`` block)."""
     api = RunsApi(services.manager)
-    for fn in (api.start_run, api.list_runs, api.run_info, api.send_command, api.cancel_queued):
+    for fn in (api.start_run, api.list_runs, api.run_info, api.send_command, api.cancel_queued, api.saved_folders,
+               api.diff_runs, api.mark_best, api.export_lora, api.render_samples, api.resume_points, api.resume_run,
+               api.delete_run):
         gr.api(_guard(fn), api_name=fn.__name__)
     gr.api(api.watch_events, api_name="watch_events", concurrency_limit=None)

@@ -48,11 +48,11 @@ def build_app(services: Services) -> gr.Blocks:
         profiles_tab.select(profiles.refresh_all, inputs=prof.selected, outputs=profiles.listing_outputs(prof),
                             api_visibility="private")
         datasets.wire(data, services)
-        runs.wire(lib, services)
+        tokens = monitor.StreamTokens()
+        runs.wire(lib, services, monitor.MonitorLink(current_run, tabs, TAB_MONITOR, mon, tokens))
         runs_tab.select(lambda: runs.refresh_all(services),
                         outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run, lib.queue_table,
                                  lib.queue_pick])
-        tokens = monitor.StreamTokens()
         monitor.wire(mon, services, current_run, demo, tokens)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
         api.register(services)

@@ -1,4 +1,5 @@
-"""Pure logic of the runs library: config diffs, overlaid curves, prompt × step sample grids.
+"""Pure logic of the runs library: config diffs, overlaid curves, prompt × step sample grids (per run and
+across runs), and reading the sidecar and resume inputs.
 
 Inputs are plain data read from run folders (events, parsed TOML); outputs are tables, plotly figures and
 PIL images. No Gradio here, and no torch.
@@ -14,9 +15,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from studio.view import MonitorState, ema
+from studio.view import MonitorState, Sample, ema
 
 MISSING = "—"
+RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880")
 CELL = 160
 LABEL_W = 220
 HEADER_H = 28
@@ -65,11 +67,19 @@ def run_config(run_dir: Path, meta: Mapping) -> dict:
 
 
 def overlay_figure(curves: Mapping[str, MonitorState], smoothing: float = 0.9, log_y: bool = False) -> go.Figure:
-    """EMA-smoothed loss of several runs on one chart, one colour each."""
+    """EMA-smoothed loss of several runs on one chart, one colour each, with each run's eval loss (mean
+    per eval set) as a dashed line with markers in the same colour."""
     fig = go.Figure()
-    for label, state in curves.items():
-        fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines", name=label)
-    fig.update_layout(height=360, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="loss (EMA) by run",
+    for i, (label, state) in enumerate(curves.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines", name=label,
+                        legendgroup=label, line={"color": colour})
+        for name, points in sorted(state.evals.items()):
+            fig.add_scatter(x=[p.step for p in points], y=[p.loss for p in points], mode="lines+markers",
+                            name=f"{label} · eval {name}", legendgroup=label,
+                            line={"color": colour, "dash": "dash"})
+    fig.update_layout(height=360, margin={"l": 40, "r": 10, "t": 30, "b": 30},
+                      title="loss (EMA, solid) and eval loss (dashed) by run",
                       xaxis_title="step", yaxis_type="log" if log_y else "linear",
                       legend={"orientation": "h", "y": -0.2})
     return fig
@@ -88,31 +98,81 @@ class Grid:
         return not self.cells
 
 
-def sample_grid(samples: list[tuple[int, str, str, int]], prompt: str | None = None) -> Grid:
-    """Arrange (step, path, prompt, seed) samples as prompt × step; optionally one prompt only.
+def sample_grid(samples: list[Sample], prompt: str | None = None) -> Grid:
+    """Arrange samples as prompt × step; optionally one prompt only.
 
     When several images share a cell (e.g. a run resumed over the same step), the last one wins.
     """
-    picked = [s for s in samples if prompt is None or s[2] == prompt]
-    rows = sorted({(s[2], s[3]) for s in picked})
-    columns = sorted({s[0] for s in picked})
+    picked = [s for s in samples if prompt is None or s.prompt == prompt]
+    rows = sorted({(s.prompt, s.seed) for s in picked})
+    columns = sorted({s.step for s in picked})
     r_index = {r: i for i, r in enumerate(rows)}
     c_index = {c: i for i, c in enumerate(columns)}
-    cells = {(r_index[(p, seed)], c_index[step]): path for step, path, p, seed in picked}
+    cells = {(r_index[(s.prompt, s.seed)], c_index[s.step]): s.path for s in picked}
     return Grid(rows, columns, cells)
 
 
-def cross_run_grid(per_run: Mapping[str, list[tuple[int, str, str, int]]], prompt: str, seed: int) -> Grid:
+def cross_run_grid(per_run: Mapping[str, list[Sample]], prompt: str, seed: int) -> Grid:
     """One row per run for the same prompt and seed, one column per step."""
-    rows, cells, columns = [], {}, sorted({s[0] for samples in per_run.values() for s in samples
-                                           if s[2] == prompt and s[3] == seed})
+    rows, cells, columns = [], {}, sorted({s.step for samples in per_run.values() for s in samples
+                                           if s.prompt == prompt and s.seed == seed})
     c_index = {c: i for i, c in enumerate(columns)}
     for label, samples in per_run.items():
         rows.append((label, seed))
-        for step, path, p, s in samples:
-            if p == prompt and s == seed:
-                cells[(len(rows) - 1, c_index[step])] = path
+        for s in samples:
+            if s.prompt == prompt and s.seed == seed:
+                cells[(len(rows) - 1, c_index[s.step])] = s.path
     return Grid(rows, columns, cells)
+
+
+def pair_key(prompt: str, seed: int) -> str:
+    """A dropdown value naming one (prompt, seed) pair."""
+    return f"{seed}|{prompt}"
+
+
+def parse_pair_key(key: str) -> tuple[str, int]:
+    """(prompt, seed) back from :func:`pair_key`."""
+    seed, sep, prompt = key.partition("|")
+    if not sep or not seed.lstrip("-").isdigit():
+        raise ValueError(f"{key!r} does not name a prompt and seed; pick one from the list")
+    return prompt, int(seed)
+
+
+def shared_pairs(per_run: Mapping[str, list[Sample]]) -> list[tuple[str, str]]:
+    """(label, key) of every (prompt, seed) pair, those that more runs share first, then by prompt and seed."""
+    runs_with: dict[tuple[str, int], int] = {}
+    for samples in per_run.values():
+        for pair in {(s.prompt, s.seed) for s in samples}:
+            runs_with[pair] = runs_with.get(pair, 0) + 1
+    ordered = sorted(runs_with, key=lambda pair: (-runs_with[pair], pair))
+    total = len(per_run)
+    return [(f"{p} · seed {seed} · in {runs_with[(p, seed)]} of {total} runs", pair_key(p, seed))
+            for p, seed in ordered]
+
+
+def parse_prompts(text: str | None) -> list[str]:
+    """One prompt a line; blank lines are skipped (none: the run's own ``[studio]`` prompts)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    """Whole numbers separated by commas or spaces (none: the run's own ``[studio]`` seeds)."""
+    seeds = []
+    for part in (text or "").replace(",", " ").split():
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"seeds: {part!r} is not a whole number; write seeds like 7, 42") from None
+    return seeds
+
+
+RESUME_KINDS = {"state": "full state", "lora": "LoRA only"}
+
+
+def resume_choice(point) -> tuple[str, str]:
+    """(dropdown label, value) for a ``trainers.checkpoints.ResumePoint``: the kind is always spelled out,
+    because the two continue very differently (exactly vs. a new run from the weights)."""
+    return f"[{RESUME_KINDS.get(point.kind, point.kind)}] {point.label}", point.name
 
 
 def compose_grid(grid: Grid, cell: int = CELL) -> Image.Image:

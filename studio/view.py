@@ -9,12 +9,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import plotly.graph_objects as go
 
 from trainers.events import Event
 
 LOG_TAIL_LINES = 200
+
+
+class Sample(NamedTuple):
+    """One preview image of a run, as the gallery and the grids use it."""
+
+    step: int
+    path: str  # absolute path
+    prompt: str
+    seed: int
+    epoch: int = 0
+    index: int = 0
+    source: str = "live"  # "live" (rendered by the trainer) or "sidecar" (rendered later from a saved LoRA)
+
+
+class EvalPoint(NamedTuple):
+    """One evaluation of one eval set: mean loss and the loss at each timestep quantile."""
+
+    step: int
+    loss: float
+    quantiles: dict[str, float]
 
 
 @dataclass
@@ -24,20 +45,24 @@ class MonitorState:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    grad_steps: list[int] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    evals: dict[str, list[EvalPoint]] = field(default_factory=dict)  # eval set name -> points in order
     epoch: int = 0
     total_steps: int | None = None
     it_per_s: float | None = None
+    samples_per_s: float | None = None
     eta_s: float | None = None
     phase: str = "waiting"
     phase_message: str = ""
-    samples: list[tuple[int, str, str, int]] = field(default_factory=list)  # (step, path, prompt, seed)
+    samples: list[Sample] = field(default_factory=list)
     saves: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     outcome: str | None = None  # "completed" | "stopped" | "failed: ..."
 
     def apply(self, ev: Event, run_dir: Path) -> None:
-        """Fold one event into the state."""
-        handler = getattr(self, f"_on_{ev.kind}", None)
+        """Fold one event into the state (kinds it does not know are skipped)."""
+        handler = getattr(self, f"_on_{getattr(ev, 'kind', '')}", None)
         if handler is not None:
             handler(ev, run_dir)
 
@@ -49,18 +74,43 @@ class MonitorState:
         self.steps.append(ev.step)
         self.losses.append(ev.loss)
         self.lrs.append(ev.lr)
+        if ev.grad_norm is not None and math.isfinite(ev.grad_norm):
+            self.grad_steps.append(ev.step)
+            self.grad_norms.append(ev.grad_norm)
         self.epoch, self.total_steps = ev.epoch, ev.total_steps or self.total_steps
-        self.it_per_s, self.eta_s = ev.it_per_s, ev.eta_s
+        self.it_per_s, self.samples_per_s, self.eta_s = ev.it_per_s, ev.samples_per_s, ev.eta_s
 
     def _on_sample(self, ev, run_dir: Path) -> None:
-        self.samples.append((ev.step, str(run_dir / ev.path), ev.prompt, ev.seed))
+        path = str(run_dir / ev.path)
+        # The same file written again (a sidecar render repeated, a resumed run re-sampling a step) replaces
+        # the older entry: the file on disk is the new picture.
+        self.samples = [s for s in self.samples if s.path != path]
+        self.samples.append(Sample(ev.step, path, ev.prompt, ev.seed, ev.epoch, ev.index,
+                                   getattr(ev, "source", "live")))
 
     def _on_checkpoint(self, ev, run_dir: Path) -> None:
         self.saves.append(ev.path)
         self._log("info", f"saved {ev.what} to {ev.path} (step {ev.step}, epoch {ev.epoch})")
 
     def _on_eval(self, ev, run_dir: Path) -> None:
+        self.evals.setdefault(ev.name, []).append(EvalPoint(ev.step, ev.loss, dict(ev.quantiles)))
         self._log("info", f"eval {ev.name}: loss {ev.loss:.4f}")
+
+    def _on_resumed(self, ev, run_dir: Path) -> None:
+        """The trainer restarted from a checkpoint at ``ev.step``: what it had done after that step is
+        replaced by what comes next, so the charts must not show the old tail twice."""
+        cut = ev.step
+        kept = [i for i, step in enumerate(self.steps) if step <= cut]
+        self.steps = [self.steps[i] for i in kept]
+        self.losses = [self.losses[i] for i in kept]
+        self.lrs = [self.lrs[i] for i in kept]
+        grads = [(s, g) for s, g in zip(self.grad_steps, self.grad_norms, strict=True) if s <= cut]
+        self.grad_steps, self.grad_norms = [s for s, _ in grads], [g for _, g in grads]
+        self.evals = {name: kept_points for name, points in self.evals.items()
+                      if (kept_points := [p for p in points if p.step <= cut])}
+        self.samples = [s for s in self.samples if s.step <= cut]
+        self.epoch = ev.epoch
+        self._log("info", f"resumed from {getattr(ev, 'checkpoint', '') or 'a checkpoint'} at step {cut}")
 
     def _on_log(self, ev, run_dir: Path) -> None:
         self._log(ev.level, ev.message)
@@ -145,10 +195,92 @@ def lr_figure(state: MonitorState) -> go.Figure:
     return fig
 
 
-def gallery_items(state: MonitorState, limit: int = 48) -> list[tuple[str, str]]:
-    """Newest samples first, captioned with step, seed and prompt."""
-    newest = sorted(state.samples, key=lambda s: s[0], reverse=True)[:limit]
-    return [(path, f"step {step} · seed {seed} · {prompt}") for step, path, prompt, seed in newest]
+EVAL_COLOURS = ("#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880")
+
+
+def has_evals(state: MonitorState) -> bool:
+    """Whether there is any eval loss to chart."""
+    return any(state.evals.values())
+
+
+def _quantile_order(key: str) -> tuple[float, str]:
+    try:
+        return float(key), key
+    except ValueError:
+        return math.inf, key
+
+
+def eval_figure(state: MonitorState) -> go.Figure:
+    """Eval loss per eval set: the mean as a solid line with markers, each timestep quantile as a faint
+    dotted line (one legend entry per set toggles all its quantiles)."""
+    fig = go.Figure()
+    for i, (name, points) in enumerate(sorted(state.evals.items())):
+        colour = EVAL_COLOURS[i % len(EVAL_COLOURS)]
+        fig.add_scatter(x=[p.step for p in points], y=[p.loss for p in points], mode="lines+markers",
+                        name=f"{name} loss", line={"width": 2, "color": colour})
+        keys = sorted({k for p in points for k in p.quantiles}, key=_quantile_order)
+        for j, key in enumerate(keys):
+            have = [p for p in points if key in p.quantiles]
+            fig.add_scatter(x=[p.step for p in have], y=[p.quantiles[key] for p in have], mode="lines",
+                            name=f"{name} quantiles", legendgroup=f"{name}-q", showlegend=j == 0,
+                            hovertemplate=f"t-quantile {key}: %{{y:.4g}}<extra>{name}</extra>",
+                            line={"width": 1, "dash": "dot", "color": colour}, opacity=0.45)
+    fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="eval loss",
+                      xaxis_title="step", legend={"orientation": "h", "y": -0.25}, uirevision="eval")
+    return fig
+
+
+def grad_norm_figure(state: MonitorState) -> go.Figure:
+    """The gradient norm before clipping at each step (spikes show instability)."""
+    fig = go.Figure()
+    xs, ys = thin(state.grad_steps, state.grad_norms)
+    fig.add_scatter(x=xs, y=ys, mode="lines", name="grad norm", line={"width": 1, "color": "#636EFA"})
+    fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="gradient norm",
+                      xaxis_title="step", uirevision="grad")
+    return fig
+
+
+def sample_steps(state: MonitorState) -> list[int]:
+    """The steps that have preview images, in order."""
+    return sorted({s.step for s in state.samples})
+
+
+def nearest_sample_step(steps: list[int], wanted: float | None) -> int | None:
+    """The sample step closest to ``wanted`` (the earlier one on a tie); None for "all steps" (0 or None)."""
+    if not steps or not wanted:
+        return None
+    return min(steps, key=lambda s: (abs(s - wanted), s))
+
+
+def _caption(s: Sample) -> str:
+    where = f"step {s.step}" + (" (sidecar)" if s.source == "sidecar" else "")
+    return f"{where} · seed {s.seed} · {s.prompt}"
+
+
+def gallery_items(state: MonitorState, step: float | None = None, limit: int = 48) -> list[tuple[str, str]]:
+    """Previews grouped by step, newest step first, captioned with step, seed and prompt. With ``step``
+    (a slider position), only the images of the sample step nearest to it."""
+    chosen = nearest_sample_step(sample_steps(state), step)
+    picked = [s for s in state.samples if chosen is None or s.step == chosen]
+    newest = sorted(picked, key=lambda s: -s.step)[:limit]  # stable: a step's images keep their order
+    return [(s.path, _caption(s)) for s in newest]
+
+
+def gallery_label(state: MonitorState, step: float | None = None) -> str:
+    """What the gallery shows right now."""
+    steps = sample_steps(state)
+    if not steps:
+        return "Samples: none yet (previews appear here, newest first)"
+    chosen = nearest_sample_step(steps, step)
+    if chosen is None:
+        return f"Samples: all {len(steps)} sampled steps, newest first (click to enlarge)"
+    return f"Samples at step {chosen} ({steps.index(chosen) + 1} of {len(steps)}; click to enlarge)"
+
+
+def scrub_maximum(state: MonitorState) -> int:
+    """The step slider's upper end: the newest sampled step (at least 1, so the slider stays valid)."""
+    steps = sample_steps(state)
+    return max(1, steps[-1]) if steps else 1
 
 
 def format_eta(seconds: float | None) -> str:
@@ -161,7 +293,7 @@ def format_eta(seconds: float | None) -> str:
 
 
 def status_markdown(state: MonitorState, run_id: str | None) -> str:
-    """One-line summary: run, phase or outcome, step/total, epoch, last loss, speed and ETA."""
+    """One-line summary: run, phase or outcome, step/total, epoch, last loss, speed (it/s, samples/s), ETA."""
     if not run_id:
         return "No run attached. Start one from the **Chroma setup** tab, or pick a run above."
     head = f"**Run** `{run_id}` · **{state.outcome or state.phase}**"
@@ -169,6 +301,7 @@ def status_markdown(state: MonitorState, run_id: str | None) -> str:
         return head + (f" · {state.phase_message}" if state.phase_message else "")
     total = f"/{state.total_steps}" if state.total_steps else ""
     speed = f" · {state.it_per_s:.2f} it/s" if state.it_per_s else ""
+    speed += f" · {state.samples_per_s:.2f} samples/s" if state.samples_per_s else ""
     eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
     return (f"{head} · step {state.steps[-1]}{total} · epoch {state.epoch} · "
             f"loss {state.losses[-1]:.4g}{speed}{eta}")

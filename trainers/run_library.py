@@ -1,4 +1,5 @@
-"""Operations on finished runs: pick the best saved epoch, delete a run. Torch-free.
+"""Operations on finished runs: pick the best saved epoch, export or delete a run, render samples for a saved
+epoch in a sidecar process. Torch-free: whatever needs torch runs as a child process.
 
 The choice of best epoch is kept in the run folder (``best.json``), like everything else about a run.
 """
@@ -10,9 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import deque
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from trainers.events import Event
 from trainers.paths import REPO_ROOT
 from trainers.runs import RunError, RunInfo, write_json_atomic
 
@@ -89,3 +93,70 @@ def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = No
     if done.returncode != 0:
         raise RunError((done.stderr.strip().splitlines() or ["export failed"])[-1])
     return out
+
+
+def folder_position(events: Sequence[Event], folder: str) -> tuple[int, int]:
+    """(step, epoch) at which a saved folder was written: from its newest checkpoint event, else from its
+    name (``stepN``; ``epochN`` = the last step of epoch N in the run's step events, 0 when unknown)."""
+    name = Path(folder).name
+    checkpoints = [ev for ev in events if ev.kind == "checkpoint"]
+    for same in (lambda ev: ev.path == folder, lambda ev: Path(ev.path).name == name):
+        found = [ev for ev in checkpoints if same(ev)]
+        if found:
+            return found[-1].step, found[-1].epoch
+    match = _SAVED.match(name)
+    if not match:
+        raise RunError(f"{folder!r} is not an epochN or stepN folder")
+    number, steps = int(match.group(2)), [ev for ev in events if ev.kind == "step"]
+    if match.group(1) == "step":
+        return number, next((ev.epoch for ev in reversed(steps) if ev.step <= number), 1)
+    return max((ev.step for ev in steps if ev.epoch <= number), default=0), number
+
+
+SIDECAR_PROGRESS = "sidecar: "  # lines the sidecar prints for the UI; everything else is kept for errors
+SIDECAR_FAILED = "sidecar failed: "
+
+
+def sidecar_command(info: RunInfo, folder: str, prompts: Sequence[str] = (), seeds: Sequence[int] = (),
+                    python: str | None = None) -> list[str]:
+    """The command line rendering samples of the saved ``folder`` of a run (see trainers/native/sidecar.py)."""
+    cmd = [python or sys.executable, "-m", "trainers.native.sidecar", "--run-dir", str(info.run_dir),
+           "--folder", folder]
+    for prompt in prompts:
+        cmd += ["--prompt", prompt]
+    for seed in seeds:
+        cmd += ["--seed", str(int(seed))]
+    return cmd
+
+
+def render_samples(info: RunInfo, folder: str, prompts: Sequence[str] = (), seeds: Sequence[int] = (),
+                   python: str | None = None) -> Iterator[str]:
+    """Render the run's ``[studio]`` prompts x seeds (or the given ones) with the LoRA saved in ``folder``, in a
+    child process; yields its progress lines. The images land in ``<run>/samples/`` with one ``sample`` event
+    each (source "sidecar"), so grids and the monitor show them. Raises RunError with the child's reason."""
+    if folder not in saved_folders(info.run_dir, info.meta):
+        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list")
+    proc = subprocess.Popen(sidecar_command(info, folder, prompts, seeds, python), cwd=REPO_ROOT, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: deque[str] = deque(maxlen=40)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.startswith(SIDECAR_PROGRESS):
+                yield line[len(SIDECAR_PROGRESS):]
+            elif line:
+                tail.append(line)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # the caller went away: do not leave a renderer holding the device
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        raise RunError(_sidecar_reason(list(tail), code))
+
+
+def _sidecar_reason(lines: list[str], code: int) -> str:
+    reasons = [line[len(SIDECAR_FAILED):] for line in lines if line.startswith(SIDECAR_FAILED)]
+    if reasons:
+        return reasons[-1]
+    return f"sample rendering failed (exit code {code}): {lines[-1] if lines else 'no output'}"

@@ -20,6 +20,7 @@ from studio.profiles_view import report_message
 from studio.services import Services
 from trainers.config import validate_texts
 from trainers.config.issues import ConfigIssue, ConfigParseError
+from trainers.config.rules_native import runs_natively
 from trainers.config.toml_io import dumps, loads, read_text, set_value
 from trainers.profiles import ProfileError, ProfileStore, ProfileTexts
 from trainers.runs import resolve_config_path
@@ -251,8 +252,12 @@ def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None) -> 
     if bf.model_type_of(main_doc) == model_type:  # Gradio's dropdown reports one pick twice
         return tuple(gr.skip() for _ in range(REFRESH_HEAD + len(bf.form_pool())))
     set_value(main_doc, "model.type", model_type)
-    return refresh({**texts, "main": dumps(main_doc)}, pair, dir_index, editors=True, values=False,
-                   message=f"Model type set to {model_type}: the form shows the keys it reads.")
+    message = f"Model type set to {model_type}: the form shows the keys it reads."
+    if model_type != "chroma" and runs_natively(main_doc):
+        # The native trainer trains Chroma only: every other type runs on the user's diffusion-pipe checkout.
+        set_value(main_doc, "studio.backend", "diffusion-pipe")
+        message += " It trains with your diffusion-pipe checkout ([studio] backend = 'diffusion-pipe')."
+    return refresh({**texts, "main": dumps(main_doc)}, pair, dir_index, editors=True, values=False, message=message)
 
 
 def on_validate(texts: dict, pair: dict, dir_index: int | None, skip_paths: bool) -> tuple:

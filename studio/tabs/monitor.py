@@ -41,7 +41,10 @@ class MonitorHandles:
     log_y: gr.Checkbox
     loss_plot: gr.Plot
     lr_plot: gr.Plot
+    eval_plot: gr.Plot
+    grad_plot: gr.Plot
     gallery: gr.Gallery
+    scrub: gr.Slider
     level: gr.Dropdown
     search: gr.Textbox
     log: gr.Textbox
@@ -49,11 +52,12 @@ class MonitorHandles:
 
     @property
     def stream_outputs(self) -> list:
-        return [self.status, self.progress, self.loss_plot, self.lr_plot, self.gallery, self.log, self.resources]
+        return [self.status, self.progress, self.loss_plot, self.lr_plot, self.eval_plot, self.grad_plot,
+                self.gallery, self.scrub, self.log, self.resources]
 
     @property
     def view_options(self) -> list:
-        return [self.smoothing, self.log_y, self.level, self.search]
+        return [self.smoothing, self.log_y, self.level, self.search, self.scrub]
 
 
 @dataclass
@@ -70,6 +74,32 @@ class StreamTokens:
 
     def is_current(self, session: str, token: int) -> bool:
         return self.current.get(session) == token
+
+
+@dataclass
+class MonitorLink:
+    """What another tab needs to hand a run to the live monitor: select it, switch tabs, stream it."""
+
+    current_run: gr.State
+    tabs: gr.Tabs
+    tab_id: str
+    handles: MonitorHandles
+    tokens: StreamTokens
+
+    @property
+    def outputs(self) -> list:
+        """Outputs of :meth:`show`."""
+        return [self.current_run, self.tabs, self.handles.picker, self.handles.scrub]
+
+    def show(self, services: Services, run_id: str) -> tuple:
+        """Updates that select ``run_id`` in the monitor and switch to its tab."""
+        return (run_id, gr.Tabs(selected=self.tab_id), gr.Dropdown(choices=run_choices(services), value=run_id),
+                0)
+
+    def stream(self, services: Services) -> dict:
+        """Keyword arguments of the ``.then``/``.success`` event that streams the selected run."""
+        return dict(fn=streamer(services, self.tokens), inputs=[self.current_run, *self.handles.view_options],
+                    outputs=self.handles.stream_outputs, concurrency_limit=None, api_visibility="private")
 
 
 def run_label(info: RunInfo) -> str:
@@ -98,7 +128,12 @@ def render(services: Services) -> MonitorHandles:
     with gr.Row():
         loss_plot = gr.Plot(label="Loss", elem_id="monitor-loss")
         lr_plot = gr.Plot(label="Learning rate", elem_id="monitor-lr")
-    gallery = gr.Gallery(label="Samples (newest first; click to enlarge)", columns=4, height=360,
+    with gr.Row():  # shown once the run reports eval losses / gradient norms
+        eval_plot = gr.Plot(label="Eval loss", visible=False, elem_id="monitor-eval")
+        grad_plot = gr.Plot(label="Gradient norm", visible=False, elem_id="monitor-grad")
+    scrub = gr.Slider(0, 1, value=0, step=1, label="Samples at step (0 = every step, newest first)",
+                      elem_id="monitor-scrub")
+    gallery = gr.Gallery(label=view.gallery_label(view.MonitorState()), columns=4, height=360,
                          elem_id="monitor-samples", format="png")
     with gr.Row():
         level = gr.Dropdown(list(view.LEVELS), value="info", label="Log level", scale=1)
@@ -107,12 +142,13 @@ def render(services: Services) -> MonitorHandles:
     log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="monitor-log")
     resources = gr.Markdown("", elem_id="monitor-resources")
     return MonitorHandles(picker, refresh, attach, stop, save_now, sample_now, status, progress, message,
-                          smoothing, log_y, loss_plot, lr_plot, gallery, level, search, log, resources)
+                          smoothing, log_y, loss_plot, lr_plot, eval_plot, grad_plot, gallery, scrub, level,
+                          search, log, resources)
 
 
 def stream(services: Services, run_id: str | None, options: tuple, still_wanted=lambda: True) -> Iterator[tuple]:
     """Yield the monitor's outputs after every batch of new events until the run ends (or a newer stream
-    replaces this one). ``options`` = (smoothing, log_y, level, query)."""
+    replaces this one). ``options`` = (smoothing, log_y, level, query, scrub step)."""
     state = view.MonitorState()
     if not run_id:
         yield _frame(state, None, options, "")
@@ -138,19 +174,23 @@ def stream(services: Services, run_id: str | None, options: tuple, still_wanted=
 
 
 def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str) -> tuple:
-    smoothing, log_y, level, query = options
+    smoothing, log_y, level, query, scrub = options
     return (view.status_markdown(state, run_id), view.progress_html(state),
-            view.loss_figure(state, smoothing, log_y), view.lr_figure(state), view.gallery_items(state),
+            view.loss_figure(state, smoothing, log_y), view.lr_figure(state),
+            gr.Plot(view.eval_figure(state), visible=view.has_evals(state)),
+            gr.Plot(view.grad_norm_figure(state), visible=bool(state.grad_norms)),
+            gr.Gallery(view.gallery_items(state, scrub), label=view.gallery_label(state, scrub)),
+            gr.Slider(maximum=view.scrub_maximum(state)),  # the value stays the user's
             view.log_text(state, level=level, query=query or ""), res_text)
 
 
 def streamer(services: Services, tokens: StreamTokens):
     """The generator callback streaming one run into the monitor's outputs (shared with the wizard)."""
 
-    def do_stream(run_id, smoothing, log_y, level, query, request: gr.Request):
+    def do_stream(run_id, smoothing, log_y, level, query, scrub, request: gr.Request):
         session = getattr(request, "session_hash", None) or "anonymous"
         token = tokens.claim(session)
-        yield from stream(services, run_id, (smoothing, log_y, level, query),
+        yield from stream(services, run_id, (smoothing, log_y, level, query, scrub),
                           still_wanted=lambda: tokens.is_current(session, token))
 
     return do_stream
@@ -209,9 +249,11 @@ def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.
     stream_inputs = [current_run, *h.view_options]
     h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
                     outputs=h.picker)
-    attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: r, inputs=h.picker, outputs=current_run)
+    # Another run: the step slider starts again at "every step".
+    attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: (r, 0), inputs=h.picker,
+                      outputs=[current_run, h.scrub])
     attach_ev.then(do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
-    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit], do_stream,
+    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit, h.scrub.release], do_stream,
           inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
     demo.load(on_load, outputs=[h.picker, current_run]).then(
         do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)

@@ -1,4 +1,5 @@
-"""Runs library: every run under the known output folders; compare, inspect samples, pick the best epoch."""
+"""Runs library: every run under the known output folders; compare, inspect samples (per run and across runs),
+render samples for a saved epoch, pick the best epoch, export, resume, delete."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ import gradio as gr
 
 from studio import runs_view, view
 from studio.services import Services
+from studio.tabs.monitor import MonitorLink
+from trainers.checkpoints import resume_points
 from trainers.events import load_all
-from trainers.run_library import LAYOUTS, best_of, delete_run, export_lora, mark_best, saved_folders
+from trainers.run_library import (
+    LAYOUTS,
+    best_of,
+    delete_run,
+    export_lora,
+    mark_best,
+    render_samples,
+    saved_folders,
+)
 from trainers.runs import RunError, RunInfo
 
 TABLE_HEADERS = ["run", "name", "backend", "status", "steps", "last loss", "saves", "best", "created"]
+RESUME_NOTE = """**full state**: continues the same run exactly (LoRA, optimizer, schedule, data order).
+**LoRA only**: starts a NEW run from those weights, with a fresh optimizer and schedule."""
 
 
 @dataclass
@@ -22,6 +35,8 @@ class RunsHandles:
     compare: gr.CheckboxGroup
     smoothing: gr.Slider
     overlay: gr.Plot
+    cross_pair: gr.Dropdown
+    cross_grid: gr.Image
     diff_a: gr.Dropdown
     diff_b: gr.Dropdown
     diff: gr.Dataframe
@@ -30,9 +45,15 @@ class RunsHandles:
     grid: gr.Image
     saved: gr.Dropdown
     best: gr.Button
+    sidecar_prompts: gr.Textbox
+    sidecar_seeds: gr.Textbox
+    render: gr.Button
+    render_progress: gr.Markdown
     layout: gr.Radio
     export: gr.Button
     download: gr.DownloadButton
+    resume_point: gr.Dropdown
+    resume: gr.Button
     confirm: gr.Textbox
     delete: gr.Button
     message: gr.Markdown
@@ -54,10 +75,13 @@ def render(services: Services) -> RunsHandles:
             queue_up = gr.Button("▲ Move up", size="sm")
             queue_front = gr.Button("⇈ To front", size="sm")
             queue_cancel = gr.Button("✕ Cancel", size="sm", variant="stop", elem_id="runs-queue-cancel")
-    with gr.Accordion("Compare loss curves", open=True):
-        compare = gr.CheckboxGroup(label="Runs to overlay", choices=[], elem_id="runs-compare")
+    with gr.Accordion("Compare runs", open=True):
+        compare = gr.CheckboxGroup(label="Runs to compare", choices=[], elem_id="runs-compare")
         smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="Smoothing (EMA)")
-        overlay = gr.Plot(label="Loss by run", elem_id="runs-overlay")
+        overlay = gr.Plot(label="Loss and eval loss by run", elem_id="runs-overlay")
+        cross_pair = gr.Dropdown(label="Same prompt and seed across the ticked runs", choices=[],
+                                 elem_id="runs-cross-pair")
+        cross_grid = gr.Image(label="Run × step", type="pil", interactive=False, elem_id="runs-cross-grid")
     with gr.Accordion("Config diff", open=False):
         with gr.Row():
             diff_a = gr.Dropdown(label="Run A", choices=[], elem_id="runs-diff-a")
@@ -72,17 +96,31 @@ def render(services: Services) -> RunsHandles:
             saved = gr.Dropdown(label="Saved epoch / step", choices=[], elem_id="runs-saved")
             best = gr.Button("★ Mark as best", elem_id="runs-best")
         with gr.Row():
+            sidecar_prompts = gr.Textbox(label="Prompts, one a line (empty: the run's [studio] prompts)", lines=2,
+                                         elem_id="runs-sidecar-prompts")
+            sidecar_seeds = gr.Textbox(label="Seeds (empty: the run's)", placeholder="7, 42",
+                                       elem_id="runs-sidecar-seeds")
+        render_button = gr.Button("Render samples for this epoch", elem_id="runs-render")
+        render_progress = gr.Markdown("", elem_id="runs-render-progress")
+        with gr.Row():
             layout = gr.Radio(list(LAYOUTS), value="comfyui", label="Export layout", elem_id="runs-layout",
                               info="ComfyUI: as diffusion-pipe saves it · diffusers: load_lora_weights · "
                                    "kohya: lora_unet_* with alpha")
             export = gr.Button("Export LoRA", elem_id="runs-export")
             download = gr.DownloadButton("Download", visible=False, elem_id="runs-download")
+    with gr.Accordion("Resume training", open=False):
+        gr.Markdown(RESUME_NOTE)
+        with gr.Row():
+            resume_point = gr.Dropdown(label="Resume point of the run picked above", choices=[], scale=4,
+                                       elem_id="runs-resume-point")
+            resume = gr.Button("Resume", scale=1, elem_id="runs-resume")
     with gr.Accordion("Delete a run", open=False):
         confirm = gr.Textbox(label="Type the run id to confirm", elem_id="runs-confirm")
         delete = gr.Button("Delete run", variant="stop", elem_id="runs-delete")
-    return RunsHandles(refresh, table, compare, smoothing, overlay, diff_a, diff_b, diff, grid_run, grid_prompt,
-                       grid, saved, best, layout, export, download, confirm, delete, message, queue_table,
-                       queue_pick, queue_up, queue_front, queue_cancel)
+    return RunsHandles(refresh, table, compare, smoothing, overlay, cross_pair, cross_grid, diff_a, diff_b, diff,
+                       grid_run, grid_prompt, grid, saved, best, sidecar_prompts, sidecar_seeds, render_button,
+                       render_progress, layout, export, download, resume_point, resume, confirm, delete, message,
+                       queue_table, queue_pick, queue_up, queue_front, queue_cancel)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -123,8 +161,34 @@ def queue_action(services: Services, run_id: str | None, action: str):
 
 
 def overlay(services: Services, run_ids: list[str], smoothing: float):
-    curves = {rid: _state(services.manager.info(rid)) for rid in run_ids or []}
-    return runs_view.overlay_figure(curves, smoothing)
+    return runs_view.overlay_figure(_labelled_states(services, run_ids), smoothing)
+
+
+def _labelled_states(services: Services, run_ids: list[str]) -> dict[str, view.MonitorState]:
+    infos = [services.manager.info(rid) for rid in run_ids or []]
+    return {f"{i.run_id} · {i.name}": _state(i) for i in infos}
+
+
+def compare_view(services: Services, run_ids: list[str], smoothing: float):
+    """The ticked runs' overlaid curves, their (prompt, seed) pairs with the first one picked, and its run × step
+    grid (every run folder is read once)."""
+    states = _labelled_states(services, run_ids)
+    fig = runs_view.overlay_figure(states, smoothing)
+    pairs = runs_view.shared_pairs({label: s.samples for label, s in states.items()})
+    first = pairs[0][1] if pairs else None
+    return fig, gr.Dropdown(choices=pairs, value=first), _cross_image(states, first)
+
+
+def cross_grid(services: Services, run_ids: list[str], key: str | None):
+    return _cross_image(_labelled_states(services, run_ids), key)
+
+
+def _cross_image(states: dict[str, view.MonitorState], key: str | None):
+    if not key or not states:
+        return None
+    prompt, seed = runs_view.parse_pair_key(key)
+    grid = runs_view.cross_run_grid({label: s.samples for label, s in states.items()}, prompt, seed)
+    return None if grid.empty else runs_view.compose_grid(grid)
 
 
 def diff(services: Services, a: str | None, b: str | None):
@@ -141,7 +205,7 @@ def pick_grid_run(services: Services, run_id: str | None):
         return gr.Dropdown(choices=[]), gr.Dropdown(choices=[]), None
     info = services.manager.info(run_id)
     state = _state(info)
-    prompts = sorted({s[2] for s in state.samples})
+    prompts = sorted({s.prompt for s in state.samples})
     saves = saved_folders(info.run_dir, info.meta)
     return (gr.Dropdown(choices=prompts, value=None), gr.Dropdown(choices=saves, value=best_of(info.run_dir)),
             _grid_image(state, None))
@@ -152,13 +216,39 @@ def _grid_image(state: view.MonitorState, prompt: str | None):
     return None if grid.empty else runs_view.compose_grid(grid)
 
 
-def wire(h: RunsHandles, services: Services) -> None:
+def resume_choices(services: Services, run_id: str | None):
+    """The run's resume points, newest first, each labelled with its kind."""
+    if not run_id:
+        return gr.Dropdown(choices=[], value=None)
+    choices = [runs_view.resume_choice(p) for p in resume_points(services.manager.run_dir(run_id))]
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+
+def render_for_epoch(services: Services, run_id: str | None, folder: str | None, prompts: str, seeds: str):
+    """Generator: the sidecar's progress, then the run's grid with the new images."""
+    if not run_id or not folder:
+        yield "⚠ Pick a run and one of its saved epochs first.", gr.skip(), gr.skip()
+        return
+    try:
+        info = services.manager.info(run_id)
+        yield f"⏳ Rendering with `{folder}`: loading the base model…", gr.skip(), gr.skip()
+        for line in render_samples(info, folder, runs_view.parse_prompts(prompts), runs_view.parse_seeds(seeds)):
+            yield f"⏳ {line}", gr.skip(), gr.skip()
+    except (RunError, ValueError) as exc:
+        yield f"⚠ Rendering failed: {exc}", gr.skip(), gr.skip()
+        return
+    state = _state(info)
+    yield (f"✓ Rendered samples with `{folder}`.", _grid_image(state, None),
+           gr.Dropdown(choices=sorted({s.prompt for s in state.samples}), value=None))
+
+
+def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
     def guarded(fn):
         def inner(*args):
             try:
                 return fn(*args)
-            except RunError as exc:
-                raise gr.Error(str(exc)) from exc
+            except (RunError, ValueError, KeyError) as exc:
+                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
         return inner
 
     refresh_outputs = [h.table, h.compare, h.diff_a, h.diff_b, h.grid_run, h.queue_table, h.queue_pick]
@@ -166,14 +256,26 @@ def wire(h: RunsHandles, services: Services) -> None:
         button.click(guarded(lambda r, a=action: queue_action(services, r, a)), inputs=h.queue_pick,
                      outputs=[h.queue_table, h.queue_pick], api_name=f"queue_{action}")
     h.refresh.click(guarded(lambda: refresh_all(services)), outputs=refresh_outputs, api_name="runs_table")
-    gr.on([h.compare.input, h.smoothing.release], guarded(lambda ids, s: overlay(services, ids, s)),
-          inputs=[h.compare, h.smoothing], outputs=h.overlay)
+    h.compare.input(guarded(lambda ids, s: compare_view(services, ids, s)), inputs=[h.compare, h.smoothing],
+                    outputs=[h.overlay, h.cross_pair, h.cross_grid], api_visibility="private")
+    h.smoothing.release(guarded(lambda ids, s: overlay(services, ids, s)), inputs=[h.compare, h.smoothing],
+                        outputs=h.overlay, api_visibility="private")
+    h.cross_pair.input(guarded(lambda ids, key: cross_grid(services, ids, key)), inputs=[h.compare, h.cross_pair],
+                       outputs=h.cross_grid, api_visibility="private")
     gr.on([h.diff_a.input, h.diff_b.input], guarded(lambda a, b: diff(services, a, b)),
-          inputs=[h.diff_a, h.diff_b], outputs=h.diff, api_name="diff_runs")
+          inputs=[h.diff_a, h.diff_b], outputs=h.diff, api_visibility="private")
     h.grid_run.input(guarded(lambda r: pick_grid_run(services, r)), inputs=h.grid_run,
-                     outputs=[h.grid_prompt, h.saved, h.grid])
+                     outputs=[h.grid_prompt, h.saved, h.grid], api_visibility="private")
+    # Separate from the grid, so a run whose checkpoints cannot be read still shows its samples.
+    h.grid_run.input(guarded(lambda r: resume_choices(services, r)), inputs=h.grid_run, outputs=h.resume_point,
+                     api_visibility="private")
     h.grid_prompt.input(guarded(lambda r, p: _grid_image(_state(services.manager.info(r)), p)),
-                        inputs=[h.grid_run, h.grid_prompt], outputs=h.grid)
+                        inputs=[h.grid_run, h.grid_prompt], outputs=h.grid, api_visibility="private")
+    def on_render(run_id, folder, prompts, seeds):
+        yield from render_for_epoch(services, run_id, folder, prompts, seeds)
+
+    h.render.click(on_render, inputs=[h.grid_run, h.saved, h.sidecar_prompts, h.sidecar_seeds],
+                   outputs=[h.render_progress, h.grid, h.grid_prompt], api_visibility="private")
 
     def on_best(run_id, folder):
         mark_best(services.manager.info(run_id), folder or "")
@@ -189,9 +291,17 @@ def wire(h: RunsHandles, services: Services) -> None:
         path = export_lora(services.manager.info(run_id), folder, layout)
         return gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True), f"Exported `{path}`."
 
+    def on_resume(run_id, point):
+        if not run_id or not point:
+            raise RunError("pick a run and one of its resume points first")
+        return link.show(services, services.manager.resume(run_id, point))
+
     h.export.click(guarded(on_export), inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message],
-                   api_name="export_lora")
-    h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_name="mark_best").then(
-        guarded(lambda: refresh_all(services)), outputs=refresh_outputs)
-    h.delete.click(guarded(on_delete), inputs=[h.grid_run, h.confirm], outputs=h.message).then(
-        guarded(lambda: refresh_all(services)), outputs=refresh_outputs)
+                   api_visibility="private")
+    h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_visibility="private").then(
+        guarded(lambda: refresh_all(services)), outputs=refresh_outputs, api_visibility="private")
+    h.resume.click(guarded(on_resume), inputs=[h.grid_run, h.resume_point], outputs=link.outputs,
+                   api_visibility="private").success(**link.stream(services))
+    h.delete.click(guarded(on_delete), inputs=[h.grid_run, h.confirm], outputs=h.message,
+                   api_visibility="private").then(guarded(lambda: refresh_all(services)), outputs=refresh_outputs,
+                                                  api_visibility="private")

@@ -45,6 +45,7 @@ def test_pick_type_fill_field_and_see_the_toml_change(page, builder_app):
     page.locator("#builder-type input").fill("flux")
     page.get_by_role("option", name="Flux (flux)", exact=True).click()
     editor_has(page, "type = 'flux'")
+    editor_has(page, "diffusion-pipe")  # only Chroma trains natively: [studio] backend switches
     page.locator("#field-main-model-guidance").wait_for(state="visible")  # a key only flux reads
     epochs = field(page, "field-main-epochs")
     epochs.fill("")

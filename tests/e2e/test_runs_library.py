@@ -1,33 +1,60 @@
-"""Runs library in a browser: two finished runs, overlaid, diffed, their sample grid, best epoch, delete."""
+"""Runs library in a browser, on two finished REAL demo runs (the embedded Chroma demo, a few steps each):
+overlaid curves, config diff, prompt × step grid, the same prompt and seed across runs, sidecar sampling of a
+saved epoch, the resume picker, export + download, best save, delete."""
 
 from __future__ import annotations
 
 import pytest
+import tomlkit
+from safetensors import safe_open
 
+from studio import runs_view
 from studio.services import Services
-from tests.conftest import write_pair
 from tests.e2e.conftest import serve, shot
+from trainers.demo_profile import prepare_demo
+from trainers.events import load_all
 from trainers.runs import RunManager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+STEPS = 8  # 6 steps per epoch: epoch1 is saved at step 6, step8 at the end; previews at steps 0, 4 and 8
+
+
+def _demo_pair(folder, out, warmup: int):
+    main = prepare_demo(folder, out)
+    doc = tomlkit.parse(main.read_text(encoding="utf-8"))
+    doc["warmup_steps"] = warmup
+    doc["save_every_n_epochs"] = 1
+    doc["studio"]["sample_every_n_steps"] = 4
+    main.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return main
 
 
 @pytest.fixture
 def two_runs(tmp_path):
-    manager = RunManager([tmp_path / "a" / "out"], trainer_module="tests.fakes.trainer")
-    ids = []
-    for name, steps in (("a", 12), ("b", 20)):
-        main = write_pair(tmp_path / name, max_steps=steps, extra_main=f"warmup_steps = {steps}\n")
-        ids.append(manager.start(main, name=f"run {name}"))
-        list(manager.events(ids[-1]))
-        _saved_lora(manager.run_dir(ids[-1]) / "epoch1")
-    services = Services(manager=manager, demo_main=tmp_path / "a" / "main.toml", allowed_roots=[tmp_path])
+    manager = RunManager([tmp_path / "out"])
+    ids = [manager.start(_demo_pair(tmp_path / name, tmp_path / "out", warmup), name=f"demo {name}", max_steps=STEPS)
+           for name, warmup in (("a", 2), ("b", 4))]  # b waits in the queue until a is done
+    for run_id in ids:
+        events = list(manager.events(run_id))
+        assert events[-1].kind == "finished", events[-1]
+    services = Services(manager=manager, demo_main=tmp_path / "a" / "chroma_demo.toml", allowed_roots=[tmp_path])
     blocks, url = serve(services)
     yield url, manager, ids
+    for run in manager.runs():  # never leave a detached trainer behind
+        if run.live:
+            manager.kill(run.run_id)
     blocks.close()
 
 
-def test_compare_diff_grid_best_and_delete(page, two_runs):
+def _width(elem_id: str, width: int) -> str:
+    return f"document.querySelector('#{elem_id} img')?.naturalWidth == {width}"
+
+
+def _columns(n: int) -> int:
+    return runs_view.LABEL_W + n * runs_view.CELL
+
+
+def test_two_real_runs_compared_sampled_resumable_and_exported(page, two_runs, tmp_path):
     url, manager, (a, b) = two_runs
     page.goto(url)
     page.get_by_role("tab", name="Runs library").click()
@@ -37,44 +64,64 @@ def test_compare_diff_grid_best_and_delete(page, two_runs):
     compare.get_by_role("checkbox", name=a, exact=True).check()  # ids can be prefixes of each other
     compare.get_by_role("checkbox", name=b, exact=True).check()
     page.wait_for_function("document.querySelectorAll('#runs-overlay .scatterlayer .trace').length == 2")
+    # The same prompt and seed across both runs: one row per run, one column per sampled step (0, 4, 8).
+    page.wait_for_function("(document.querySelector('#runs-cross-pair input')?.value ?? '').includes('in 2 of 2')")
+    page.wait_for_function(_width("runs-cross-grid", _columns(3)))
     page.get_by_role("button", name="Config diff").click()
     _choose(page, "#runs-diff-a", a)
     _choose(page, "#runs-diff-b", b)
     page.wait_for_function("(document.querySelector('#runs-diff')?.innerText ?? '').includes('warmup_steps')")
+    shot(page, "runs-compare")
+
     page.get_by_role("button", name="Samples: prompt × step").click()
     _choose(page, "#runs-grid-run", b)
-    page.locator("#runs-grid img").wait_for()
+    page.wait_for_function(_width("runs-grid", _columns(3)))
+    # Sidecar: render the run's prompts with the LoRA saved at epoch 1 (step 6): a fourth column appears.
     _choose(page, "#runs-saved", "epoch1")
+    page.locator("#runs-render").click()
+    page.locator("#runs-render-progress").get_by_text("Rendered samples").wait_for(timeout=180_000)
+    page.wait_for_function(_width("runs-grid", _columns(4)))
+    sidecar = [ev for ev in load_all(manager.run_dir(b)) if ev.kind == "sample" and ev.source == "sidecar"]
+    assert [(ev.path, ev.step) for ev in sidecar] == [("samples/epoch1_p0_s7.png", 6), ("samples/epoch1_p1_s7.png", 6)]
+    shot(page, "runs-grid-sidecar")
+
     page.locator("#runs-best").click()
     page.locator("#runs-message").get_by_text("best save").wait_for()
     page.locator("#runs-layout").get_by_role("radio", name="diffusers").check()
     page.locator("#runs-export").click()
-    page.locator("#runs-message").get_by_text("Exported").wait_for(timeout=60_000)
+    page.locator("#runs-message").get_by_text("Exported").wait_for(timeout=120_000)
     with page.expect_download() as download:
         page.locator("#runs-download").click()
     assert download.value.suggested_filename.endswith("_epoch1_diffusers.safetensors")
-    shot(page, "runs-library")
+    saved = tmp_path / "download.safetensors"
+    download.value.save_as(saved)
+    with safe_open(str(saved), framework="np") as fh:
+        keys = list(fh.keys())
+    assert keys and all(k.startswith("transformer.") for k in keys)
+
+    # Resume picker: both kinds are labelled; a LoRA-only point starts a new run and the monitor follows it.
+    page.get_by_role("button", name="Resume training").click()
+    page.locator("#runs-resume-point input").first.click()
+    options = page.locator("[role=option]:visible")
+    options.first.wait_for()
+    labels = options.all_inner_texts()
+    assert any(t.startswith("[LoRA only] epoch1") for t in labels), labels
+    page.locator('[role=option][aria-label^="[LoRA only] epoch1"]:visible').first.click()
+    page.locator("#runs-resume").click()
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('(from epoch1)') ||"
+                           " (document.querySelector('#monitor-run input')?.value ?? '').includes('(from epoch1)')")
+    resumed = [r for r in manager.runs() if r.name.endswith("(from epoch1)")]
+    assert len(resumed) == 1 and resumed[0].run_id not in (a, b)
+    shot(page, "runs-resumed")
+    manager.kill(resumed[0].run_id)  # it would train on; only the hand-over matters here
+
+    page.get_by_role("tab", name="Runs library").click()
     page.get_by_role("button", name="Delete a run").click()
-    page.locator("#runs-confirm textarea, #runs-confirm input").first.fill(b)
+    _choose(page, "#runs-grid-run", a)
+    page.locator("#runs-confirm textarea, #runs-confirm input").first.fill(a)
     page.locator("#runs-delete").click()
     page.locator("#runs-message").get_by_text("Deleted run").wait_for()
-    assert [r.run_id for r in manager.runs()] == [a]
-
-
-def _saved_lora(folder):
-    """A real (tiny) Chroma LoRA in diffusion-pipe's layout: fused qkv of width 8, rank 2 x 3 parts."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    key = "diffusion_model.double_blocks.0.img_attn.qkv"
-    b = np.zeros((24, 6), np.float32)
-    for i in range(3):
-        b[8 * i:8 * i + 8, 2 * i:2 * i + 2] = rng.normal(size=(8, 2))
-    save_file({f"{key}.lora_A.weight": rng.normal(size=(6, 8)).astype(np.float32), f"{key}.lora_B.weight": b},
-              str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text('{"r": 2, "lora_alpha": 2}')
+    assert a not in [r.run_id for r in manager.runs()]
 
 
 def _choose(page, elem_id: str, value: str) -> None:

@@ -2,7 +2,8 @@
 
 Run as ``python -m tests.fakes.trainer --run-dir DIR``. Steps every 50 ms with a decaying loss; writes a
 sample PNG every 5 steps and honours stop/save/sample commands, so RunManager and the UI can be tested
-without torch.
+without torch. Like the native trainer it reports a gradient norm only when ``gradient_clipping`` is set, and
+eval losses (mean + timestep quantiles, one set per ``eval_datasets`` name) every ``eval_every_n_steps``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from trainers.commands import Command, take_commands
 from trainers.events import (
     CheckpointEvent,
+    EvalEvent,
     EventWriter,
     FinishedEvent,
     LogEvent,
@@ -37,6 +39,16 @@ def _sample(run_dir: Path, w: EventWriter, step: int) -> None:
     w.emit(SampleEvent(step=step, epoch=1, path=rel, prompt="a fake prompt", seed=42))
 
 
+def _eval(w: EventWriter, config: dict, step: int) -> None:
+    every = int(config.get("eval_every_n_steps", 0))
+    if not every or step % every:
+        return
+    for i, entry in enumerate(config.get("eval_datasets", [])):
+        mean = 0.5 + 0.5 * math.exp(-step / 20) + 0.1 * i
+        quantiles = {f"{q / 10:.2f}": mean * (0.6 + 0.1 * q) for q in (1, 5, 9)}
+        w.emit(EvalEvent(step=step, epoch=1, name=entry["name"], loss=mean, quantiles=quantiles))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
@@ -47,10 +59,13 @@ def main() -> None:
     w = EventWriter(run_dir)
     w.emit(PhaseEvent(phase="starting"))
     w.emit(PhaseEvent(phase="training", total=total))
+    clipping = config.get("gradient_clipping")
     for step in range(1, total + 1):
         time.sleep(0.05)
+        grad_norm = 1.0 + math.sin(step) / 2 if clipping else None
         w.emit(StepEvent(step=step, epoch=1, loss=math.exp(-step / 10), lr=1e-4, total_steps=total,
-                         it_per_s=20.0, eta_s=(total - step) / 20))
+                         it_per_s=20.0, samples_per_s=80.0, eta_s=(total - step) / 20, grad_norm=grad_norm))
+        _eval(w, config, step)
         cmds = take_commands(run_dir)
         if Command.SAMPLE in cmds or step % 5 == 0:
             _sample(run_dir, w, step)

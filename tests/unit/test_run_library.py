@@ -3,8 +3,15 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import write_pair
-from trainers.run_library import best_of, delete_run, mark_best
-from trainers.runs import RunError, RunManager
+from trainers.run_library import (
+    best_of,
+    delete_run,
+    folder_position,
+    mark_best,
+    render_samples,
+    sidecar_command,
+)
+from trainers.runs import RunError, RunInfo, RunManager
 
 
 def test_mark_best_then_delete_with_confirmation(tmp_path):
@@ -33,3 +40,55 @@ def _wait_done(manager, run_id):
         if not manager.info(run_id).live:
             return
         time.sleep(0.05)
+
+
+def test_folder_position_prefers_checkpoint_events_then_reads_the_name():
+    from trainers.events import CheckpointEvent, StepEvent
+
+    steps = [StepEvent(step=s, epoch=1 + (s - 1) // 6, loss=1.0, lr=1e-4) for s in range(1, 15)]
+    events = [*steps, CheckpointEvent(step=6, epoch=1, path="epoch1"), CheckpointEvent(step=9, epoch=2, path="step9"),
+              CheckpointEvent(step=7, epoch=2, path="dp/20260101_00-00-00/epoch2")]
+    assert folder_position(events, "epoch1") == (6, 1)
+    assert folder_position(events, "dp/20260101_00-00-00/epoch2") == (7, 2)
+    assert folder_position(events, "other/epoch2") == (7, 2)  # same folder name, another base
+    assert folder_position(steps, "epoch2") == (12, 2)  # no checkpoint event: last step of that epoch
+    assert folder_position(steps, "step8") == (8, 2)
+    assert folder_position([], "epoch3") == (0, 3)
+    with pytest.raises(RunError, match="not an epochN or stepN"):
+        folder_position(events, "samples")
+
+
+def _fake_info(tmp_path, saved: str = "epoch1") -> RunInfo:
+    run_dir = tmp_path / "run"
+    (run_dir / saved).mkdir(parents=True)
+    (run_dir / saved / "adapter_model.safetensors").write_bytes(b"")
+    (run_dir / "run.json").write_text("{}")
+    return RunInfo("run", run_dir, "x", "native", "", "completed", None, {})
+
+
+def test_sidecar_command_names_the_run_folder_prompts_and_seeds(tmp_path):
+    info = _fake_info(tmp_path)
+    cmd = sidecar_command(info, "epoch1", ["a zxq cat", "a dog"], [7, 42], python="py")
+    assert cmd == ["py", "-m", "trainers.native.sidecar", "--run-dir", str(info.run_dir), "--folder", "epoch1",
+                   "--prompt", "a zxq cat", "--prompt", "a dog", "--seed", "7", "--seed", "42"]
+
+
+def test_render_samples_streams_progress_and_reports_the_childs_reason(tmp_path):
+    info = _fake_info(tmp_path)
+    with pytest.raises(RunError, match="'epoch9' is not a saved"):
+        list(render_samples(info, "epoch9"))
+    # A stand-in interpreter that behaves like a failing sidecar (the real one is tested in integration).
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho 'sidecar: 1/2 samples/epoch1_p0_s7.png'\necho 'Traceback: noise'\n"
+                    "echo 'sidecar failed: [model] diffusers_path = x does not exist'\nexit 1\n")
+    fake.chmod(0o755)
+    lines = []
+    with pytest.raises(RunError, match=r"^\[model\] diffusers_path = x does not exist$"):
+        for line in render_samples(info, "epoch1", python=str(fake)):
+            lines.append(line)
+    assert lines == ["1/2 samples/epoch1_p0_s7.png"]
+    fake.write_text("#!/bin/sh\necho 'sidecar: done'\n")
+    assert list(render_samples(info, "epoch1", python=str(fake))) == ["done"]
+    fake.write_text("#!/bin/sh\necho 'Killed'\nexit 137\n")
+    with pytest.raises(RunError, match=r"exit code 137\): Killed"):
+        list(render_samples(info, "epoch1", python=str(fake)))

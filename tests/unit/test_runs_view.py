@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from studio import runs_view
-from studio.view import MonitorState
+from studio.view import EvalPoint, MonitorState, Sample
 
 
 def test_flatten_and_diff_name_every_changed_key():
@@ -27,7 +28,7 @@ def _png(path: Path, colour) -> str:
 
 def test_sample_grid_is_prompt_by_step(tmp_path):
     red, blue = _png(tmp_path / "r.png", "red"), _png(tmp_path / "b.png", "blue")
-    samples = [(0, red, "a cat", 1), (10, blue, "a cat", 1), (10, red, "zxq dog", 2)]
+    samples = [Sample(0, red, "a cat", 1), Sample(10, blue, "a cat", 1), Sample(10, red, "zxq dog", 2)]
     grid = runs_view.sample_grid(samples)
     assert grid.rows == [("a cat", 1), ("zxq dog", 2)] and grid.columns == [0, 10]
     assert grid.cells == {(0, 0): red, (0, 1): blue, (1, 1): red}
@@ -41,8 +42,8 @@ def test_sample_grid_is_prompt_by_step(tmp_path):
 
 def test_cross_run_grid_matches_prompt_and_seed(tmp_path):
     red = _png(tmp_path / "r.png", "red")
-    grid = runs_view.cross_run_grid({"run A": [(5, red, "p", 1), (5, red, "p", 2)], "run B": [(9, red, "p", 1)]},
-                                    "p", 1)
+    grid = runs_view.cross_run_grid({"run A": [Sample(5, red, "p", 1), Sample(5, red, "p", 2)],
+                                     "run B": [Sample(9, red, "p", 1)]}, "p", 1)
     assert grid.rows == [("run A", 1), ("run B", 1)] and grid.columns == [5, 9]
     assert set(grid.cells) == {(0, 0), (1, 1)}
 
@@ -51,6 +52,44 @@ def test_overlay_has_one_trace_per_run():
     a, b = MonitorState(steps=[1, 2], losses=[1.0, 0.5]), MonitorState(steps=[1], losses=[2.0])
     fig = runs_view.overlay_figure({"A": a, "B": b}, smoothing=0.0)
     assert [t.name for t in fig.data] == ["A", "B"] and list(fig.data[0].y) == [1.0, 0.5]
+
+
+def test_overlay_adds_each_runs_eval_curves_in_its_colour():
+    a = MonitorState(steps=[1, 2], losses=[1.0, 0.5],
+                     evals={"val": [EvalPoint(0, 0.9, {}), EvalPoint(2, 0.6, {"0.5": 0.6})]})
+    b = MonitorState(steps=[1], losses=[2.0], evals={"val": [EvalPoint(1, 1.1, {})]})
+    fig = runs_view.overlay_figure({"A": a, "B": b}, smoothing=0.0)
+    assert [t.name for t in fig.data] == ["A", "A · eval val", "B", "B · eval val"]
+    assert list(fig.data[1].x) == [0, 2] and list(fig.data[1].y) == [0.9, 0.6]
+    assert fig.data[1].line.color == fig.data[0].line.color != fig.data[2].line.color
+    assert fig.data[1].line.dash == "dash"
+
+
+def test_shared_pairs_put_pairs_of_more_runs_first_and_round_trip():
+    per_run = {"A": [Sample(1, "x", "zxq cat", 7), Sample(2, "y", "zxq cat", 7), Sample(1, "z", "dog", 7)],
+               "B": [Sample(3, "w", "zxq cat", 7), Sample(3, "v", "cat | hat", 42)]}
+    pairs = runs_view.shared_pairs(per_run)
+    assert pairs[0] == ("zxq cat · seed 7 · in 2 of 2 runs", runs_view.pair_key("zxq cat", 7))
+    assert [runs_view.parse_pair_key(key) for _, key in pairs] == [("zxq cat", 7), ("cat | hat", 42), ("dog", 7)]
+    with pytest.raises(ValueError, match="pick one from the list"):
+        runs_view.parse_pair_key("no seed here")
+
+
+def test_sidecar_inputs_are_read_or_rejected_by_name():
+    assert runs_view.parse_prompts("  a zxq cat \n\n a dog\n") == ["a zxq cat", "a dog"]
+    assert runs_view.parse_prompts(None) == [] and runs_view.parse_seeds("") == []
+    assert runs_view.parse_seeds("7, 42 -1") == [7, 42, -1]
+    with pytest.raises(ValueError, match="seeds: 'x1' is not a whole number"):
+        runs_view.parse_seeds("7, x1")
+
+
+def test_resume_choices_spell_out_the_kind():
+    from trainers.checkpoints import ResumePoint
+
+    state = ResumePoint("global_step12", "state", 12, 2, 0.0, "step 12, epoch 2: full training state")
+    lora = ResumePoint("epoch2", "lora", 12, 2, 0.0, "epoch2: LoRA weights only")
+    assert runs_view.resume_choice(state) == ("[full state] step 12, epoch 2: full training state", "global_step12")
+    assert runs_view.resume_choice(lora)[0].startswith("[LoRA only] ")
 
 
 def test_saved_folders_in_training_order(tmp_path):

@@ -6,10 +6,12 @@ from pathlib import Path
 from studio import view
 from trainers.events import (
     CheckpointEvent,
+    EvalEvent,
     FailedEvent,
     FinishedEvent,
     LogEvent,
     PhaseEvent,
+    ResumedEvent,
     SampleEvent,
     StepEvent,
 )
@@ -136,3 +138,79 @@ def test_command_buttons_say_what_a_backend_cannot_do(tmp_path):
     assert sample.interactive is False and "sidecar sampling" in note and "checkpoint" in save.value
     save, sample, note = command_buttons(services, None)
     assert save.interactive is False and note == ""
+
+
+def _resumed(step: int, epoch: int, checkpoint: str = "global_step2") -> ResumedEvent:
+    return ResumedEvent(step=step, epoch=epoch, checkpoint=checkpoint)
+
+
+def _eval(step: int, loss: float, name: str = "val", **quantiles: float) -> EvalEvent:
+    return EvalEvent(step=step, epoch=1, name=name, loss=loss,
+                     quantiles={k.replace("q", "0."): v for k, v in quantiles.items()})
+
+
+def test_eval_points_are_kept_per_set_and_charted_with_quantiles():
+    state = view.fold([_eval(0, 0.9, q1=0.5, q9=1.3), _eval(10, 0.7, q1=0.4, q9=1.0), _eval(10, 0.8, name="held")],
+                      Path("/r"))
+    assert view.has_evals(state) and [p.loss for p in state.evals["val"]] == [0.9, 0.7]
+    fig = view.eval_figure(state)
+    names = [t.name for t in fig.data]
+    assert names == ["held loss", "val loss", "val quantiles", "val quantiles"]
+    assert list(fig.data[1].y) == [0.9, 0.7] and list(fig.data[3].y) == [1.3, 1.0]
+    assert [t.showlegend for t in fig.data[2:]] == [True, False]  # one legend entry toggles a set's quantiles
+    assert not view.has_evals(view.fold(_events(), Path("/r")))
+
+
+def test_grad_norm_is_charted_only_from_steps_that_report_it():
+    events = [StepEvent(step=1, epoch=1, loss=1.0, lr=1e-4), StepEvent(step=2, epoch=1, loss=1.0, lr=1e-4,
+                                                                       grad_norm=0.5),
+              StepEvent(step=3, epoch=1, loss=1.0, lr=1e-4, grad_norm=float("inf"))]
+    state = view.fold(events, Path("/r"))
+    assert state.grad_steps == [2] and state.grad_norms == [0.5]
+    assert list(view.grad_norm_figure(state).data[0].y) == [0.5]
+
+
+def test_resumed_drops_the_tail_that_the_restart_replaces():
+    run = Path("/r")
+    before = [StepEvent(step=s, epoch=1, loss=1.0 / s, lr=1e-4, grad_norm=0.1 * s) for s in (1, 2, 3, 4)]
+    before += [_eval(2, 0.8), _eval(4, 0.6), SampleEvent(step=2, epoch=1, path="samples/2.png", prompt="p", seed=1),
+               SampleEvent(step=4, epoch=1, path="samples/4.png", prompt="p", seed=1), _eval(4, 0.5, name="late")]
+    after = [StepEvent(step=3, epoch=1, loss=0.3, lr=1e-4, grad_norm=0.9),
+             SampleEvent(step=3, epoch=1, path="samples/3.png", prompt="p", seed=1)]
+    state = view.fold([*before, _resumed(2, 1), *after], run)
+    assert state.steps == [1, 2, 3] and state.losses == [1.0, 0.5, 0.3] and len(state.lrs) == 3
+    assert state.grad_steps == [1, 2, 3] and state.grad_norms[-1] == 0.9
+    assert [p.step for p in state.evals["val"]] == [2] and "late" not in state.evals
+    assert [s.step for s in state.samples] == [2, 3]
+    assert "resumed from global_step2 at step 2" in view.log_text(state)
+
+
+def test_gallery_groups_by_step_newest_first_and_the_slider_picks_one_step():
+    run = Path("/r")
+    events = [SampleEvent(step=s, epoch=1, path=f"samples/{s}_{i}.png", prompt=f"p{i}", seed=7, index=i)
+              for s in (0, 10, 20) for i in (0, 1)]
+    state = view.fold(events, run)
+    items = view.gallery_items(state)
+    assert [i[0] for i in items] == ["/r/samples/20_0.png", "/r/samples/20_1.png", "/r/samples/10_0.png",
+                                     "/r/samples/10_1.png", "/r/samples/0_0.png", "/r/samples/0_1.png"]
+    assert view.sample_steps(state) == [0, 10, 20] and view.scrub_maximum(state) == 20
+    assert [c for _, c in view.gallery_items(state, 12)] == ["step 10 · seed 7 · p0", "step 10 · seed 7 · p1"]
+    assert view.nearest_sample_step([0, 10, 20], 15) == 10 and view.nearest_sample_step([0, 10, 20], 16) == 20
+    assert view.nearest_sample_step([0, 10], 0) is None and view.nearest_sample_step([], 5) is None
+    assert "step 10 (2 of 3" in view.gallery_label(state, 12) and "all 3 sampled steps" in view.gallery_label(state)
+    assert view.scrub_maximum(view.MonitorState()) == 1 and "none yet" in view.gallery_label(view.MonitorState())
+
+
+def test_a_rewritten_sample_replaces_the_older_entry_and_sidecar_renders_are_captioned():
+    events = [SampleEvent(step=6, epoch=1, path="samples/epoch1_p0_s7.png", prompt="old", seed=7, source="sidecar"),
+              SampleEvent(step=6, epoch=1, path="samples/epoch1_p0_s7.png", prompt="new", seed=7, source="sidecar")]
+    state = view.fold(events, Path("/r"))
+    assert len(state.samples) == 1 and state.samples[0].prompt == "new" and state.samples[0].source == "sidecar"
+    assert view.gallery_items(state) == [("/r/samples/epoch1_p0_s7.png", "step 6 (sidecar) · seed 7 · new")]
+
+
+def test_status_shows_samples_per_second_and_epoch():
+    state = view.fold([StepEvent(step=3, epoch=2, loss=0.25, lr=1e-4, it_per_s=1.5, samples_per_s=6.0,
+                                 total_steps=9, eta_s=4)], Path("/r"))
+    line = view.status_markdown(state, "r1")
+    assert "step 3/9 · epoch 2" in line and "1.50 it/s · 6.00 samples/s" in line
