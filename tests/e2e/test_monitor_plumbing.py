@@ -54,11 +54,13 @@ def test_sample_now_save_now_and_log_search(page, fake_studio):
     page.locator("#monitor-log textarea").wait_for()
     page.wait_for_function(
         "(document.querySelector('#monitor-log textarea')?.value ?? '').includes('saved lora to step')")
-    page.locator("#monitor-search input, #monitor-search textarea").first.fill("saved lora")
-    page.locator("#monitor-search input, #monitor-search textarea").first.press("Enter")
+    search = page.locator("#monitor-search input, #monitor-search textarea").first
+    search.click()
+    search.press_sequentially("saved lora")  # fill() does not fire Gradio's input event
+    search.press("Enter")
     page.wait_for_function(
         "(() => { const v = (document.querySelector('#monitor-log textarea')?.value ?? '');"
-        " return v.length > 0 && !v.includes('phase:') && v.includes('saved lora'); })()")
+        " return v.length > 0 && !v.includes('phase:') && v.includes('saved lora'); })()", timeout=60_000)
     page.wait_for_function("(document.querySelector('#monitor-resources')?.innerText ?? '').includes('RAM')")
     shot(page, "plumbing-search")
     page.locator("#monitor-stop").click()
