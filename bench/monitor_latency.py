@@ -1,24 +1,30 @@
 """Monitor update latency and server memory under N concurrent viewers.
 
 Method: the studio is served in its own process over the torch-free trainer double, which writes a step
-event every 50 ms (20 it/s, far faster than real training) and a sample every 5 steps. N viewers (threads,
-one gradio_client each) watch the run through the named ``watch_events`` stream; for every event a viewer
-receives, latency = receive time - the time the trainer wrote the event (both on this machine's clock).
+event every 50 ms (20 it/s, far faster than real training) and a sample every 5 steps. N viewers (threads)
+watch the run through the named ``watch_events`` stream; for every event a viewer receives, latency = receive
+time - the time the trainer wrote the event (both on this machine's clock). ``--client sse`` (the default)
+reads Gradio's server-sent events directly, as a browser's EventSource does (join the queue, then read
+``queue/data``); ``--client gradio_client`` uses gradio_client, whose reader thread polls its message queue
+every 50 ms and so adds up to 50 ms of its own.
 The server's RSS is sampled every 5 s. Separately, the cost of rendering one monitor frame (fold + plotly
 figures + gallery + log) is timed for a run with 5,000 steps, which is what each UI viewer pays per update.
 
-Usage: python bench/monitor_latency.py [--viewers 20] [--seconds 300]
+Usage: python bench/monitor_latency.py [--viewers 20] [--seconds 300] [--client sse|gradio_client]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -46,6 +52,37 @@ def _viewer(url: str, run_id: str, deadline: float, out: list[float]) -> None:
             return
 
 
+T_FIELD = re.compile(r'\\"t\\":\s*([0-9.]+)')  # "t": in the event lines, JSON-escaped inside the SSE payload
+
+
+def _fn_index(url: str, api_name: str) -> int:
+    import httpx
+
+    config = httpx.get(f"{url.rstrip('/')}/config", timeout=30).json()
+    for index, dep in enumerate(config["dependencies"]):
+        if dep.get("api_name") == api_name:
+            return dep.get("id", index)
+    raise KeyError(api_name)
+
+
+def _viewer_sse(url: str, run_id: str, deadline: float, out: list[float], fn_index: int) -> None:
+    """One viewer as a browser is one: join the queue, then read the server-sent events as they come."""
+    import httpx
+
+    base, session = url.rstrip("/") + "/gradio_api", uuid.uuid4().hex
+    with httpx.Client(timeout=None) as http:
+        http.post(f"{base}/queue/join", json={"data": [run_id, 0], "fn_index": fn_index, "session_hash": session,
+                                              "event_data": None, "trigger_id": None}).raise_for_status()
+        with http.stream("GET", f"{base}/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                now = time.time()
+                out.extend(now - float(t) for t in T_FIELD.findall(line))
+                if time.monotonic() > deadline or json.loads(line[5:]).get("msg") == "process_completed":
+                    return
+
+
 def frame_cost(steps: int = 5000) -> dict:
     from studio.tabs.monitor import _frame
     from studio.view import MonitorState, fold
@@ -60,7 +97,7 @@ def frame_cost(steps: int = 5000) -> dict:
     times = []
     for _ in range(50):
         t0 = time.perf_counter()
-        _frame(state, "r", (0.9, False, "info", ""), "")
+        _frame(state, "r", (0.9, False, "info", "", 0), "")
         times.append(time.perf_counter() - t0)
     return {"steps": steps, "median_ms": 1000 * statistics.median(times), "p99_ms": 1000 * _percentile(times, 0.99)}
 
@@ -69,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--viewers", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--client", choices=("sse", "gradio_client"), default="sse")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
     url_file = work / "url"
@@ -85,8 +123,13 @@ def main() -> None:
                                                     api_name="/start_run")["run_id"]
         deadline = time.monotonic() + args.seconds
         latencies: list[float] = []
-        threads = [threading.Thread(target=_viewer, args=(url, run_id, deadline, latencies), daemon=True)
-                   for _ in range(args.viewers)]
+        if args.client == "sse":
+            fn_index = _fn_index(url, "watch_events")
+            threads = [threading.Thread(target=_viewer_sse, args=(url, run_id, deadline, latencies, fn_index),
+                                        daemon=True) for _ in range(args.viewers)]
+        else:
+            threads = [threading.Thread(target=_viewer, args=(url, run_id, deadline, latencies), daemon=True)
+                       for _ in range(args.viewers)]
         for t in threads:
             t.start()
         proc, rss = psutil.Process(server.pid), []
@@ -99,11 +142,13 @@ def main() -> None:
     finally:
         server.terminate()
     n = len(rss) // 5 or 1
-    print(f"viewers={args.viewers} seconds={args.seconds:.0f} deliveries={len(latencies)}")
+    print(f"client={args.client} viewers={args.viewers} seconds={args.seconds:.0f} deliveries={len(latencies)}")
     print(f"latency ms: median={1000 * statistics.median(latencies):.1f} "
           f"p99={1000 * _percentile(latencies, 0.99):.1f} max={1000 * max(latencies):.1f}")
     print(f"server RSS MiB: first minute avg={statistics.mean(rss[:n]):.1f} "
           f"last minute avg={statistics.mean(rss[-n:]):.1f} max={max(rss):.1f}")
+    per_minute = [statistics.mean(rss[i:i + 12]) for i in range(0, len(rss), 12)]
+    print("server RSS MiB per minute: " + ", ".join(f"{m:.1f}" for m in per_minute))
     print(f"frame render: {frame_cost()}")
 
 

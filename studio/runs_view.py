@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from studio.view import MonitorState, Sample, ema
+from studio.view import MonitorState, Sample, ema, series
 
 MISSING = "—"
 RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880")
@@ -72,7 +72,8 @@ def overlay_figure(curves: Mapping[str, MonitorState], smoothing: float = 0.9, l
     fig = go.Figure()
     for i, (label, state) in enumerate(curves.items()):
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-        fig.add_scatter(x=state.steps, y=ema(state.losses, smoothing), mode="lines", name=label,
+        xs, ys = series(state.steps, ema(state.losses, smoothing))
+        fig.add_scatter(x=xs, y=ys, mode="lines", name=label,
                         legendgroup=label, line={"color": colour})
         for name, points in sorted(state.evals.items()):
             fig.add_scatter(x=[p.step for p in points], y=[p.loss for p in points], mode="lines+markers",

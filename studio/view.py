@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import plotly.graph_objects as go
 
 from trainers.events import Event
@@ -169,14 +170,20 @@ def thin(xs: list, ys: list, limit: int = MAX_PLOT_POINTS) -> tuple[list, list]:
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
+def series(xs: list, ys: list, limit: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`thin`, as float arrays: plotly checks a list element by element, an array at once."""
+    xs, ys = thin(xs, ys, limit)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
 def loss_figure(state: MonitorState, smoothing: float = 0.9, log_y: bool = False) -> go.Figure:
     """Raw and EMA-smoothed loss against the step (log scale on request)."""
     fig = go.Figure()
-    xs, ys = thin(state.steps, state.losses)
+    xs, ys = series(state.steps, state.losses)
     fig.add_scatter(x=xs, y=ys, mode="lines", name="loss",
                     line={"width": 1, "color": "rgba(99,110,250,0.35)"})
     if state.losses:
-        xs, ys = thin(state.steps, ema(state.losses, smoothing))
+        xs, ys = series(state.steps, ema(state.losses, smoothing))
         fig.add_scatter(x=xs, y=ys, mode="lines",
                         name=f"EMA {smoothing:g}", line={"width": 2, "color": "rgb(99,110,250)"})
     fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="loss",
@@ -188,7 +195,7 @@ def loss_figure(state: MonitorState, smoothing: float = 0.9, log_y: bool = False
 def lr_figure(state: MonitorState) -> go.Figure:
     """The learning rate the optimizer actually used at each step (warmup and schedule visible)."""
     fig = go.Figure()
-    xs, ys = thin(state.steps, state.lrs)
+    xs, ys = series(state.steps, state.lrs)
     fig.add_scatter(x=xs, y=ys, mode="lines", name="lr", line={"width": 2, "color": "#EF553B"})
     fig.update_layout(height=300, margin={"l": 50, "r": 10, "t": 30, "b": 30}, title="learning rate",
                       xaxis_title="step", uirevision="lr", yaxis_exponentformat="e")
@@ -233,7 +240,7 @@ def eval_figure(state: MonitorState) -> go.Figure:
 def grad_norm_figure(state: MonitorState) -> go.Figure:
     """The gradient norm before clipping at each step (spikes show instability)."""
     fig = go.Figure()
-    xs, ys = thin(state.grad_steps, state.grad_norms)
+    xs, ys = series(state.grad_steps, state.grad_norms)
     fig.add_scatter(x=xs, y=ys, mode="lines", name="grad norm", line={"width": 1, "color": "#636EFA"})
     fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30}, title="gradient norm",
                       xaxis_title="step", uirevision="grad")

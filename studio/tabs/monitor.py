@@ -177,8 +177,9 @@ def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_tex
     smoothing, log_y, level, query, scrub = options
     return (view.status_markdown(state, run_id), view.progress_html(state),
             view.loss_figure(state, smoothing, log_y), view.lr_figure(state),
-            gr.Plot(view.eval_figure(state), visible=view.has_evals(state)),
-            gr.Plot(view.grad_norm_figure(state), visible=bool(state.grad_norms)),
+            # Hidden charts cost nothing: a figure is only built when there is something to draw.
+            gr.Plot(view.eval_figure(state), visible=True) if view.has_evals(state) else gr.Plot(visible=False),
+            gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False),
             gr.Gallery(view.gallery_items(state, scrub), label=view.gallery_label(state, scrub)),
             gr.Slider(maximum=view.scrub_maximum(state)),  # the value stays the user's
             view.log_text(state, level=level, query=query or ""), res_text)

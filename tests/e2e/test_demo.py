@@ -32,7 +32,7 @@ def test_demo_trains_live_and_stops(page, demo_studio):
     # Loss points arrive live (a line with at least three points), and the first sample previews show up.
     page.wait_for_function(
         "(() => { const p = document.querySelector('#monitor-loss .js-plotly-plot');"
-        " return p && p.data && p.data[0] && p.data[0].x.length >= 3; })()", timeout=240_000)
+        " return p && p._fullData && p._fullData[0] && p._fullData[0].x.length >= 3; })()", timeout=240_000)
     page.locator("#monitor-samples img").first.wait_for(timeout=120_000)
     shot(page, "demo-training")
     page.locator("#monitor-stop").click()

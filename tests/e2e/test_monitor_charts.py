@@ -43,7 +43,7 @@ def test_eval_and_grad_charts_and_the_step_slider(page, finished_runs):
     # The newest run is attached on load: both extra charts appear with their data.
     page.wait_for_function(f"{_plot_traces(page, 'monitor-eval')} == 8")  # 2 sets x (mean + 3 quantiles)
     page.wait_for_function(
-        "document.querySelector('#monitor-grad .js-plotly-plot')?.data?.[0]?.x?.length == 30")
+        "document.querySelector('#monitor-grad .js-plotly-plot')?._fullData?.[0]?.x?.length == 30")
     names = page.evaluate("document.querySelector('#monitor-eval .js-plotly-plot').data.map(t => t.name)")
     assert "held loss" in names and "faces loss" in names
     assert "samples/s" in page.locator("#dp-status").inner_text()
