@@ -39,7 +39,7 @@ from trainers.native.lora_io import adapter_config, adapter_settings, attach_lor
 from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr, set_optimizer_mode
 from trainers.native.sampling import render_samples
-from trainers.native.settings import RunSettings, check_supported
+from trainers.native.settings import RunSettings, check_supported, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Trainer:
         self.cache = self._cache_dataset(self.s.dataset, "training")
         self.eval_sets = []
         for name, path in eval_sets_from_config(config, Path.cwd()):
-            dataset = _read_dataset(path)
+            dataset = read_toml(path, f"eval_datasets: {name}")
             check_supported(config, dataset)
             self.eval_sets.append(EvalSet(name, self._cache_dataset(dataset, f"eval set {name}")))
         self._plan()
@@ -468,14 +468,3 @@ class Trainer:
             self.metrics.flush()
         print(f"Saved training state to {folder.name}", flush=True)
 
-
-def _read_dataset(path: Path) -> dict:
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"eval_datasets: {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"eval_datasets: {path} is not valid TOML: {exc}") from None

@@ -74,7 +74,8 @@ class RunSettings:
         return self.micro_batch * self.grad_accum
 
 
-def _read_toml(path: Path, what: str) -> dict:
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; errors name ``what`` and the path."""
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -116,9 +117,9 @@ def load_run(run_dir: Path, max_steps_override: int | None = None) -> RunSetting
     if "main_config" not in run:
         raise KeyError(f"{run_dir / 'run.json'} has no `main_config` (the main TOML's file name)")
     main_path = run_dir / run["main_config"]
-    config = _read_toml(main_path, "main config")
+    config = read_toml(main_path, "main config")
     dataset_path = _dataset_path(run_dir, run, config)
-    dataset = _read_toml(dataset_path, "dataset config")
+    dataset = read_toml(dataset_path, "dataset config")
     max_steps = max_steps_override or run.get("max_steps") or config.get("max_steps")
     saves = [config.get(k) for k in ("save_every_n_epochs", "save_every_n_steps", "save_every_n_examples")]
     if all(s is None for s in saves):
