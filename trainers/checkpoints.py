@@ -22,7 +22,6 @@ STATE_META = "state.json"
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
 ADAPTER_FILE = "adapter_model.safetensors"
-_SAVE_NAME = re.compile(r"^(epoch|step)(\d+)$")
 _STATE_NAME = re.compile(rf"^{STATE_PREFIX}(\d+)$")
 
 
@@ -38,31 +37,17 @@ class ResumePoint:
     label: str
 
 
+def saves_root(run_dir: Path, meta: dict) -> Path:
+    """Where the run's epochN/stepN folders are: the run folder, or diffusion-pipe's own run folder in it."""
+    return run_dir / meta["dp_run_dir"] if meta.get("dp_run_dir") else run_dir
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _save_steps(run_dir: Path) -> dict[str, tuple[int, int]]:
-    """Folder name -> (step, epoch) from the run's checkpoint events (cheap line scan, no pydantic)."""
-    found: dict[str, tuple[int, int]] = {}
-    try:
-        with open(run_dir / "events.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                if '"checkpoint"' not in line:
-                    continue
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if ev.get("kind") == "checkpoint":
-                    found[str(ev.get("path"))] = (int(ev.get("step", 0)), int(ev.get("epoch", 0)))
-    except OSError:
-        pass
-    return found
 
 
 def state_points(folder: Path) -> list[ResumePoint]:
@@ -79,9 +64,8 @@ def state_points(folder: Path) -> list[ResumePoint]:
     return points
 
 
-def _dp_state_point(run_dir: Path) -> list[ResumePoint]:
+def _dp_state_point(run_dir: Path, meta: dict) -> list[ResumePoint]:
     """diffusion-pipe's newest DeepSpeed checkpoint (it can only resume from the one ``latest`` names)."""
-    meta = _read_json(run_dir / "run.json")
     dp_dir = run_dir / meta["dp_run_dir"] if meta.get("dp_run_dir") else None
     if dp_dir is None or not (dp_dir / LATEST_FILE).is_file():
         return []
@@ -92,28 +76,30 @@ def _dp_state_point(run_dir: Path) -> list[ResumePoint]:
                         f"step {step}: diffusion-pipe's latest training state (continues exactly)")]
 
 
-def lora_points(run_dir: Path, saves_root: Path | None = None) -> list[ResumePoint]:
-    """Saved LoRAs (``epochN``/``stepN`` folders holding an adapter) as weights-only resume points."""
-    root = saves_root or run_dir
-    steps = _save_steps(run_dir)
-    points = []
-    for path in root.iterdir() if root.is_dir() else ():
-        match = _SAVE_NAME.match(path.name)
-        if not match or not (path / ADAPTER_FILE).is_file():
+def lora_points(run_dir: Path, meta: dict) -> list[ResumePoint]:
+    """Saved LoRAs (the runs library's ``epochN``/``stepN`` folders holding an adapter) as weights-only resume
+    points, at the step and epoch they were saved."""
+    # run_library imports RunManager's module, which imports this one: import it when called.
+    from trainers.events import load_all
+    from trainers.run_library import folder_position, saved_folders
+
+    events, points = None, []
+    for folder in saved_folders(run_dir, meta):
+        adapter = run_dir / folder / ADAPTER_FILE
+        if not adapter.is_file():
             continue
-        number = int(match.group(2))
-        step, epoch = steps.get(path.name, (number if match.group(1) == "step" else 0,
-                                            number if match.group(1) == "epoch" else 0))
-        points.append(ResumePoint(path.name, "lora", step, epoch, (path / ADAPTER_FILE).stat().st_mtime,
-                                  f"{path.name}: LoRA weights only (new run, optimizer and schedule restart)"))
+        events = load_all(run_dir) if events is None else events
+        step, epoch = folder_position(events, folder)
+        name = Path(folder).name
+        points.append(ResumePoint(name, "lora", step, epoch, adapter.stat().st_mtime,
+                                  f"{name}: LoRA weights only (new run, optimizer and schedule restart)"))
     return points
 
 
 def resume_points(run_dir: Path) -> list[ResumePoint]:
     """Every resume point of a run, newest first; full states before weights-only ones at the same step."""
     meta = _read_json(run_dir / "run.json")
-    saves_root = run_dir / meta["dp_run_dir"] if meta.get("dp_run_dir") else run_dir
-    points = state_points(run_dir) + _dp_state_point(run_dir) + lora_points(run_dir, saves_root)
+    points = state_points(run_dir) + _dp_state_point(run_dir, meta) + lora_points(run_dir, meta)
     return sorted(points, key=lambda p: (p.step, p.kind == "state", p.time), reverse=True)
 
 

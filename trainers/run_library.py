@@ -16,17 +16,13 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from trainers.checkpoints import saves_root
 from trainers.events import Event
 from trainers.paths import REPO_ROOT
 from trainers.runs import RunError, RunInfo, write_json_atomic
 
 BEST_FILE = "best.json"
 _SAVED = re.compile(r"^(epoch|step)(\d+)$")
-
-
-def saves_root(run_dir: Path, meta: dict) -> Path:
-    """Where the run's epochN/stepN folders are: the run folder, or diffusion-pipe's own run folder in it."""
-    return run_dir / meta["dp_run_dir"] if meta.get("dp_run_dir") else run_dir
 
 
 def saved_folders(run_dir: Path, meta: dict | None = None) -> list[str]:

@@ -22,11 +22,12 @@ from typing import Literal
 
 import psutil
 
-from trainers.checkpoints import find_point, resume_points
+from trainers.checkpoints import find_point, resume_points, saves_root
 from trainers.commands import Command, send_command
+from trainers.config import toml_io
 from trainers.event_hub import EventHub
 from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
-from trainers.files import atomic_write_json, atomic_write_text
+from trainers.files import atomic_write_json
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 from trainers.run_queue import RunQueue
 
@@ -78,16 +79,10 @@ def resolve_config_path(base: Path, value: str) -> Path:
 
 def _override_toml(path: Path, overrides: dict[str, object]) -> None:
     """Set dotted keys ("adapter.init_from_existing") in a TOML file, keeping its formatting; atomic."""
-    import tomlkit
-
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    doc = toml_io.load(path)
     for dotted, value in overrides.items():
-        *tables, key = dotted.split(".")
-        node = doc
-        for table in tables:
-            node = node.setdefault(table, tomlkit.table())
-        node[key] = value
-    atomic_write_text(path, tomlkit.dumps(doc))
+        toml_io.set_value(doc, dotted, value)
+    toml_io.save(path, doc)
 
 
 def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
@@ -237,9 +232,8 @@ class RunManager:
             source = info.run_dir / info.meta["main_config"]
         name = f"{info.name} (from {point})"
         if found.kind == "lora":
-            saves = info.run_dir / info.meta["dp_run_dir"] if info.meta.get("dp_run_dir") else info.run_dir
             return self.start(source, name=name, max_steps=max_steps, backend=info.backend,
-                              overrides={"adapter.init_from_existing": str(saves / point)})
+                              overrides={"adapter.init_from_existing": str(saves_root(info.run_dir, info.meta) / point)})
         if info.backend != "native":
             return self.start(source, name=name, max_steps=max_steps, backend=info.backend,
                               resume=str(info.run_dir))

@@ -460,7 +460,7 @@ class Trainer:
         """Write the full training state (``global_step<N>/``) for an exact resume."""
         self._set_phase("saving", f"{STATE_PREFIX}{self.step}")
         position = state_mod.Position(self.step, self.epoch, self.steps_into_epoch, self.examples)
-        folder = state_mod.save_state(self.s.run_dir, position, {k: p for k, p in self.params}, self.optimizer,
+        folder = state_mod.save_state(self.s.run_dir, position, dict(self.params), self.optimizer,
                                       state_mod.rng_states(self.rng, self.generator))
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=folder.name, what="state"))
         self.last_state_step, self.last_state_time = self.step, time.time()

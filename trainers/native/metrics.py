@@ -13,16 +13,9 @@ import logging
 import os
 from pathlib import Path
 
+from trainers.config.secrets import SecretStore
+
 log = logging.getLogger(__name__)
-
-
-def wandb_key() -> str | None:
-    """The W&B key: environment first, then the studio's 0600 secret store."""
-    if os.environ.get("WANDB_API_KEY"):
-        return os.environ["WANDB_API_KEY"]
-    from trainers.config.secrets import SecretStore
-
-    return SecretStore().get("wandb_api_key")
 
 
 class Metrics:
@@ -44,7 +37,7 @@ class Metrics:
     def _start_wandb(run_dir: Path, monitoring: dict, resumed_at: int | None):
         import wandb
 
-        key = wandb_key()
+        key = SecretStore().get("wandb_api_key")  # WANDB_API_KEY first, then the 0600 store
         offline = os.environ.get("WANDB_MODE") in ("offline", "disabled")
         if not key and not offline:
             raise RuntimeError("[monitoring] enable_wandb = true but no W&B API key is stored. Fix: save it in the "
