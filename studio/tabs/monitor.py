@@ -49,6 +49,10 @@ class MonitorHandles:
     search: gr.Textbox
     log: gr.Textbox
     resources: gr.Markdown
+    # The step the gallery shows, kept on the server: the slider is only its widget. Streams read this state,
+    # never the slider, because the slider's value can be momentarily empty in the browser while its range
+    # is being updated by a frame.
+    scrub_step: gr.State
 
     @property
     def stream_outputs(self) -> list:
@@ -57,7 +61,12 @@ class MonitorHandles:
 
     @property
     def view_options(self) -> list:
-        return [self.smoothing, self.log_y, self.level, self.search, self.scrub]
+        return [self.smoothing, self.log_y, self.level, self.search, self.scrub_step]
+
+    @property
+    def scrub_reset(self) -> list:
+        """Outputs that put the step slider back to "every step" (give each the value 0)."""
+        return [self.scrub, self.scrub_step]
 
 
 @dataclass
@@ -89,17 +98,16 @@ class MonitorLink:
     @property
     def outputs(self) -> list:
         """Outputs of :meth:`show`."""
-        return [self.current_run, self.tabs, self.handles.picker, self.handles.scrub]
+        return [self.current_run, self.tabs, self.handles.picker, *self.handles.scrub_reset]
 
     def show(self, services: Services, run_id: str) -> tuple:
         """Updates that select ``run_id`` in the monitor and switch to its tab."""
         return (run_id, gr.Tabs(selected=self.tab_id), gr.Dropdown(choices=run_choices(services), value=run_id),
-                0)
+                0, 0)
 
     def stream(self, services: Services) -> dict:
         """Keyword arguments of the ``.then``/``.success`` event that streams the selected run."""
-        return dict(fn=streamer(services, self.tokens), inputs=[self.current_run, *self.handles.view_options],
-                    outputs=self.handles.stream_outputs, concurrency_limit=None, api_visibility="private")
+        return stream_event(services, self.tokens, self.current_run, self.handles)
 
 
 def run_label(info: RunInfo) -> str:
@@ -143,7 +151,7 @@ def render(services: Services) -> MonitorHandles:
     resources = gr.Markdown("", elem_id="monitor-resources")
     return MonitorHandles(picker, refresh, attach, stop, save_now, sample_now, status, progress, message,
                           smoothing, log_y, loss_plot, lr_plot, eval_plot, grad_plot, gallery, scrub, level,
-                          search, log, resources)
+                          search, log, resources, gr.State(0))
 
 
 def stream(services: Services, run_id: str | None, options: tuple, still_wanted=lambda: True) -> Iterator[tuple]:
@@ -185,16 +193,44 @@ def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_tex
             view.log_text(state, level=level, query=query or ""), res_text)
 
 
+def view_options(smoothing, log_y, level, query, scrub) -> tuple:
+    """The view options as the stream uses them, whatever the browser sent: a widget whose value is
+    momentarily empty (or out of range) falls back to its default instead of failing the stream."""
+
+    def number(value, default: float, low: float, high: float) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return default
+        return min(max(value, low), high) if value == value else default  # NaN -> default
+
+    return (number(smoothing, 0.9, 0.0, 0.99), bool(log_y), level if level in view.LEVELS else "info",
+            query if isinstance(query, str) else "", int(number(scrub, 0, 0, float("inf"))))
+
+
+def step_choice(value) -> int:
+    """The slider's value as the step to show (0 = every step); an empty value keeps "every step"."""
+    return view_options(None, False, None, None, value)[4]
+
+
 def streamer(services: Services, tokens: StreamTokens):
-    """The generator callback streaming one run into the monitor's outputs (shared with the wizard)."""
+    """The generator callback streaming one run into the monitor's outputs (shared with the wizard). Its
+    events run with ``preprocess=False`` (see :func:`stream_event`): raw widget values go through
+    :func:`view_options`, so an empty widget value never fails the stream."""
 
     def do_stream(run_id, smoothing, log_y, level, query, scrub, request: gr.Request):
         session = getattr(request, "session_hash", None) or "anonymous"
         token = tokens.claim(session)
-        yield from stream(services, run_id, (smoothing, log_y, level, query, scrub),
+        yield from stream(services, run_id, view_options(smoothing, log_y, level, query, scrub),
                           still_wanted=lambda: tokens.is_current(session, token))
 
     return do_stream
+
+
+def stream_event(services: Services, tokens: StreamTokens, current_run: gr.State, h: MonitorHandles) -> dict:
+    """Keyword arguments of an event (or ``.then``) that streams the selected run into the monitor."""
+    return dict(fn=streamer(services, tokens), inputs=[current_run, *h.view_options], outputs=h.stream_outputs,
+                concurrency_limit=None, preprocess=False, api_visibility="private")
 
 
 def _default_run(services: Services) -> str | None:
@@ -246,18 +282,17 @@ def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.
         run_id = _default_run(services)
         return gr.Dropdown(choices=run_choices(services), value=run_id), run_id
 
-    do_stream = streamer(services, tokens)
-    stream_inputs = [current_run, *h.view_options]
+    stream_ev = stream_event(services, tokens, current_run, h)
     h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
                     outputs=h.picker)
     # Another run: the step slider starts again at "every step".
-    attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: (r, 0), inputs=h.picker,
-                      outputs=[current_run, h.scrub])
-    attach_ev.then(do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
-    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit, h.scrub.release], do_stream,
-          inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
-    demo.load(on_load, outputs=[h.picker, current_run]).then(
-        do_stream, inputs=stream_inputs, outputs=h.stream_outputs, concurrency_limit=None)
+    attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: (r, 0, 0), inputs=h.picker,
+                      outputs=[current_run, *h.scrub_reset])
+    attach_ev.then(**stream_ev)
+    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit], **stream_ev)
+    h.scrub.release(step_choice, inputs=h.scrub, outputs=h.scrub_step, preprocess=False,
+                    api_visibility="private").then(**stream_ev)
+    demo.load(on_load, outputs=[h.picker, current_run]).then(**stream_ev)
     current_run.change(lambda r: command_buttons(services, r), inputs=current_run,
                        outputs=[h.save_now, h.sample_now, h.message])
     h.stop.click(_commander(services, Command.STOP, "Stop requested: the trainer saves its LoRA and stops "

@@ -140,13 +140,13 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
         if run_id in queued:
             note = (f"Run `{run_id}` is queued (position {queued.index(run_id) + 1}): it starts when the "
                     "device is free.")
-        return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note, 0
+        return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note, 0, 0
 
     def on_start(main_path):
         try:
             return started(services.manager.start(main_path, name="Chroma demo"), "")
         except RunError as exc:
-            return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}", gr.skip()
+            return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}", gr.skip(), gr.skip()
 
     def on_vram(*args):
         pair = wv.build_pair(store, _choices(*args[:-1]))
@@ -165,12 +165,12 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
                                                              dataset_text), message="created by the Chroma wizard")
             run_id = services.manager.start(report.profile.main_path, name=name.strip())
         except (ProfileError, RunError) as exc:
-            return None, gr.Tabs(), gr.Dropdown(), f"⚠ {exc}", gr.skip()
+            return None, gr.Tabs(), gr.Dropdown(), f"⚠ {exc}", gr.skip(), gr.skip()
         return started(run_id, f"Saved profile **{report.profile.name}** and started run `{run_id}`.")
 
-    stream = dict(fn=monitor.streamer(services, tokens), inputs=[current_run, *mon.view_options],
-                  outputs=mon.stream_outputs, concurrency_limit=None)
-    h.start.click(on_start, inputs=h.profile_path, outputs=[current_run, tabs, mon.picker, h.message, mon.scrub]).then(**stream)
+    stream = monitor.stream_event(services, tokens, current_run, mon)
+    h.start.click(on_start, inputs=h.profile_path,
+                  outputs=[current_run, tabs, mon.picker, h.message, *mon.scrub_reset]).then(**stream)
     h.check_models.click(lambda d, t: wv.check_models(d, t)[0], inputs=[h.diffusers, h.transformer],
                          outputs=h.models_report)
     h.check_dataset.click(lambda d, p: wv.check_dataset(d, 1024 if "1024" in p else 512)[0],
@@ -180,4 +180,4 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
     h.review.click(on_review, inputs=choice_inputs,
                    outputs=[h.steps, h.main_text, h.dataset_text, h.issues, h.profile_name])
     h.launch.click(on_launch, inputs=[h.profile_name, h.main_text, h.dataset_text, h.preset],
-                   outputs=[current_run, tabs, mon.picker, h.launch_message, mon.scrub]).then(**stream)
+                   outputs=[current_run, tabs, mon.picker, h.launch_message, *mon.scrub_reset]).then(**stream)
