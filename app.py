@@ -64,11 +64,13 @@ def build(roots=None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import studio
     from studio.layout import CSS
 
     args = parse_args(argv)
     auth = check_exposure(args.host, args.auth)
     blocks, services = build()
+    studio.freeze_startup_objects()
     print(f"dp-studio on http://{args.host}:{args.port}", flush=True)
     blocks.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS,

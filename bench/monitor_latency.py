@@ -10,7 +10,7 @@ every 50 ms and so adds up to 50 ms of its own.
 The server's RSS is sampled every 5 s. Separately, the cost of rendering one monitor frame (fold + plotly
 figures + gallery + log) is timed for a run with 5,000 steps, which is what each UI viewer pays per update.
 
-Usage: python bench/monitor_latency.py [--viewers 20] [--seconds 300] [--client sse|gradio_client]
+Usage: python bench/monitor_latency.py [--viewers 20] [--seconds 300] [--client sse|gradio_client] [--frames-only]
 """
 
 from __future__ import annotations
@@ -83,23 +83,39 @@ def _viewer_sse(url: str, run_id: str, deadline: float, out: list[float], fn_ind
                     return
 
 
-def frame_cost(steps: int = 5000) -> dict:
+def frame_cost(steps: int = 5000, frames: int = 300) -> dict:
+    """Milliseconds to render monitor frames of a 5,000-step run with a sample every 50 steps, after start-up
+    objects are frozen as the app does: ``full`` = a frame built from scratch (a viewer attaching),
+    ``stream`` = the frames of a live stream, one new step each (unchanged outputs skipped)."""
+    import gradio  # noqa: F401 - imported before the freeze, as in the app
+
+    import studio
     from studio.tabs.monitor import _frame
     from studio.view import MonitorState, fold
     from trainers.events import SampleEvent, StepEvent
 
-    events = []
-    for s in range(1, steps + 1):
-        events.append(StepEvent(step=s, epoch=1, loss=1 / s, lr=1e-4, total_steps=steps))
+    def step(s: int) -> list:
+        out = [StepEvent(step=s, epoch=1, loss=1 / s, lr=1e-4, total_steps=steps + frames)]
         if s % 50 == 0:
-            events.append(SampleEvent(step=s, epoch=1, path=f"samples/{s}.png", prompt="p", seed=1))
-    state = fold(events, Path("/r"), MonitorState())
-    times = []
-    for _ in range(50):
+            out.append(SampleEvent(step=s, epoch=1, path=f"samples/{s}.png", prompt="p", seed=1))
+        return out
+
+    state = fold([e for s in range(1, steps + 1) for e in step(s)], Path("/r"), MonitorState())
+    studio.freeze_startup_objects()
+    options = (0.9, False, "info", "", 0)
+    full, live, sent = [], [], {}
+    for _ in range(frames // 5):
         t0 = time.perf_counter()
-        _frame(state, "r", (0.9, False, "info", "", 0), "")
-        times.append(time.perf_counter() - t0)
-    return {"steps": steps, "median_ms": 1000 * statistics.median(times), "p99_ms": 1000 * _percentile(times, 0.99)}
+        _frame(state, "r", options, "")
+        full.append(time.perf_counter() - t0)
+    for s in range(steps + 1, steps + frames + 1):
+        fold(step(s), Path("/r"), state)
+        t0 = time.perf_counter()
+        _frame(state, "r", options, "", sent)
+        live.append(time.perf_counter() - t0)
+    return {"steps": steps, **{f"{name}_{stat}_ms": round(1000 * value, 1) for name, times in
+                               (("full", full), ("stream", live)) for stat, value in
+                               (("median", statistics.median(times)), ("p99", _percentile(times, 0.99)))}}
 
 
 def main() -> None:
@@ -107,7 +123,11 @@ def main() -> None:
     ap.add_argument("--viewers", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--client", choices=("sse", "gradio_client"), default="sse")
+    ap.add_argument("--frames-only", action="store_true", help="only time the frame render (no server)")
     args = ap.parse_args()
+    if args.frames_only:
+        print(f"frame render: {frame_cost()}")
+        return
     work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
     url_file = work / "url"
     env = {**__import__("os").environ, "DP_STUDIO_HOME": str(work / "home"), "PYTHONPATH": str(REPO)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import studio  # noqa: E402
 from studio.services import Services  # noqa: E402
 from tests.conftest import write_pair  # noqa: E402
 from tests.e2e.conftest import serve  # noqa: E402
@@ -22,6 +23,7 @@ def main() -> None:
     main_toml = write_pair(work / "profile", max_steps=10_000_000)
     manager = RunManager([work / "profile" / "out"], trainer_module="tests.fakes.trainer")
     _, url = serve(Services(manager=manager, demo_main=main_toml, allowed_roots=[work]))
+    studio.freeze_startup_objects()  # as app.py does
     port_file.write_text(url)
     while True:
         time.sleep(3600)

@@ -162,6 +162,7 @@ def stream(services: Services, run_id: str | None, options: tuple, still_wanted=
         yield _frame(state, None, options, "")
         return
     res_text, res_at, drawn_at, dirty = "", 0.0, 0.0, False
+    sent: dict = {}  # what this stream has sent: unchanged outputs are skipped
     try:
         run_dir = services.manager.run_dir(run_id)
         for batch in services.manager.event_batches(run_id, heartbeat_s=HEARTBEAT_S):
@@ -175,22 +176,49 @@ def stream(services: Services, run_id: str | None, options: tuple, still_wanted=
             # Frames are throttled: a fast trainer must not flood a slow browser with redraws.
             if dirty and now - drawn_at >= MIN_FRAME_S:
                 drawn_at, dirty = now, False
-                yield _frame(state, run_id, options, res_text)
+                yield _frame(state, run_id, options, res_text, sent)
     except RunError as exc:
         state.logs.append(f"[ERROR] {exc}")
-    yield _frame(state, run_id, options, res_text)
+    yield _frame(state, run_id, options, res_text, sent)
 
 
-def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str) -> tuple:
+def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str,
+           sent: dict | None = None) -> tuple:
+    """The monitor's outputs for ``state``. With ``sent`` (what this stream last sent, kept by the caller),
+    an output whose content has not changed since is ``gr.skip()``: the gallery (every image path goes
+    through Gradio's file cache each time it is sent), the slider's range and hidden charts are rebuilt
+    only when they change, and the charts only when there are new points."""
     smoothing, log_y, level, query, scrub = options
+
+    def changed(key: str, signature) -> bool:
+        if sent is None:
+            return True
+        if sent.get(key, _UNSENT) == signature:
+            return False
+        sent[key] = signature
+        return True
+
+    points = (len(state.steps), state.steps[-1] if state.steps else None)
+    evals = sum(len(v) for v in state.evals.values()) if view.has_evals(state) else 0
+    items = view.gallery_items(state, scrub)
+    label = view.gallery_label(state, scrub)
+    maximum = view.scrub_maximum(state)
+    skip = gr.skip()
     return (view.status_markdown(state, run_id), view.progress_html(state),
-            view.loss_figure(state, smoothing, log_y), view.lr_figure(state),
+            view.loss_figure(state, smoothing, log_y) if changed("loss", (points, smoothing, log_y)) else skip,
+            view.lr_figure(state) if changed("lr", points) else skip,
             # Hidden charts cost nothing: a figure is only built when there is something to draw.
-            gr.Plot(view.eval_figure(state), visible=True) if view.has_evals(state) else gr.Plot(visible=False),
-            gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False),
-            gr.Gallery(view.gallery_items(state, scrub), label=view.gallery_label(state, scrub)),
-            gr.Slider(maximum=view.scrub_maximum(state)),  # the value stays the user's
+            (gr.Plot(view.eval_figure(state), visible=True) if evals else gr.Plot(visible=False))
+            if changed("eval", evals) else skip,
+            (gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False))
+            if changed("grad", len(state.grad_norms)) else skip,
+            gr.Gallery(items, label=label) if changed("gallery", (items, label)) else skip,
+            # Only the range: the value stays the user's.
+            gr.Slider(maximum=maximum) if changed("scrub", maximum) else skip,
             view.log_text(state, level=level, query=query or ""), res_text)
+
+
+_UNSENT = object()
 
 
 def view_options(smoothing, log_y, level, query, scrub) -> tuple:

@@ -227,3 +227,30 @@ def test_status_shows_samples_per_second_and_epoch():
                                  total_steps=9, eta_s=4)], Path("/r"))
     line = view.status_markdown(state, "r1")
     assert "step 3/9 · epoch 2" in line and "1.50 it/s · 6.00 samples/s" in line
+
+
+def test_a_stream_skips_outputs_that_did_not_change():
+    # Every frame used to resend the whole gallery (each image through Gradio's file cache) and the slider's
+    # range; a stream now sends them only when they change, and the charts only when there are new points.
+    from studio.tabs.monitor import _frame
+
+    skip = {"__type__": "update"}
+    options = (0.9, False, "info", "", 0)
+    events = [StepEvent(step=s, epoch=1, loss=1 / s, lr=1e-4, total_steps=10) for s in (1, 2)]
+    events.append(SampleEvent(step=2, epoch=1, path="samples/2.png", prompt="p", seed=1))
+    state = view.fold(events, Path("/r"), view.MonitorState())
+    sent: dict = {}
+    first = _frame(state, "r", options, "", sent)
+    assert all(out != skip for out in first)
+    again = _frame(state, "r", options, "", sent)
+    assert again[2:8] == (skip,) * 6 and again[0] == first[0] and again[8] == first[8]
+    view.fold([StepEvent(step=3, epoch=1, loss=0.3, lr=1e-4, total_steps=10)], Path("/r"), state)
+    stepped = _frame(state, "r", options, "", sent)
+    assert stepped[2] != skip and stepped[3] != skip and stepped[6:8] == (skip, skip)
+    options = (0.5, False, "info", "", 0)
+    assert _frame(state, "r", options, "", sent)[2] != skip  # new smoothing: redrawn
+    view.fold([SampleEvent(step=3, epoch=1, path="samples/3.png", prompt="p", seed=1)], Path("/r"), state)
+    sampled = _frame(state, "r", options, "", sent)
+    assert sampled[6] != skip and sampled[7] != skip and sampled[2] == skip
+    # Without a memo (a one-off frame) everything is built.
+    assert all(out != skip for out in _frame(state, "r", options, ""))
