@@ -1,5 +1,5 @@
 """Named API endpoints (for ``gradio_client`` and scripts): start, watch, command, list and queue runs; the runs
-library's diff, best save, export, sidecar sampling, resume and delete.
+library's diff, best save, export, LoRA key check, sidecar sampling, resume and delete.
 
 Each is a typed method registered with ``gr.api``; they call the same RunManager as the UI. Events
 travel as their events.jsonl lines (see trainers/events.py; ``parse_event`` reads them back). An export comes
@@ -116,6 +116,17 @@ class RunsApi:
         """Export a saved LoRA as 'comfyui', 'diffusers' or 'kohya'; the client receives the file."""
         return _file(run_library.export_lora(self.manager.info(run_id), folder, layout))
 
+    def check_lora(self, run_id: str, folder: str) -> dict:
+        """Check a saved LoRA's keys and shapes against the run's base model (headers only): ``ok``, a one-line
+        ``summary``, the lists of ``unmatched`` keys, ``mismatched`` shapes and ``half_pairs``, the coverage
+        of the block Linears and a Markdown ``report``."""
+        report = run_library.check_saved(self.manager.info(run_id), folder)
+        return {"ok": report.ok, "summary": report.summary(), "layout": report.layout, "model": report.model,
+                "exact": report.exact, "modules": report.modules, "covered": report.covered,
+                "targets": report.targets, "ranks": report.ranks, "unmatched": report.unmatched,
+                "mismatched": report.mismatched, "half_pairs": report.half_pairs, "not_lora": report.not_lora,
+                "report": report.markdown()}
+
     def render_samples(self, run_id: str, folder: str, prompts: list[str] | None = None,
                        seeds: list[int] | None = None) -> Iterator[str]:
         """Render the run's [studio] prompts x seeds (or the given ones) with a saved LoRA folder, in a
@@ -143,7 +154,7 @@ def register(services: Services) -> None:
     """Register the endpoints on the Blocks being built (call inside its ``with`` block)."""
     api = RunsApi(services.manager)
     for fn in (api.start_run, api.list_runs, api.run_info, api.send_command, api.cancel_queued, api.saved_folders,
-               api.diff_runs, api.mark_best, api.export_lora, api.render_samples, api.resume_points, api.resume_run,
-               api.delete_run):
+               api.diff_runs, api.mark_best, api.export_lora, api.check_lora, api.render_samples, api.resume_points,
+               api.resume_run, api.delete_run):
         gr.api(_guard(fn), api_name=fn.__name__)
     gr.api(api.watch_events, api_name="watch_events", concurrency_limit=None)

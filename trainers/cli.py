@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from trainers.config.cli_commands import add_profile, add_validate
+from trainers.lora_check import add_check_lora
 from trainers.train_cli import add_train
 
 Handler = Callable[[argparse.Namespace], int]
@@ -52,7 +53,7 @@ def _prepare_demo(args: argparse.Namespace) -> int:
 
 # Sub-command registrars; other modules append theirs here (validate, profile, train ...).
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_prepare_demo, add_validate,
-                                                                  add_profile, add_train]
+                                                                  add_profile, add_train, add_check_lora]
 
 
 def build_parser() -> argparse.ArgumentParser:

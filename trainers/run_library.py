@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from trainers.checkpoints import saves_root
 from trainers.events import Event
+from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
 from trainers.runs import RunError, RunInfo, write_json_atomic
 
@@ -89,6 +91,37 @@ def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = No
     if done.returncode != 0:
         raise RunError((done.stderr.strip().splitlines() or ["export failed"])[-1])
     return out
+
+
+def base_model_path(info: RunInfo) -> Path | None:
+    """The run's transformer (``[model] transformer_path``) as its trainer resolved it: relative paths against
+    the folder of the main file the run was started from (its working directory), else the run folder."""
+    main = info.run_dir / str(info.meta.get("main_config", ""))
+    try:
+        config = tomllib.loads(main.read_text(encoding="utf-8")) if main.is_file() else {}
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    value = (config.get("model") or {}).get("transformer_path")
+    if not isinstance(value, str) or not value:
+        return None
+    source = info.meta.get("source_main")
+    base = Path(source).parent if isinstance(source, str) and source else info.run_dir
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraCheck:
+    """Check a saved LoRA (or ``file``, e.g. its export) against the run's base model, from headers alone:
+    unmatched keys, shape mismatches, coverage of the block Linears (:mod:`trainers.lora_check`)."""
+    if file is None:
+        if folder not in saved_folders(info.run_dir, info.meta):
+            raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the "
+                           "list")
+        file = info.run_dir / folder / "adapter_model.safetensors"
+    try:
+        return check_lora(file, base_model_path(info))
+    except (LoraCheckError, ValueError) as exc:
+        raise RunError(f"cannot check {Path(file).name}: {exc}") from None
 
 
 def folder_position(events: Sequence[Event], folder: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from trainers.events import load_all
 from trainers.run_library import (
     LAYOUTS,
     best_of,
+    check_saved,
     delete_run,
     export_lora,
     mark_best,
@@ -52,6 +53,8 @@ class RunsHandles:
     layout: gr.Radio
     export: gr.Button
     download: gr.DownloadButton
+    check: gr.Button
+    check_report: gr.Markdown
     resume_point: gr.Dropdown
     resume: gr.Button
     confirm: gr.Textbox
@@ -108,6 +111,8 @@ def render(services: Services) -> RunsHandles:
                                    "kohya: lora_unet_* with alpha")
             export = gr.Button("Export LoRA", elem_id="runs-export")
             download = gr.DownloadButton("Download", visible=False, elem_id="runs-download")
+        check = gr.Button("Check LoRA keys against the base model", size="sm", elem_id="runs-check")
+        check_report = gr.Markdown("", elem_id="runs-check-report")
     with gr.Accordion("Resume training", open=False):
         gr.Markdown(RESUME_NOTE)
         with gr.Row():
@@ -119,7 +124,8 @@ def render(services: Services) -> RunsHandles:
         delete = gr.Button("Delete run", variant="stop", elem_id="runs-delete")
     return RunsHandles(refresh, table, compare, smoothing, overlay, cross_pair, cross_grid, diff_a, diff_b, diff,
                        grid_run, grid_prompt, grid, saved, best, sidecar_prompts, sidecar_seeds, render_button,
-                       render_progress, layout, export, download, resume_point, resume, confirm, delete, message,
+                       render_progress, layout, export, download, check, check_report, resume_point, resume, confirm,
+                       delete, message,
                        queue_table, queue_pick, queue_up, queue_front, queue_cancel)
 
 
@@ -242,6 +248,25 @@ def render_for_epoch(services: Services, run_id: str | None, folder: str | None,
            gr.Dropdown(choices=sorted({s.prompt for s in state.samples}), value=None))
 
 
+def export_and_check(services: Services, run_id: str | None, folder: str | None, layout: str) -> tuple:
+    """Export a saved LoRA, then check the exported file's keys against the run's base model."""
+    if not run_id or not folder:
+        raise RunError("pick a run and one of its saved epochs first")
+    info = services.manager.info(run_id)
+    path = export_lora(info, folder, layout)
+    # The file the user takes away is checked too: every key must still name a module of the model.
+    report = check_saved(info, folder, path)
+    return (gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True),
+            f"Exported `{path}`. Key check: {report.summary()}", report.markdown())
+
+
+def check_report(services: Services, run_id: str | None, folder: str | None) -> str:
+    """The key check of a saved LoRA against the run's base model, as Markdown."""
+    if not run_id or not folder:
+        raise RunError("pick a run and one of its saved epochs first")
+    return check_saved(services.manager.info(run_id), folder).markdown()
+
+
 def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
     def guarded(fn):
         def inner(*args):
@@ -285,19 +310,16 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
         delete_run(services.manager.info(run_id or ""), confirm or "")
         return f"Deleted run `{run_id}`."
 
-    def on_export(run_id, folder, layout):
-        if not run_id or not folder:
-            raise RunError("pick a run and one of its saved epochs first")
-        path = export_lora(services.manager.info(run_id), folder, layout)
-        return gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True), f"Exported `{path}`."
-
     def on_resume(run_id, point):
         if not run_id or not point:
             raise RunError("pick a run and one of its resume points first")
         return link.show(services, services.manager.resume(run_id, point))
 
-    h.export.click(guarded(on_export), inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message],
+    h.export.click(guarded(lambda r, f, lay: export_and_check(services, r, f, lay)),
+                   inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message, h.check_report],
                    api_visibility="private")
+    h.check.click(guarded(lambda r, f: check_report(services, r, f)), inputs=[h.grid_run, h.saved],
+                  outputs=h.check_report, api_visibility="private")
     h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_visibility="private").then(
         guarded(lambda: refresh_all(services)), outputs=refresh_outputs, api_visibility="private")
     h.resume.click(guarded(on_resume), inputs=[h.grid_run, h.resume_point], outputs=link.outputs,

@@ -90,6 +90,9 @@ def test_two_real_runs_compared_sampled_resumable_and_exported(page, two_runs, t
     page.locator("#runs-layout").get_by_role("radio", name="diffusers").check()
     page.locator("#runs-export").click()
     page.locator("#runs-message").get_by_text("Exported").wait_for(timeout=120_000)
+    # The exported file is checked against the run's base model: every key fits, every block Linear covered.
+    assert "Key check: ✓ every key fits" in page.locator("#runs-message").inner_text()
+    assert "diffusers layout" in page.locator("#runs-check-report").inner_text()
     with page.expect_download() as download:
         page.locator("#runs-download").click()
     assert download.value.suggested_filename.endswith("_epoch1_diffusers.safetensors")

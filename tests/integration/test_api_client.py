@@ -83,6 +83,9 @@ def test_demo_run_end_to_end_through_named_endpoints(demo_client):
         keys = list(fh.keys())
         assert fh.metadata()["dp_studio.run_id"] == run_id
     assert keys and all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    check = c.predict(run_id, folders[0], api_name="/check_lora")  # against the demo's own transformer
+    assert check["ok"] and check["exact"] and check["layout"] == "comfyui" and check["unmatched"] == []
+    assert check["covered"] == check["targets"] > 0 and "every key fits" in check["report"]
 
     progress = list(c.submit(run_id, folders[0], ["a zxq cat"], [5], api_name="/render_samples"))
     assert progress[0] == f"1 image with {folders[0]} (step {first[-1].step}, epoch 1)"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import write_pair
@@ -12,6 +14,8 @@ from trainers.run_library import (
     sidecar_command,
 )
 from trainers.runs import RunError, RunInfo, RunManager
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mark_best_then_delete_with_confirmation(tmp_path):
@@ -92,3 +96,27 @@ def test_render_samples_streams_progress_and_reports_the_childs_reason(tmp_path)
     fake.write_text("#!/bin/sh\necho 'Killed'\nexit 137\n")
     with pytest.raises(RunError, match=r"exit code 137\): Killed"):
         list(render_samples(info, "epoch1", python=str(fake)))
+
+
+def test_the_key_check_finds_the_runs_base_model(tmp_path):
+    import shutil
+
+    from trainers.run_library import base_model_path, check_saved
+
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "epoch1").mkdir(parents=True)
+    source = tmp_path / "profile" / "main.toml"
+    source.parent.mkdir()
+    shutil.copytree(REPO / "assets" / "demo" / "chroma-tiny", tmp_path / "profile" / "models" / "chroma")
+    (run_dir / "main.toml").write_text("[model]\ntype = 'chroma'\ntransformer_path = 'models/chroma'\n")
+    info = RunInfo("r1", run_dir, "x", "diffusion-pipe", "", "completed", None,
+                   meta={"main_config": "main.toml", "source_main": str(source)})
+    assert base_model_path(info) == tmp_path / "profile" / "models" / "chroma"  # as the trainer resolved it
+    with pytest.raises(RunError, match="not a saved epoch"):
+        check_saved(info, "epoch2")
+    (run_dir / "epoch1" / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(RunError, match="cannot check adapter_model.safetensors: .*not a .safetensors file"):
+        check_saved(info, "epoch1")
+    no_source = RunInfo("r1", run_dir, "x", "diffusion-pipe", "", "completed", None, meta={"main_config": "main.toml"})
+    assert base_model_path(no_source) == run_dir / "models" / "chroma"
+    assert base_model_path(RunInfo("r1", run_dir, "x", "native", "", "completed", None, meta={})) is None
