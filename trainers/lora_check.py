@@ -272,6 +272,21 @@ def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     return report
 
 
+def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
+    """(level, message) for a run's log after a LoRA is saved: the check's summary and its first problems; a
+    file that cannot be checked is a warning, never an error (the save itself went through)."""
+    try:
+        report = check_lora(lora, model)
+    except (LoraCheckError, ProbeError, OSError) as exc:
+        return "warning", f"{name}: the LoRA's keys could not be checked: {exc}"
+    against = "" if report.exact else " (against the released Chroma's shapes: the base model was not found)"
+    message = f"{name} key check: {report.summary()}{against}"
+    if report.ok:
+        return "info", message
+    first = (report.unmatched + report.mismatched + report.half_pairs + report.not_lora)[:3]
+    return "warning", f"{message}; e.g. {'; '.join(first)}. Run `dp-studio check-lora {lora}` for the full list."
+
+
 def add_check_lora(sub) -> None:
     """Register ``dp-studio check-lora FILE [--model PATH]`` (exit 0: fits, 1: problems, 2: cannot check)."""
     p = sub.add_parser("check-lora", help="check a Chroma LoRA's keys and shapes against the base model "

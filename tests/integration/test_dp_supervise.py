@@ -73,12 +73,28 @@ def test_a_run_goes_to_completion_with_lr_epochs_and_checkpoints(manager, tmp_pa
     assert saves == [(f"{dp_run}/epoch1", "lora"), (f"{dp_run}/epoch2", "lora"), (f"{dp_run}/global_step6", "state")]
     assert [ev.kind for ev in events].count("finished") == 1 and events[-1].kind == "finished"
     assert (events[-1].reason, events[-1].step, events[-1].epoch) == ("completed", 6, 2)
+    # Each saved LoRA's keys were checked (no transformer_path here: against the released model's shapes).
+    checks = [ev for ev in events if ev.kind == "log" and "key check" in ev.message]
+    assert [(ev.level, ev.message.split(" key check: ")[0]) for ev in checks] == [("info", "epoch1"),
+                                                                                ("info", "epoch2")]
+    assert "✓ every key fits the model" in checks[0].message and "released Chroma" in checks[0].message
     assert any(ev.kind == "phase" and ev.phase == "caching" for ev in events)
     log = (run_dir / "stdout.log").read_bytes()
     assert b"steps: 1 loss:" in log and b"TRAINING COMPLETE!" in log and b"\r" in log  # raw, tqdm's \r kept
     launch = tomllib.loads((run_dir / ".launch" / "main.toml").read_text())
     assert launch["output_dir"] == str(run_dir / "dp") and Path(launch["model"]["diffusers_path"]).is_absolute()
     wait_for(lambda: manager.info(run_id).status == "completed")
+
+
+def test_a_saved_lora_whose_keys_do_not_fit_is_a_warning_in_the_log(manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DP_MODE", "bad_lora")
+    run_id = manager.start(profile(tmp_path / "p", epochs=1), backend="diffusion-pipe")
+    events = list(manager.events(run_id))
+    checks = [ev for ev in events if ev.kind == "log" and "key check" in ev.message]
+    assert len(checks) == 1 and checks[0].level == "warning"
+    assert "1 unmatched keys" in checks[0].message and "double_blocks.0.img_attn.qkvv" in checks[0].message
+    assert "dp-studio check-lora" in checks[0].message
+    assert events[-1].kind == "finished" and events[-1].reason == "completed"  # a warning, not a failure
 
 
 def test_stop_touches_save_quit_and_ends_as_stopped(manager, tmp_path):

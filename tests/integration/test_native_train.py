@@ -105,6 +105,10 @@ def test_short_run_writes_events_samples_and_lora(tmp_path: Path):
     assert config["rank_pattern"]["double_blocks.0.img_attn.qkv"] == 3 * rank
     assert config["alpha_pattern"] == config["rank_pattern"]
     assert (run_dir / "step6" / "chroma_demo.toml").read_bytes() == (run_dir / "chroma_demo.toml").read_bytes()
+    # The save was checked against the demo's own transformer (a diffusers folder): every block Linear covered.
+    (check,) = [e for e in events if e.kind == "log" and e.message.startswith("step6 key check")]
+    assert check.level == "info" and "✓ every key fits the model" in check.message
+    assert "covers 20 of 20 block Linears" in check.message and "released" not in check.message
 
 
 def test_stop_command_saves_and_finishes_stopped(tmp_path: Path):

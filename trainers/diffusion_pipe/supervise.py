@@ -42,6 +42,7 @@ from trainers.events import (
     LogEvent,
     PhaseEvent,
 )
+from trainers.lora_check import log_line as lora_log_line
 from trainers.runs import RUN_FILE, write_json_atomic
 
 POLL_S = 0.5
@@ -69,6 +70,8 @@ class Plan:
     dp_run_dir: Path | None = None  # known up front only when resuming
     warnings: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list, repr=False)
+    check_loras: bool = False  # a Chroma LoRA run: each saved LoRA's keys are checked against the base model
+    lora_base: Path | None = None  # the run's transformer_path, resolved as diffusion-pipe sees it
 
 
 def prepare(run_dir: Path, meta: dict) -> Plan:
@@ -96,8 +99,11 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
                         initial_lr=float(optimizer.get("lr", 0.0) or 0.0),
                         save_kind="lora" if data.get("adapter") else "model")
     grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    base = model.get("transformer_path")
     return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
-                secrets=[key] if key else [])
+                secrets=[key] if key else [], check_loras=model.get("type") == "chroma" and schedule.save_kind == "lora",
+                lora_base=source_dir / Path(base).expanduser() if isinstance(base, str) and base else None)
 
 
 def resume_folder(value: object, run_dir: Path) -> Path | None:
@@ -374,6 +380,14 @@ class Supervisor:
                     continue
                 self.terminal = ev
             self.events.emit(ev)
+            if ev.kind == "checkpoint" and ev.what == "lora" and self.plan.check_loras:
+                self._check_lora(ev.path)
+
+    def _check_lora(self, path: str) -> None:
+        """Log whether the saved LoRA's keys fit the base model (the file users load in ComfyUI)."""
+        level, message = lora_log_line(Path(path).name, self.run_dir / path / "adapter_model.safetensors",
+                                       self.plan.lora_base)
+        self.events.emit(LogEvent(level=level, message=message))
 
 
 def fail(events: EventWriter, error: str, detail: str = "") -> None:

@@ -22,6 +22,7 @@ import torch
 from trainers.checkpoints import STATE_PREFIX
 from trainers.commands import Command, take_commands
 from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
+from trainers.lora_check import log_line as lora_log_line
 from trainers.native import cache as cache_mod
 from trainers.native import state as state_mod
 from trainers.native.data import scan_dataset, subsample_ratio
@@ -35,7 +36,14 @@ from trainers.native.flow import (
     noisy_input,
     sample_timesteps,
 )
-from trainers.native.lora_io import adapter_config, adapter_settings, attach_lora, lora_state_dict, save_lora
+from trainers.native.lora_io import (
+    ADAPTER_FILE,
+    adapter_config,
+    adapter_settings,
+    attach_lora,
+    lora_state_dict,
+    save_lora,
+)
 from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr, set_optimizer_mode
 from trainers.native.sampling import render_samples
@@ -99,6 +107,9 @@ class Trainer:
         config = settings.config
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
+        # As the family resolves it: relative to the working directory, the source config's folder.
+        self.base_model_path = Path.cwd() / Path(model["transformer_path"]).expanduser() \
+            if isinstance(model.get("transformer_path"), str) else None
         self.loss_cfg = LossConfig.from_config(config)
         self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
         self.nonfinite = str(config.get("studio", {}).get("nonfinite_loss", "stop"))
@@ -455,6 +466,9 @@ class Trainer:
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=name, what="lora"))
         self.last_saved_step = self.step
         print(f"Saving model to directory {name}", flush=True)
+        # The file users load elsewhere: every key must name a Linear of this model with fitting shapes.
+        level, message = lora_log_line(name, self.s.run_dir / name / ADAPTER_FILE, self.base_model_path)
+        self._log(message, level)
 
     def checkpoint_now(self) -> None:
         """Write the full training state (``global_step<N>/``) for an exact resume."""

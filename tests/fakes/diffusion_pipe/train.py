@@ -7,6 +7,7 @@ fails here exactly as it would there.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -54,12 +55,30 @@ def run_folder(config: dict, resume) -> Path:
     return folder
 
 
+def lora_file() -> bytes:
+    """A small rank-4 Chroma LoRA in diffusion-pipe's layout (two modules at the released model's shapes, zero
+    fp16 weights); ``FAKE_DP_MODE=bad_lora`` adds a module Chroma does not have."""
+    modules = {"double_blocks.0.img_attn.proj": (3072, 3072), "single_blocks.0.linear2": (3072, 15360)}
+    if MODE == "bad_lora":
+        modules["double_blocks.0.img_attn.qkvv"] = (9216, 3072)
+    header, offset = {}, 0
+    for module, (out, inp) in modules.items():
+        for key, shape in ((f"diffusion_model.{module}.lora_A.weight", [4, inp]),
+                           (f"diffusion_model.{module}.lora_B.weight", [out, 4])):
+            size = 2 * shape[0] * shape[1]
+            header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + bytes(offset)
+
+
 def save_lora(run_dir: Path, name: str, config_path: Path) -> None:
     say(f"Saving model to directory {name}")
     target = run_dir / name
     (target / "tmp").mkdir(parents=True, exist_ok=True)
     time.sleep(STEP_S)
-    (target / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (target / "adapter_model.safetensors").write_bytes(lora_file())
     (target / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 4}')
     shutil.copy(config_path, target / config_path.name)
     shutil.rmtree(target / "tmp")
