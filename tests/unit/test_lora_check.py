@@ -169,3 +169,19 @@ def test_cli_exit_codes(bases, tmp_path, capsys):
     assert cli(["check-lora", str(tmp_path / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+
+
+def test_the_released_shapes_are_diffusers_default_chroma():
+    # The fallback table must be the real model: build diffusers' default ChromaTransformer2DModel on the meta
+    # device (no memory) and read its block Linears back in original names.
+    import accelerate
+    from diffusers import ChromaTransformer2DModel
+
+    from trainers.lora_check import _from_diffusers
+
+    with accelerate.init_empty_weights():
+        model = ChromaTransformer2DModel()
+    shapes = {name.removesuffix(".weight"): list(p.shape) for name, p in model.named_parameters()
+              if name.endswith(".weight") and p.dim() == 2}
+    real = {m: s for m, s in _from_diffusers(shapes).items() if m.startswith(("double_blocks.", "single_blocks."))}
+    assert real == full_size_shapes().linears
