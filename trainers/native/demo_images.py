@@ -50,7 +50,12 @@ class Scene:
 
     def caption(self) -> str:
         """The caption the picture is trained with."""
-        return f"a {self.colour} {self.shape} on a {self.background} background"
+        return f"{_article(self.colour)} {self.colour} {self.shape} on {_article(self.background)} " \
+               f"{self.background} background"
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def random_scene(rng: random.Random, size: int, background: str | None = None,
