@@ -1,59 +1,139 @@
-"""Dataset browser: thumbnails with their captions (bucket preview and health checks grow on this)."""
+"""Dataset browser: what the trainer will make of a dataset, image by image, before any run.
+
+A folder (buckets for a chosen resolution) or a profile's dataset TOML (its own resolutions, aspect-ratio
+buckets, repeats, captions.json, prefix...) is read by the native trainer's own dataset reader
+(:mod:`trainers.dataset_report`): thumbnails with captions, each image's bucket and crop, the bucket list with
+steps per epoch at the chosen global batch, tag counts, and health checks (captions, trigger word, upscaling,
+heavy crops, blur, near-duplicates, dropped buckets). Clicking an image shows its crop next to the training view.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from studio.services import Services
-from trainers.dataset_scan import scan_folder
+from trainers.dataset_report import (
+    BUCKET_HEADERS,
+    TABLE_HEADERS,
+    DatasetReport,
+    DatasetReportError,
+    analyse,
+    crop_preview,
+)
 
-THUMB = 256
+GALLERY_LIMIT = 300  # thumbnails sent to the page; the table lists every image
+RESOLUTIONS = [256, 512, 768, 1024, 1280, 1536]
 
 
 @dataclass
 class DatasetHandles:
     folder: gr.Textbox
+    resolution: gr.Dropdown
+    ar_buckets: gr.Checkbox
+    trigger: gr.Textbox
+    batch: gr.Number
     load: gr.Button
     summary: gr.Markdown
     gallery: gr.Gallery
+    preview: gr.Image
+    detail: gr.Markdown
     table: gr.Dataframe
+    buckets: gr.Dataframe
+    tags: gr.Dataframe
+    health: gr.Markdown
+    report: gr.State
 
 
 def render(services: Services) -> DatasetHandles:
     with gr.Row():
-        folder = gr.Textbox(label="Dataset folder", value=str(services.demo_dataset_dir), scale=5,
-                            elem_id="datasets-folder")
-        load = gr.Button("Browse", scale=1, elem_id="datasets-load")
+        folder = gr.Textbox(label="Dataset folder, or a dataset .toml", value=str(services.demo_dataset_dir),
+                            scale=5, elem_id="datasets-folder",
+                            info="A TOML uses its own resolutions and bucket settings; a folder uses the ones here")
+        load = gr.Button("Browse", scale=1, variant="primary", elem_id="datasets-load")
+    with gr.Row():
+        resolution = gr.Dropdown(RESOLUTIONS, value=1024, label="Resolution (folder)", allow_custom_value=True,
+                                 elem_id="datasets-resolution")
+        ar_buckets = gr.Checkbox(value=True, label="Aspect-ratio buckets (folder)", elem_id="datasets-ar")
+        trigger = gr.Textbox(label="Trigger word (checked in every caption)", placeholder="e.g. zxq",
+                             elem_id="datasets-trigger")
+        batch = gr.Number(value=1, precision=0, minimum=1, label="Global batch (micro batch × accumulation)",
+                          elem_id="datasets-batch")
     summary = gr.Markdown("", elem_id="datasets-summary")
-    gallery = gr.Gallery(label="Images", columns=6, height=420, elem_id="datasets-gallery")
-    table = gr.Dataframe(headers=["file", "size", "caption"], interactive=False, elem_id="datasets-table")
-    return DatasetHandles(folder, load, summary, gallery, table)
+    with gr.Row():
+        gallery = gr.Gallery(label="Images (click one for its crop)", columns=6, height=420, scale=3,
+                             elem_id="datasets-gallery", allow_preview=False)
+        with gr.Column(scale=2):
+            preview = gr.Image(label="Crop: the picture (dimmed = cut away) · what the trainer sees", type="pil",
+                               interactive=False, height=320, elem_id="datasets-preview")
+            detail = gr.Markdown("", elem_id="datasets-detail")
+    with gr.Tabs():
+        with gr.Tab("Images"):
+            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="datasets-table")
+        with gr.Tab("Buckets"):
+            buckets = gr.Dataframe(headers=BUCKET_HEADERS, interactive=False, elem_id="datasets-buckets")
+        with gr.Tab("Tags"):
+            tags = gr.Dataframe(headers=["tag", "images"], interactive=False, elem_id="datasets-tags")
+        with gr.Tab("Health"):
+            health = gr.Markdown("", elem_id="datasets-health")
+    return DatasetHandles(folder, resolution, ar_buckets, trigger, batch, load, summary, gallery, preview, detail,
+                          table, buckets, tags, health, gr.State(None))
 
 
-def browse(folder_text: str):
-    folder = Path(folder_text).expanduser()
-    if not folder.is_dir():
-        return f"⚠ {folder} is not a folder: type the folder that holds your images.", [], []
-    rows = scan_folder(folder)
-    items, table = [], []
-    for row in rows:
-        with Image.open(row.path) as im:
-            size = f"{im.width}×{im.height}"
-            thumb = im.convert("RGB")
-            thumb.thumbnail((THUMB, THUMB))
-        caption = row.caption if row.caption is not None else "(no caption: skipped by default)"
-        items.append((thumb, f"{row.path.name}: {caption}"))
-        table.append([row.path.name, size, caption])
-    missing = sum(1 for r in rows if r.caption is None)
-    summary = f"**{len(rows)} images** in `{folder}`" + (f" · ⚠ {missing} without a caption" if missing else "")
-    return summary, items, table
+def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1):
+    """Read and check a dataset folder or TOML: summary, thumbnails, per-image table, buckets, tags, health."""
+    try:
+        report = analyse((folder_text or "").strip(), resolution=int(resolution or 1024), ar_buckets=bool(ar_buckets),
+                         trigger=trigger or "", global_batch=int(batch or 1))
+    except (DatasetReportError, ValueError) as exc:
+        message = f"⚠ {exc}"
+        return message, [], [], [], [], "", None, None, ""
+    items = [(report.thumbs[i.path], f"{i.path.name}: {i.captions[0] if i.captions else '(no caption)'}")
+             for i in report.images if i.path in report.thumbs][:GALLERY_LIMIT]
+    summary = report.summary_markdown()
+    if len(report.thumbs) > GALLERY_LIMIT:
+        summary += f"\n\nThe gallery shows the first {GALLERY_LIMIT} images; the table lists them all."
+    tags = [[tag, str(count)] for tag, count in report.tags[:200]]
+    return (summary, items, report.table(), report.bucket_table(), tags, report.health_markdown(), report, None,
+            "")
+
+
+def image_detail(report: DatasetReport | None, name: str):
+    """The crop preview and the facts of one image of the report."""
+    info = report.find(name) if report else None
+    if info is None:
+        return None, ""
+    lines = [f"**{info.path.name}** · {info.width}×{info.height}"]
+    if info.buckets:
+        left, top, right, bottom = info.crop
+        lines.append(f"bucket {' / '.join(f'{w}×{h}' for w, h in info.buckets)} · crop keeps "
+                     f"{right - left:.0f}×{bottom - top:.0f} px from ({left:.0f}, {top:.0f}), {100 * info.kept:.0f}% "
+                     f"of the picture · scale ×{info.scale:.2f} · {info.examples} example"
+                     f"{'' if info.examples == 1 else 's'} per epoch")
+    lines += [f"- {caption}" for caption in info.captions[:8]] or ["- (no caption)"]
+    lines += [f"⚠ {issue}" for issue in info.issues]
+    try:
+        picture = crop_preview(info)
+    except OSError:
+        picture = None
+    return picture, "\n\n".join(lines)
 
 
 def wire(h: DatasetHandles, services: Services) -> None:
-    outputs = [h.summary, h.gallery, h.table]
-    h.load.click(browse, inputs=h.folder, outputs=outputs, api_name="browse_dataset")
-    h.folder.submit(browse, inputs=h.folder, outputs=outputs)
+    inputs = [h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch]
+    outputs = [h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail]
+    h.load.click(browse, inputs=inputs, outputs=outputs, api_name="browse_dataset")
+    h.folder.submit(browse, inputs=inputs, outputs=outputs, api_visibility="private")
+
+    def on_gallery(report, evt: gr.SelectData):
+        shown = [i for i in (report.images if report else []) if i.path in report.thumbs][:GALLERY_LIMIT]
+        return image_detail(report, shown[evt.index].path.name if 0 <= evt.index < len(shown) else "")
+
+    def on_row(report, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        images = report.images if report else []
+        return image_detail(report, images[row].path.name if 0 <= row < len(images) else "")
+
+    h.gallery.select(on_gallery, inputs=h.report, outputs=[h.preview, h.detail], api_visibility="private")
+    h.table.select(on_row, inputs=h.report, outputs=[h.preview, h.detail], api_visibility="private")

@@ -1,0 +1,68 @@
+"""Dataset browser in the browser: the demo dataset, then a folder with one of every problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.services import Services
+from tests.conftest import write_pair
+from tests.e2e.conftest import serve, shot
+from tests.fixtures.datasets import flawed_dataset
+from trainers.paths import REPO_ROOT
+from trainers.runs import RunManager
+
+
+@pytest.fixture
+def studio(tmp_path):
+    main = write_pair(tmp_path / "profile", max_steps=10)
+    manager = RunManager([tmp_path / "profile" / "out"], trainer_module="tests.fakes.trainer")
+    blocks, url = serve(Services(manager=manager, demo_main=main, allowed_roots=[tmp_path]))
+    yield url
+    blocks.close()
+
+
+def _type(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially(text)  # fill() does not fire Gradio's input event
+
+
+def _text(elem_id: str) -> str:
+    return f"(document.querySelector('#{elem_id}')?.innerText ?? '')"
+
+
+def test_browse_buckets_crops_and_health(page, studio, tmp_path):
+    page.goto(studio)
+    page.get_by_role("tab", name="Dataset browser").click()
+    # The demo dataset, through its folder at its own 64-pixel resolution.
+    _type(page, "datasets-folder", str(REPO_ROOT / "assets" / "demo" / "dataset"))
+    _type(page, "datasets-resolution", "64")
+    page.locator("#datasets-resolution input").press("Enter")
+    page.locator("#datasets-load").click()
+    page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
+    assert "zxq background" in page.locator("#datasets-table").inner_text()
+    # A folder with every problem, at 512 with the trigger word checked.
+    folder = flawed_dataset(tmp_path / "flawed")
+    _type(page, "datasets-folder", str(folder))
+    _type(page, "datasets-resolution", "512")
+    page.locator("#datasets-resolution input").press("Enter")
+    _type(page, "datasets-trigger", "zxq")
+    _type(page, "datasets-batch", "2")
+    page.locator("#datasets-load").click()
+    page.wait_for_function(f"{_text('datasets-summary')}.includes('7 images')")
+    summary = page.locator("#datasets-summary").inner_text()
+    for problem in ("no trigger", "blurry", "near-duplicate", "heavy crop", "upscaled", "no caption"):
+        assert problem in summary, summary
+    assert "2 steps per epoch at global batch 2" in summary
+    page.get_by_role("tab", name="Buckets").click()
+    page.wait_for_function(f"{_text('datasets-buckets')}.includes('720×368')")
+    assert "dropped" in page.locator("#datasets-buckets").inner_text()
+    page.get_by_role("tab", name="Health").click()
+    page.wait_for_function(f"{_text('datasets-health')}.includes('panorama.png')")
+    # Click the panorama: its crop and the training view appear with its facts.
+    page.locator("#datasets-gallery button", has_text="panorama").first.click()
+    page.wait_for_function(f"{_text('datasets-detail')}.includes('panorama.png')")
+    assert "bucket 720×368" in page.locator("#datasets-detail").inner_text()
+    page.locator("#datasets-preview img").wait_for()
+    shot(page, "datasets-flawed")

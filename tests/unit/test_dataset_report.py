@@ -1,0 +1,92 @@
+"""The dataset report: crops equal what the trainer loads, every health check fires on its case and only there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from tests.fixtures.datasets import flawed_dataset
+from trainers.dataset_report import DatasetReportError, analyse, crop_box, crop_preview, estimate_tokens
+from trainers.native import data
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("source,size", [((1600, 400), (720, 368)), ((300, 500), (384, 640)),
+                                          ((512, 512), (512, 512)), ((640, 480), (448, 336))])
+def test_the_crop_box_is_what_the_trainer_resizes_from(source, size):
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (source[1], source[0], 3), dtype=np.uint8))
+    fitted = np.asarray(ImageOps.fit(picture, size), dtype=np.int16)  # data.load_pixels does exactly this
+    boxed = np.asarray(picture.resize(size, Image.Resampling.BICUBIC, box=crop_box(*source, size)), dtype=np.int16)
+    assert np.abs(fitted - boxed).max() == 0
+
+
+def test_every_problem_of_the_flawed_dataset_is_found(tmp_path):
+    report = analyse(flawed_dataset(tmp_path / "ds"), resolution=512, trigger="zxq", global_batch=2)
+    issues = {i.path.stem: [issue.split(":")[0] for issue in i.issues] for i in report.images}
+    assert issues == {"blurred": ["no trigger", "blurry"], "clean_a": [], "clean_b": [],
+                      "dupe_of_a": ["near-duplicate"], "panorama": ["heavy crop"], "small": ["upscaled"],
+                      "uncaptioned": ["no caption"]}
+    assert report.duplicates == [("clean_a.png", "dupe_of_a.png", report.duplicates[0][2])]
+    by_name = {i.path.stem: i for i in report.images}
+    panorama = by_name["panorama"]
+    assert panorama.buckets == [(720, 368)] and panorama.kept == pytest.approx(0.5, abs=0.02)
+    assert by_name["small"].scale == pytest.approx(4.0) and by_name["uncaptioned"].examples == 0
+    # Buckets as the trainer makes them; at global batch 2 the two single-image buckets never train.
+    items = data.scan_dataset({"resolutions": [512], "enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0,
+                               "num_ar_buckets": 7, "directory": [{"path": str(tmp_path / "ds")}]}, 0)
+    assert sorted(b.size for b in report.buckets) == sorted({i.size for i in items})
+    assert {b.size: (b.examples, b.steps, b.dropped) for b in report.buckets} == {
+        (512, 512): (4, 2, False), (640, 400): (1, 0, True), (720, 368): (1, 0, True)}
+    assert report.tags[0] == ("zxq", 5) and ("cat", 2) in report.tags
+    text = report.summary_markdown()
+    assert "7 images" in text and "6 trained" in text and "2 steps per epoch at global batch 2" in text
+    assert "buckets dropped" in report.health_markdown()
+    preview = crop_preview(panorama)
+    assert preview.width > preview.height  # the picture and the training view side by side
+
+
+def test_a_dataset_toml_brings_its_own_settings(tmp_path):
+    folder = flawed_dataset(tmp_path / "profile" / "images")
+    (folder / "captions.json").write_text(json.dumps({"clean_a.png": ["first", "second"], "small.png": ["tiny"]}))
+    toml = tmp_path / "profile" / "dataset.toml"
+    toml.write_text("resolutions = [256]\nenable_ar_bucket = false\nnum_repeats = 3\ncaption_prefix = 'zxq, '\n\n"
+                    "[[directory]]\npath = 'images'\n")
+    report = analyse(toml, resolution=1024, trigger="zxq")  # the folder-only resolution is ignored
+    by_name = {i.path.stem: i for i in report.images}
+    assert by_name["clean_a"].captions == ["first", "second"] and by_name["clean_a"].examples == 2 * 3
+    assert by_name["clean_a"].buckets == [(256, 256)] and by_name["small"].scale == pytest.approx(2.0)
+    assert "no caption" in by_name["clean_b"].issues[0]  # captions.json wins over .txt files, as in training
+    assert "dataset.toml" in report.settings
+    # The trigger comes with caption_prefix, as in training: not missing.
+    assert not any("no trigger" in issue for issue in by_name["clean_a"].issues + by_name["small"].issues)
+
+
+def test_the_demo_dataset_is_clean_at_its_own_resolution():
+    report = analyse(REPO / "assets" / "demo" / "dataset", resolution=64, ar_buckets=False)
+    assert len(report.images) == 24 and report.problems.keys() <= {"near-duplicate"}
+    assert [b.size for b in report.buckets] == [(64, 64)]
+
+
+def test_bad_input_says_what_to_pick(tmp_path):
+    with pytest.raises(DatasetReportError, match="neither a folder nor a dataset TOML"):
+        analyse(tmp_path / "nowhere")
+    (tmp_path / "bad.toml").write_text("[[directory]]\npath = 'missing'\n")
+    with pytest.raises(DatasetReportError, match="is not a directory"):
+        analyse(tmp_path / "bad.toml")
+    with pytest.raises(DatasetReportError, match="global batch 0"):
+        analyse(tmp_path, global_batch=0)
+
+
+def test_token_estimate_flags_captions_t5_cannot_read(tmp_path):
+    assert estimate_tokens("a red cat") < 10
+    folder = flawed_dataset(tmp_path / "ds")
+    (folder / "clean_a.txt").write_text("zxq, " + ", ".join(f"tag{i}" for i in range(400)))
+    report = analyse(folder, resolution=512)
+    (clean_a,) = [i for i in report.images if i.path.stem == "clean_a"]
+    assert any(issue.startswith("long caption: about") for issue in clean_a.issues)

@@ -1,0 +1,378 @@
+"""What a dataset really is to the trainer: per image its bucket, crop and captions, and what is wrong with it.
+
+Torch-free (the studio runs it): the buckets, crops and captions come from the native trainer's own dataset
+reader (:mod:`trainers.native.data`, diffusion-pipe's semantics), so the preview is what training uses, not a
+re-derivation. Health checks on top:
+
+- no caption (skipped, or trained with "" when ``skip_empty_caption = false``), empty caption, unreadable file;
+- upscaled: the crop is smaller than its bucket (the image is below the training resolution);
+- heavy crop: the centre crop to the bucket's aspect ratio cuts a large part of the picture;
+- near-duplicates (perceptual hash, :mod:`imagehash`), blurry outliers (variance of the Laplacian far below the
+  dataset's median: a relative test, so flat artwork is not called blurry);
+- the trigger word missing from a caption; captions longer than T5 reads (estimated tokens);
+- buckets with fewer examples than one global batch (diffusion-pipe drops them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from trainers.native import data
+
+DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
+THUMB = 256
+DUPLICATE_DISTANCE = 4  # of 64 bits of a perceptual hash
+BLUR_RATIO = 0.35  # sharpness below this share of the dataset's median is an outlier
+SHARPNESS_SIDE = 768
+HEAVY_CROP = 0.8  # less of the picture kept than this is worth a look
+T5_TOKENS = 512  # Chroma's T5 sequence length
+_PATH_KEYS = ("path", "mask_path", "default_mask_file")
+
+
+class DatasetReportError(ValueError):
+    """The folder or dataset TOML cannot be read; the message says what to fix."""
+
+
+@dataclass
+class ImageInfo:
+    path: Path
+    width: int = 0
+    height: int = 0
+    captions: list[str] = field(default_factory=list)  # as written (captions.json / .txt), before prefix/shuffle
+    examples: int = 0  # training examples it makes (captions x variants x resolutions x repeats)
+    buckets: list[tuple[int, int]] = field(default_factory=list)  # one per resolution
+    crop: tuple[float, float, float, float] | None = None  # (left, top, right, bottom) for the first bucket
+    kept: float = 1.0  # share of the picture the crop keeps
+    scale: float = 1.0  # bucket width / crop width: > 1 means upscaled
+    sharpness: float = 0.0
+    issues: list[str] = field(default_factory=list)
+
+    @property
+    def trained(self) -> bool:
+        return self.examples > 0
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    size: tuple[int, int]
+    ar: float
+    images: int
+    examples: int
+    steps: int  # optimizer steps per epoch from this bucket at the global batch size
+    dropped: bool
+
+
+@dataclass
+class DatasetReport:
+    source: Path
+    settings: str  # how buckets were made, in words
+    global_batch: int
+    images: list[ImageInfo]
+    buckets: list[BucketRow]
+    tags: list[tuple[str, int]]
+    duplicates: list[tuple[str, str, int]]
+    thumbs: dict[Path, Image.Image] = field(default_factory=dict, repr=False)
+
+    @property
+    def problems(self) -> Counter:
+        return Counter(kind(issue) for info in self.images for issue in info.issues)
+
+    def summary_markdown(self) -> str:
+        trained = sum(1 for i in self.images if i.trained)
+        examples = sum(i.examples for i in self.images)
+        steps = sum(b.steps for b in self.buckets)
+        head = (f"**{_count(len(self.images), 'image')}** in `{self.source}` · {trained} trained · "
+                f"{_count(examples, 'example')} per epoch in {_count(len(self.buckets), 'bucket')} · "
+                f"{_count(steps, 'step')} per epoch at global batch {self.global_batch}\n\n{self.settings}")
+        problems = self.problems
+        if not problems:
+            return head + "\n\n✓ No problems found."
+        listed = " · ".join(f"{count} {name}" for name, count in problems.most_common())
+        return head + f"\n\n⚠ {listed} (see the Health list and the table)"
+
+    def health_markdown(self) -> str:
+        groups: dict[str, list[str]] = {}
+        for info in self.images:
+            for issue in info.issues:
+                groups.setdefault(kind(issue), []).append(f"`{info.path.name}`: {issue}")
+        dropped = [b for b in self.buckets if b.dropped]
+        if not groups and not dropped:
+            return "✓ Every image has a caption, fits its bucket and looks distinct."
+        parts = [f"**{name}** ({len(lines)})\n" + "\n".join(f"- {line}" for line in lines[:50])
+                 for name, lines in groups.items()]
+        if dropped:
+            parts.append("**buckets dropped** (fewer examples than one global batch, as diffusion-pipe does)\n" +
+                         "\n".join(f"- {b.size[0]}×{b.size[1]}: {_count(b.examples, 'example')}" for b in dropped))
+        return "\n\n".join(parts)
+
+    def table(self) -> list[list[str]]:
+        rows = []
+        for info in self.images:
+            bucket = ", ".join(f"{w}×{h}" for w, h in info.buckets) or "—"
+            kept = f"{100 * info.kept:.0f}%" if info.crop else "—"
+            scale = f"×{info.scale:.2f}" if info.crop else "—"
+            caption = info.captions[0] if info.captions else "(none)"
+            rows.append([info.path.name, f"{info.width}×{info.height}", bucket, kept, scale, str(info.examples),
+                         caption, "; ".join(info.issues) or "✓"])
+        return rows
+
+    def bucket_table(self) -> list[list[str]]:
+        return [[f"{b.size[0]}×{b.size[1]}", f"{b.ar:g}", str(b.images), str(b.examples), str(b.steps),
+                 "dropped: fewer examples than one global batch" if b.dropped else ""] for b in self.buckets]
+
+    def find(self, name: str) -> ImageInfo | None:
+        return next((i for i in self.images if i.path.name == name or str(i.path) == name), None)
+
+
+TABLE_HEADERS = ["file", "size", "bucket", "crop keeps", "scale", "examples", "caption", "issues"]
+BUCKET_HEADERS = ["bucket", "aspect", "images", "examples", "steps/epoch", "note"]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def kind(issue: str) -> str:
+    """The kind of an issue (its words before the first colon), for counting."""
+    return issue.split(":", 1)[0]
+
+
+def _dataset_for(source: Path, resolution: int, ar_buckets: bool) -> tuple[dict, str]:
+    if source.is_file():
+        try:
+            dataset = tomllib.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetReportError(f"{source} cannot be read as a dataset TOML: {exc}") from None
+        dataset = dict(dataset)
+        dataset["directory"] = [{k: (str((source.parent / Path(str(v)).expanduser()).resolve())
+                                     if k in _PATH_KEYS else v) for k, v in d.items()}
+                                for d in dataset.get("directory", [])]
+        return dataset, f"Buckets from `{source.name}` (its resolutions and aspect-ratio settings)."
+    if not source.is_dir():
+        raise DatasetReportError(f"{source} is neither a folder nor a dataset TOML: type the folder that holds your "
+                                 "images, or the dataset .toml of a profile")
+    settings = {"resolutions": [resolution], **(DEFAULT_AR if ar_buckets else {"enable_ar_bucket": False})}
+    words = (f"aspect-ratio buckets {DEFAULT_AR['min_ar']}–{DEFAULT_AR['max_ar']} ({DEFAULT_AR['num_ar_buckets']})"
+             if ar_buckets else "one square bucket")
+    return ({**settings, "directory": [{"path": str(source.resolve())}]},
+            f"Buckets for resolution {resolution} with {words}; open the dataset TOML instead to use its settings.")
+
+
+def crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of a ``width`` × ``height`` picture that a centre crop to ``size``'s aspect ratio keeps (what
+    Pillow's ``ImageOps.fit`` resizes from, and so what the trainer sees)."""
+    out_ratio, ratio = size[0] / size[1], width / height
+    if ratio == out_ratio:
+        w, h = float(width), float(height)
+    elif ratio > out_ratio:
+        w, h = out_ratio * height, float(height)
+    else:
+        w, h = float(width), width / out_ratio
+    left, top = (width - w) / 2, (height - h) / 2
+    return left, top, left + w, top + h
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """How crisp the strongest edges are: the 99.5th percentile of the Laplacian's magnitude over the picture's
+    contrast (1st to 99th percentile of brightness). Flat artwork with clean edges scores as high as a detailed
+    photo; a blurred picture of either scores a fraction of it."""
+    g = gray.astype(np.float32)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = np.abs(-4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
+    contrast = float(np.percentile(g, 99) - np.percentile(g, 1))
+    return float(np.percentile(lap, 99.5)) / max(contrast, 1.0)
+
+
+def estimate_tokens(caption: str) -> int:
+    """T5 (sentencepiece) tokens of a caption, estimated: about 1.3 per word plus punctuation."""
+    words = re.findall(r"\w+", caption)
+    return math.ceil(1.3 * len(words)) + len(re.findall(r"[^\w\s]", caption)) + 1
+
+
+def _raw_captions(path: Path, folder_captions: dict | None) -> list[str] | None:
+    if folder_captions is not None:
+        return folder_captions.get(path.name)
+    txt = path.with_suffix(".txt")
+    return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else None
+
+
+def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
+            global_batch: int = 1, seed: int = 0) -> DatasetReport:
+    """Read a dataset folder (buckets for ``resolution``) or a dataset TOML (its own settings) and check it."""
+    source = Path(str(source)).expanduser()
+    if global_batch < 1:
+        raise DatasetReportError(f"global batch {global_batch} must be at least 1 (micro batch × accumulation)")
+    dataset, settings_text = _dataset_for(source, resolution, ar_buckets)
+    quiet, data.log.disabled = data.log.disabled, True  # its skip warnings become the report's issues
+    try:
+        items = data.scan_dataset(dataset, seed)
+    except RuntimeError:
+        items = []  # no captioned image: still show the folder and say why
+    except (ValueError, FileNotFoundError) as exc:
+        raise DatasetReportError(str(exc)) from None
+    finally:
+        data.log.disabled = quiet
+    by_path: dict[Path, list[data.Item]] = {}
+    for item in items:
+        by_path.setdefault(item.path, []).append(item)
+    infos, thumbs = [], {}
+    for directory in dataset.get("directory", []):
+        folder = Path(directory["path"])
+        settings = data.directory_settings(dataset, directory)
+        skip_empty = bool(settings.get("skip_empty_caption", True))
+        prefix = str(settings.get("caption_prefix", ""))
+        captions_json = data.read_captions(folder)
+        for path in data.media_files(folder):
+            info = ImageInfo(path)
+            infos.append(info)
+            thumb = _open(info)
+            if thumb is None:
+                continue
+            thumbs[path] = thumb
+            raw = _raw_captions(path, captions_json)
+            info.captions = raw or []
+            own = by_path.get(path, [])
+            info.examples = sum(i.repeats for i in own)
+            info.buckets = list(dict.fromkeys(i.size for i in own))
+            _caption_issues(info, raw, skip_empty, trigger.strip(), prefix)
+            _crop_issues(info)
+    _blur_outliers(infos)
+    duplicates = _duplicates(thumbs, infos)
+    return DatasetReport(source, settings_text, global_batch, infos, _buckets(items, global_batch),
+                         _tags(infos, dataset), duplicates, thumbs)
+
+
+def _open(info: ImageInfo) -> Image.Image | None:
+    """Read the size and sharpness of the picture; its thumbnail, or None (with the issue noted)."""
+    if info.path.suffix.lower() in data.VIDEO_SUFFIXES:
+        info.issues.append("video: the native trainer trains Chroma on images only")
+        return None
+    try:
+        with Image.open(info.path) as img:
+            info.width, info.height = img.size
+            img.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))
+            view = data._rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        info.issues.append(f"unreadable: Pillow cannot open it ({exc})")
+        return None
+    view.thumbnail((SHARPNESS_SIDE, SHARPNESS_SIDE))  # enough pixels to see blur
+    info.sharpness = sharpness(np.asarray(view.convert("L")))
+    view.thumbnail((THUMB, THUMB))
+    return view
+
+
+def _caption_issues(info: ImageInfo, raw: list[str] | None, skip_empty: bool, trigger: str, prefix: str) -> None:
+    if raw is None:
+        info.issues.append("no caption: skipped (skip_empty_caption = true)" if skip_empty else
+                           "no caption: trained with an empty caption")
+        return
+    if not any(c.strip() for c in raw):
+        info.issues.append("empty caption: the caption is empty")
+    if trigger and not any(trigger.lower() in (prefix + c).lower() for c in raw):  # as trained: with the prefix
+        info.issues.append(f"no trigger: '{trigger}' is in none of its captions")
+    longest = max((estimate_tokens(prefix + c) for c in raw), default=0)
+    if longest > T5_TOKENS:
+        info.issues.append(f"long caption: about {longest} T5 tokens, T5 reads the first {T5_TOKENS}")
+
+
+def _crop_issues(info: ImageInfo) -> None:
+    if not info.buckets:
+        return
+    w, h = info.buckets[0]
+    info.crop = crop_box(info.width, info.height, (w, h))
+    left, top, right, bottom = info.crop
+    info.kept = (right - left) * (bottom - top) / (info.width * info.height)
+    info.scale = w / (right - left)
+    if info.scale > 1.05:
+        info.issues.append(f"upscaled: ×{info.scale:.1f} to its {w}×{h} bucket (the picture is below the training "
+                           "resolution; it will look soft)")
+    if info.kept < HEAVY_CROP:
+        info.issues.append(f"heavy crop: the centre crop to {w}×{h} cuts {100 * (1 - info.kept):.0f}% of the "
+                           "picture (crop it yourself, or widen the aspect-ratio range)")
+
+
+def _blur_outliers(infos: list[ImageInfo]) -> None:
+    values = [i.sharpness for i in infos if i.width]
+    if len(values) < 4:
+        return
+    median = statistics.median(values)
+    if median <= 0:
+        return
+    for info in infos:
+        if info.width and info.sharpness < BLUR_RATIO * median:
+            info.issues.append(f"blurry: {100 * info.sharpness / median:.0f}% of the dataset's median sharpness")
+
+
+def _duplicates(thumbs: dict[Path, Image.Image], infos: list[ImageInfo]) -> list[tuple[str, str, int]]:
+    hashes = [(path, imagehash.phash(thumb)) for path, thumb in thumbs.items()]
+    pairs = []
+    for i, (a, ha) in enumerate(hashes):
+        for b, hb in hashes[i + 1:]:
+            distance = ha - hb
+            if distance <= DUPLICATE_DISTANCE:
+                pairs.append((a.name, b.name, int(distance)))
+    by_name = {info.path.name: info for info in infos}
+    for a, b, distance in pairs:
+        by_name[b].issues.append(f"near-duplicate: of {a} (hash distance {distance})")
+    return pairs
+
+
+def _buckets(items: list[data.Item], global_batch: int) -> list[BucketRow]:
+    groups: dict[tuple[float, int, int], list[data.Item]] = {}
+    for item in items:
+        groups.setdefault(item.bucket_key, []).append(item)
+    rows = []
+    for (ar, w, h), members in sorted(groups.items(), key=lambda kv: (kv[0][1] * kv[0][2], kv[0][0])):
+        examples = sum(i.repeats for i in members)
+        rows.append(BucketRow((w, h), ar, len({i.path for i in members}), examples, examples // global_batch,
+                              examples < global_batch))
+    return rows
+
+
+def _tags(infos: list[ImageInfo], dataset: dict) -> list[tuple[str, int]]:
+    """Tag counts when captions are tag lists (they hold the shuffle delimiter), most common first."""
+    delimiter = str(dataset.get("cache_shuffle_delimiter", ", ")).strip() or ","
+    counts: Counter = Counter()
+    for info in infos:
+        for caption in info.captions:
+            if delimiter in caption:
+                counts.update({t.strip() for t in caption.split(delimiter) if t.strip()})
+    return counts.most_common()
+
+
+def crop_preview(info: ImageInfo, size: int = 384) -> Image.Image:
+    """The picture with what the crop cuts away dimmed and the kept part outlined, beside the training view
+    (centre-cropped and resized to its bucket, exactly as the trainer loads it)."""
+    with Image.open(info.path) as img:
+        img.load()
+        rgb = data._rgb(img)
+    shown = rgb.copy()
+    shown.thumbnail((size, size))
+    if info.crop is None or not info.buckets:
+        return shown
+    factor = shown.width / rgb.width
+    left, top, right, bottom = (v * factor for v in info.crop)
+    dim = Image.new("RGB", shown.size, (0, 0, 0))
+    mask = Image.new("L", shown.size, 150)
+    ImageDraw.Draw(mask).rectangle((left, top, right, bottom), fill=0)
+    shown = Image.composite(dim, shown, mask)
+    ImageDraw.Draw(shown).rectangle((left, top, right - 1, bottom - 1), outline=(255, 140, 0), width=2)
+    trained = ImageOps.fit(rgb, info.buckets[0])
+    trained.thumbnail((size, size))
+    gap = 12
+    canvas = Image.new("RGB", (shown.width + gap + trained.width, max(shown.height, trained.height)),
+                       (255, 255, 255))
+    canvas.paste(shown, (0, 0))
+    canvas.paste(trained, (shown.width + gap, 0))
+    return canvas
