@@ -55,5 +55,11 @@ def build_app(services: Services) -> gr.Blocks:
                                  lib.queue_pick])
         monitor.wire(mon, services, current_run, demo, tokens)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
+        # The wizard's dataset, opened in the dataset browser at the preset's resolution.
+        wiz.browse_dataset.click(lambda folder, preset: (gr.Tabs(selected=TAB_DATASETS), folder,
+                                                         1024 if "1024" in (preset or "") else 512),
+                                 inputs=[wiz.dataset, wiz.preset], outputs=[tabs, data.folder, data.resolution],
+                                 api_visibility="private").then(**datasets.browse_event(data),
+                                                                api_visibility="private")
         api.register(services)
     return demo

@@ -120,9 +120,15 @@ def image_detail(report: DatasetReport | None, name: str):
     return picture, "\n\n".join(lines)
 
 
+def browse_event(h: DatasetHandles) -> dict:
+    """Keyword arguments of an event (or ``.then``) that browses what the tab's inputs say."""
+    return dict(fn=browse, inputs=[h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch],
+                outputs=[h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail])
+
+
 def wire(h: DatasetHandles, services: Services) -> None:
-    inputs = [h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch]
-    outputs = [h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail]
+    event = browse_event(h)
+    inputs, outputs = event["inputs"], event["outputs"]
     h.load.click(browse, inputs=inputs, outputs=outputs, api_name="browse_dataset")
     h.folder.submit(browse, inputs=inputs, outputs=outputs, api_visibility="private")
 

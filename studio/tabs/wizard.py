@@ -41,6 +41,7 @@ class WizardHandles:
     dataset: gr.Textbox
     check_dataset: gr.Button
     dataset_report: gr.Markdown
+    browse_dataset: gr.Button
     preset: gr.Radio
     output_dir: gr.Textbox
     run_name: gr.Textbox
@@ -75,7 +76,10 @@ def render(services: Services) -> WizardHandles:
             next1 = gr.Button("Next: dataset →", elem_id="wiz-next-1")
         with gr.Step("2 · Dataset", id=2):
             dataset = gr.Textbox(label="Dataset folder (images + same-name .txt captions)", elem_id="wiz-dataset")
-            check_dataset = gr.Button("Check dataset", elem_id="wiz-check-dataset")
+            with gr.Row():
+                check_dataset = gr.Button("Check dataset", elem_id="wiz-check-dataset")
+                browse_dataset = gr.Button("Open in the dataset browser (buckets, crops, health)",
+                                           elem_id="wiz-browse-dataset")
             dataset_report = gr.Markdown(elem_id="wiz-dataset-report")
             with gr.Row():
                 back2 = gr.Button("← Back", elem_id="wiz-back-2")
@@ -107,7 +111,8 @@ def render(services: Services) -> WizardHandles:
     for button, target in ((next1, 2), (back2, 1), (next2, 3), (back3, 2), (back4, 3)):
         button.click(lambda t=target: gr.Walkthrough(selected=t), outputs=steps)
     return WizardHandles(profile_path, start, message, steps, diffusers, transformer, check_models,
-                         models_report, dataset, check_dataset, dataset_report, preset, output_dir, run_name,
+                         models_report, dataset, check_dataset, dataset_report, browse_dataset, preset, output_dir,
+                         run_name,
                          card, checkpointing, swap, vram, review, main_text, dataset_text, issues, profile_name,
                          launch, launch_message)
 

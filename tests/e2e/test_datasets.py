@@ -66,3 +66,14 @@ def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     assert "bucket 720×368" in page.locator("#datasets-detail").inner_text()
     page.locator("#datasets-preview img").wait_for()
     shot(page, "datasets-flawed")
+
+
+def test_the_wizard_opens_its_dataset_in_the_browser(page, studio):
+    page.goto(studio)
+    page.locator("#wiz-next-1").click()
+    _type(page, "wiz-dataset", str(REPO_ROOT / "assets" / "demo" / "dataset"))
+    page.locator("#wiz-browse-dataset").click()
+    # The browser tab opens on that folder at the preset's resolution: the 64-pixel demo pictures are upscaled.
+    page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
+    assert "24 upscaled" in page.locator("#datasets-summary").inner_text()
+    assert page.locator("#datasets-folder textarea, #datasets-folder input").first.input_value().endswith("dataset")
