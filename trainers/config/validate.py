@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from trainers.config import paths_check, rules, rules_dataset, rules_native, unknown_keys
+from trainers.config import paths_check, rules, rules_dataset, rules_lora, rules_native, unknown_keys
 from trainers.config.issues import ConfigIssue, ConfigParseError, Reporter
 from trainers.config.schema_dataset import DatasetConfig
 from trainers.config.schema_main import MainConfig
@@ -83,6 +83,7 @@ def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path],
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
         paths_check.check_paths(paths_check.main_paths(clean), base_dir, report)
+        rules_lora.check_loras(clean, base_dir, report)
     return report.issues
 
 
