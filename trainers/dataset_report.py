@@ -15,6 +15,7 @@ re-derivation. Health checks on top:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -27,6 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from trainers.files import atomic_write_text
 from trainers.native import data
 
 DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
@@ -56,6 +58,9 @@ class ImageInfo:
     scale: float = 1.0  # bucket width / crop width: > 1 means upscaled
     sharpness: float = 0.0
     issues: list[str] = field(default_factory=list)
+    in_json: bool = False  # its folder has captions.json (which wins over .txt files, as in training)
+    prefix: str = ""  # caption_prefix of its directory
+    skip_empty: bool = True
 
     @property
     def trained(self) -> bool:
@@ -82,6 +87,7 @@ class DatasetReport:
     tags: list[tuple[str, int]]
     duplicates: list[tuple[str, str, int]]
     thumbs: dict[Path, Image.Image] = field(default_factory=dict, repr=False)
+    trigger: str = ""
 
     @property
     def problems(self) -> Counter:
@@ -242,6 +248,7 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             thumbs[path] = thumb
             raw = _raw_captions(path, captions_json)
             info.captions = raw or []
+            info.in_json, info.prefix, info.skip_empty = captions_json is not None, prefix, skip_empty
             own = by_path.get(path, [])
             info.examples = sum(i.repeats for i in own)
             info.buckets = list(dict.fromkeys(i.size for i in own))
@@ -250,7 +257,7 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
     _blur_outliers(infos)
     duplicates = _duplicates(thumbs, infos)
     return DatasetReport(source, settings_text, global_batch, infos, _buckets(items, global_batch),
-                         _tags(infos, dataset), duplicates, thumbs)
+                         _tags(infos, dataset), duplicates, thumbs, trigger.strip())
 
 
 def _open(info: ImageInfo) -> Image.Image | None:
@@ -300,6 +307,32 @@ def _crop_issues(info: ImageInfo) -> None:
     if info.kept < HEAVY_CROP:
         info.issues.append(f"heavy crop: the centre crop to {w}×{h} cuts {100 * (1 - info.kept):.0f}% of the "
                            "picture (crop it yourself, or widen the aspect-ratio range)")
+
+
+CAPTION_KINDS = ("no caption", "empty caption", "no trigger", "long caption")
+
+
+def save_captions(report: DatasetReport, info: ImageInfo, captions: list[str]) -> Path:
+    """Write an image's captions where the trainer reads them (its ``.txt``, or its entry in the folder's
+    ``captions.json``), atomically, and update the report's view of it; returns the file written."""
+    captions = [c.strip() for c in captions if c.strip()]
+    if not captions:
+        raise DatasetReportError("the caption is empty: type one (an image without a caption is skipped)")
+    if info.in_json:
+        target = info.path.parent / data.CAPTIONS_JSON
+        entries = data.read_captions(info.path.parent) or {}
+        entries[info.path.name] = captions
+        atomic_write_text(target, json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    else:
+        if len(captions) > 1:
+            raise DatasetReportError(f"{info.path.stem}.txt holds one caption: join the lines, or use a "
+                                     "captions.json for several captions per image")
+        target = info.path.with_suffix(".txt")
+        atomic_write_text(target, captions[0] + "\n")
+    info.captions = captions
+    info.issues = [i for i in info.issues if kind(i) not in CAPTION_KINDS]
+    _caption_issues(info, captions, info.skip_empty, report.trigger, info.prefix)
+    return target
 
 
 def _blur_outliers(infos: list[ImageInfo]) -> None:

@@ -21,6 +21,7 @@ from trainers.dataset_report import (
     DatasetReportError,
     analyse,
     crop_preview,
+    save_captions,
 )
 
 GALLERY_LIMIT = 300  # thumbnails sent to the page; the table lists every image
@@ -44,6 +45,10 @@ class DatasetHandles:
     tags: gr.Dataframe
     health: gr.Markdown
     report: gr.State
+    selected: gr.State
+    caption: gr.Textbox
+    save_caption: gr.Button
+    caption_message: gr.Markdown
 
 
 def render(services: Services) -> DatasetHandles:
@@ -68,6 +73,10 @@ def render(services: Services) -> DatasetHandles:
             preview = gr.Image(label="Crop: the picture (dimmed = cut away) · what the trainer sees", type="pil",
                                interactive=False, height=320, elem_id="datasets-preview")
             detail = gr.Markdown("", elem_id="datasets-detail")
+            caption = gr.Textbox(label="Caption of the selected image (captions.json: one per line)", lines=3,
+                                 elem_id="datasets-caption")
+            save_caption = gr.Button("Save caption", size="sm", elem_id="datasets-save-caption")
+            caption_message = gr.Markdown("", elem_id="datasets-caption-message")
     with gr.Tabs():
         with gr.Tab("Images"):
             table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="datasets-table")
@@ -78,7 +87,8 @@ def render(services: Services) -> DatasetHandles:
         with gr.Tab("Health"):
             health = gr.Markdown("", elem_id="datasets-health")
     return DatasetHandles(folder, resolution, ar_buckets, trigger, batch, load, summary, gallery, preview, detail,
-                          table, buckets, tags, health, gr.State(None))
+                          table, buckets, tags, health, gr.State(None), gr.State(""), caption, save_caption,
+                          caption_message)
 
 
 def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1):
@@ -88,7 +98,7 @@ def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: 
                          trigger=trigger or "", global_batch=int(batch or 1))
     except (DatasetReportError, ValueError) as exc:
         message = f"⚠ {exc}"
-        return message, [], [], [], [], "", None, None, ""
+        return message, [], [], [], [], "", None, None, "", "", ""
     items = [(report.thumbs[i.path], f"{i.path.name}: {i.captions[0] if i.captions else '(no caption)'}")
              for i in report.images if i.path in report.thumbs][:GALLERY_LIMIT]
     summary = report.summary_markdown()
@@ -96,14 +106,14 @@ def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: 
         summary += f"\n\nThe gallery shows the first {GALLERY_LIMIT} images; the table lists them all."
     tags = [[tag, str(count)] for tag, count in report.tags[:200]]
     return (summary, items, report.table(), report.bucket_table(), tags, report.health_markdown(), report, None,
-            "")
+            "", "", "")
 
 
 def image_detail(report: DatasetReport | None, name: str):
     """The crop preview and the facts of one image of the report."""
     info = report.find(name) if report else None
     if info is None:
-        return None, ""
+        return None, "", "", ""
     lines = [f"**{info.path.name}** · {info.width}×{info.height}"]
     if info.buckets:
         left, top, right, bottom = info.crop
@@ -117,13 +127,29 @@ def image_detail(report: DatasetReport | None, name: str):
         picture = crop_preview(info)
     except OSError:
         picture = None
-    return picture, "\n\n".join(lines)
+    return picture, "\n\n".join(lines), info.path.name, "\n".join(info.captions)
+
+
+def save_caption(report: DatasetReport | None, name: str, text: str):
+    """Write the selected image's caption; the table, summary and health list follow."""
+    info = report.find(name) if report and name else None
+    if info is None:
+        raise gr.Error("Click an image first, then edit its caption.")
+    try:
+        target = save_captions(report, info, (text or "").splitlines() if info.in_json else [(text or "").strip()])
+    except (DatasetReportError, OSError) as exc:
+        raise gr.Error(str(exc)) from exc
+    note = "" if info.trained else " It had no caption before: press **Browse** to count its buckets and steps."
+    picture, detail, _, _ = image_detail(report, name)
+    return (f"✓ Saved `{target.name}`.{note}", detail, report.table(), report.summary_markdown(),
+            report.health_markdown())
 
 
 def browse_event(h: DatasetHandles) -> dict:
     """Keyword arguments of an event (or ``.then``) that browses what the tab's inputs say."""
     return dict(fn=browse, inputs=[h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch],
-                outputs=[h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail])
+                outputs=[h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail,
+                         h.selected, h.caption])
 
 
 def wire(h: DatasetHandles, services: Services) -> None:
@@ -141,5 +167,8 @@ def wire(h: DatasetHandles, services: Services) -> None:
         images = report.images if report else []
         return image_detail(report, images[row].path.name if 0 <= row < len(images) else "")
 
-    h.gallery.select(on_gallery, inputs=h.report, outputs=[h.preview, h.detail], api_visibility="private")
-    h.table.select(on_row, inputs=h.report, outputs=[h.preview, h.detail], api_visibility="private")
+    picked = [h.preview, h.detail, h.selected, h.caption]
+    h.gallery.select(on_gallery, inputs=h.report, outputs=picked, api_visibility="private")
+    h.table.select(on_row, inputs=h.report, outputs=picked, api_visibility="private")
+    h.save_caption.click(save_caption, inputs=[h.report, h.selected, h.caption],
+                         outputs=[h.caption_message, h.detail, h.table, h.summary, h.health], api_visibility="private")

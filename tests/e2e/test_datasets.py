@@ -66,6 +66,15 @@ def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     assert "bucket 720×368" in page.locator("#datasets-detail").inner_text()
     page.locator("#datasets-preview img").wait_for()
     shot(page, "datasets-flawed")
+    # Fix the blurred picture's caption (it lacks the trigger word): written to its .txt, the issue goes.
+    page.locator("#datasets-gallery button", has_text="blurred").first.click()
+    page.wait_for_function(f"{_text('datasets-detail')}.includes('blurred.png')")
+    assert page.locator("#datasets-caption textarea").input_value() == "a soft picture"
+    _type(page, "datasets-caption", "zxq, a soft picture")
+    page.locator("#datasets-save-caption").click()
+    page.wait_for_function(f"{_text('datasets-caption-message')}.includes('Saved')")
+    assert (folder / "blurred.txt").read_text() == "zxq, a soft picture\n"
+    assert "no trigger" not in page.locator("#datasets-summary").inner_text()
 
 
 def test_the_wizard_opens_its_dataset_in_the_browser(page, studio):

@@ -90,3 +90,29 @@ def test_token_estimate_flags_captions_t5_cannot_read(tmp_path):
     report = analyse(folder, resolution=512)
     (clean_a,) = [i for i in report.images if i.path.stem == "clean_a"]
     assert any(issue.startswith("long caption: about") for issue in clean_a.issues)
+
+
+def test_captions_are_saved_where_the_trainer_reads_them(tmp_path):
+    from trainers.dataset_report import save_captions
+
+    folder = flawed_dataset(tmp_path / "ds")
+    report = analyse(folder, resolution=512, trigger="zxq")
+    blurred = report.find("blurred.png")
+    assert any(i.startswith("no trigger") for i in blurred.issues)
+    assert save_captions(report, blurred, ["zxq, a soft picture"]) == folder / "blurred.txt"
+    assert (folder / "blurred.txt").read_text() == "zxq, a soft picture\n"
+    assert [i.split(":")[0] for i in blurred.issues] == ["blurry"]  # the trigger issue is gone, blur stays
+    uncaptioned = report.find("uncaptioned.png")
+    save_captions(report, uncaptioned, ["zxq, noise"])
+    assert not uncaptioned.issues and not list(folder.glob(".*tmp*"))  # written through a temp file, renamed
+    with pytest.raises(DatasetReportError, match="holds one caption"):
+        save_captions(report, uncaptioned, ["one", "two"])
+    with pytest.raises(DatasetReportError, match="the caption is empty"):
+        save_captions(report, uncaptioned, ["  "])
+    # A folder with captions.json: the entry is replaced, the other entries stay.
+    (folder / "captions.json").write_text(json.dumps({"small.png": ["zxq tiny"], "clean_a.png": ["zxq a"]}))
+    report = analyse(folder, resolution=512)
+    save_captions(report, report.find("small.png"), ["zxq, first", "zxq, second"])
+    assert json.loads((folder / "captions.json").read_text()) == {"small.png": ["zxq, first", "zxq, second"],
+                                                                  "clean_a.png": ["zxq a"]}
+    assert analyse(folder, resolution=512).find("small.png").captions == ["zxq, first", "zxq, second"]
