@@ -94,8 +94,9 @@ def render(services: Services) -> DatasetHandles:
 def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1):
     """Read and check a dataset folder or TOML: summary, thumbnails, per-image table, buckets, tags, health."""
     try:
-        report = analyse((folder_text or "").strip(), resolution=int(resolution or 1024), ar_buckets=bool(ar_buckets),
-                         trigger=trigger or "", global_batch=int(batch or 1))
+        side = _whole_number(resolution, 1024, "resolution", "a side in pixels such as 512 or 1024")
+        report = analyse((folder_text or "").strip(), resolution=side, ar_buckets=bool(ar_buckets),
+                         trigger=trigger or "", global_batch=_whole_number(batch, 1, "global batch", "1 or more"))
     except (DatasetReportError, ValueError) as exc:
         message = f"⚠ {exc}"
         return message, [], [], [], [], "", None, None, "", "", ""
@@ -107,6 +108,18 @@ def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: 
     tags = [[tag, str(count)] for tag, count in report.tags[:200]]
     return (summary, items, report.table(), report.bucket_table(), tags, report.health_markdown(), report, None,
             "", "", "")
+
+
+def _whole_number(value, default: int, what: str, hint: str) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetReportError(f"{what} {value!r} is not a number: type {hint}") from None
+    if number != int(number) or number < 1:
+        raise DatasetReportError(f"{what} {value!r} must be a whole number of at least 1: type {hint}")
+    return int(number)
 
 
 def image_detail(report: DatasetReport | None, name: str):

@@ -116,3 +116,12 @@ def test_captions_are_saved_where_the_trainer_reads_them(tmp_path):
     assert json.loads((folder / "captions.json").read_text()) == {"small.png": ["zxq, first", "zxq, second"],
                                                                   "clean_a.png": ["zxq a"]}
     assert analyse(folder, resolution=512).find("small.png").captions == ["zxq, first", "zxq, second"]
+
+
+def test_the_browser_names_a_bad_resolution_or_batch():
+    from studio.tabs.datasets import browse
+
+    folder = str(REPO / "assets" / "demo" / "dataset")
+    assert browse(folder, "big")[0] == "⚠ resolution 'big' is not a number: type a side in pixels such as 512 or 1024"
+    assert "global batch 0 must be a whole number" in browse(folder, 64, True, "", 0)[0]
+    assert browse(folder, "64", True, "", 2.0)[0].startswith("**24 images**")
