@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio import api
+from studio import api, wizard_view
 from studio.services import Services
 from studio.tabs import builder, datasets, monitor, profiles, runs, wizard
 
@@ -57,7 +57,7 @@ def build_app(services: Services) -> gr.Blocks:
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
         # The wizard's dataset, opened in the dataset browser at the preset's resolution.
         wiz.browse_dataset.click(lambda folder, preset: (gr.Tabs(selected=TAB_DATASETS), folder,
-                                                         1024 if "1024" in (preset or "") else 512),
+                                                         wizard_view.preset_resolution(preset)),
                                  inputs=[wiz.dataset, wiz.preset], outputs=[tabs, data.folder, data.resolution],
                                  api_visibility="private").then(**datasets.browse_event(data),
                                                                 api_visibility="private")

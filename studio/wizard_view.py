@@ -16,6 +16,11 @@ from trainers.vram import VramSettings, advice, estimate
 PRESETS = ("Chroma E6AI 512", "Chroma E6AI 1024")  # shipped profiles (profiles/e6ai_*)
 
 
+def preset_resolution(preset: str | None) -> int:
+    """The training resolution a preset stands for."""
+    return 1024 if "1024" in (preset or "") else 512
+
+
 def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]:
     """A report on the two model paths a Chroma config needs, and whether both are usable."""
     lines, ok = [], True

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from trainers.files import atomic_write_text
 from trainers.native import data
+from trainers.runs import resolve_config_path
 
 DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
 THUMB = 256
@@ -159,10 +160,8 @@ def _dataset_for(source: Path, resolution: int, ar_buckets: bool) -> tuple[dict,
             dataset = tomllib.loads(source.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DatasetReportError(f"{source} cannot be read as a dataset TOML: {exc}") from None
-        dataset = dict(dataset)
-        dataset["directory"] = [{k: (str((source.parent / Path(str(v)).expanduser()).resolve())
-                                     if k in _PATH_KEYS else v) for k, v in d.items()}
-                                for d in dataset.get("directory", [])]
+        dataset["directory"] = [{k: str(resolve_config_path(source.parent, str(v))) if k in _PATH_KEYS else v
+                                 for k, v in d.items()} for d in dataset.get("directory", [])]
         return dataset, f"Buckets from `{source.name}` (its resolutions and aspect-ratio settings)."
     if not source.is_dir():
         raise DatasetReportError(f"{source} is neither a folder nor a dataset TOML: type the folder that holds your "
@@ -206,13 +205,6 @@ def estimate_tokens(caption: str) -> int:
     return math.ceil(1.3 * len(words)) + len(re.findall(r"[^\w\s]", caption)) + 1
 
 
-def _raw_captions(path: Path, folder_captions: dict | None) -> list[str] | None:
-    if folder_captions is not None:
-        return folder_captions.get(path.name)
-    txt = path.with_suffix(".txt")
-    return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else None
-
-
 def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
             global_batch: int = 1, seed: int = 0) -> DatasetReport:
     """Read a dataset folder (buckets for ``resolution``) or a dataset TOML (its own settings) and check it."""
@@ -246,7 +238,7 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             if thumb is None:
                 continue
             thumbs[path] = thumb
-            raw = _raw_captions(path, captions_json)
+            raw = data.captions_of(path, captions_json)
             info.captions = raw or []
             info.in_json, info.prefix, info.skip_empty = captions_json is not None, prefix, skip_empty
             own = by_path.get(path, [])

@@ -28,7 +28,6 @@ from pathlib import Path
 from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
 
-LAYOUTS = ("comfyui", "diffusers", "kohya", "peft")
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 # (A suffix, B suffix) of LoRA keys: peft/diffusers/ComfyUI, then kohya.
@@ -129,8 +128,13 @@ class LoraCheck:
     unchecked: list[str] = field(default_factory=list)
 
     @property
+    def problems(self) -> list[str]:
+        """Every problem found, unmatched keys first."""
+        return self.unmatched + self.mismatched + self.half_pairs + self.not_lora
+
+    @property
     def ok(self) -> bool:
-        return not (self.unmatched or self.mismatched or self.half_pairs or self.not_lora)
+        return not self.problems
 
     def summary(self) -> str:
         rank = ", ".join(str(r) for r in self.ranks) or "?"
@@ -283,8 +287,8 @@ def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
     message = f"{name} key check: {report.summary()}{against}"
     if report.ok:
         return "info", message
-    first = (report.unmatched + report.mismatched + report.half_pairs + report.not_lora)[:3]
-    return "warning", f"{message}; e.g. {'; '.join(first)}. Run `dp-studio check-lora {lora}` for the full list."
+    return "warning", (f"{message}; e.g. {'; '.join(report.problems[:3])}. Run `dp-studio check-lora {lora}` for "
+                       "the full list.")
 
 
 def add_check_lora(sub) -> None:

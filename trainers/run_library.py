@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trainers.checkpoints import saves_root
+from trainers.checkpoints import ADAPTER_FILE, saves_root
 from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
-from trainers.runs import RunError, RunInfo, write_json_atomic
+from trainers.runs import RunError, RunInfo, resolve_config_path, write_json_atomic
 
 BEST_FILE = "best.json"
 _SAVED = re.compile(r"^(epoch|step)(\d+)$")
@@ -105,9 +105,7 @@ def base_model_path(info: RunInfo) -> Path | None:
     if not isinstance(value, str) or not value:
         return None
     source = info.meta.get("source_main")
-    base = Path(source).parent if isinstance(source, str) and source else info.run_dir
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    return resolve_config_path(Path(source).parent if isinstance(source, str) and source else info.run_dir, value)
 
 
 def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraCheck:
@@ -117,7 +115,7 @@ def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraChe
         if folder not in saved_folders(info.run_dir, info.meta):
             raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the "
                            "list")
-        file = info.run_dir / folder / "adapter_model.safetensors"
+        file = info.run_dir / folder / ADAPTER_FILE
     try:
         return check_lora(file, base_model_path(info))
     except (LoraCheckError, ValueError) as exc:

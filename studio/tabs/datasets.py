@@ -19,6 +19,7 @@ from trainers.dataset_report import (
     TABLE_HEADERS,
     DatasetReport,
     DatasetReportError,
+    ImageInfo,
     analyse,
     crop_preview,
     save_captions,
@@ -101,13 +102,18 @@ def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: 
         message = f"⚠ {exc}"
         return message, [], [], [], [], "", None, None, "", "", ""
     items = [(report.thumbs[i.path], f"{i.path.name}: {i.captions[0] if i.captions else '(no caption)'}")
-             for i in report.images if i.path in report.thumbs][:GALLERY_LIMIT]
+             for i in _gallery_images(report)]
     summary = report.summary_markdown()
     if len(report.thumbs) > GALLERY_LIMIT:
         summary += f"\n\nThe gallery shows the first {GALLERY_LIMIT} images; the table lists them all."
     tags = [[tag, str(count)] for tag, count in report.tags[:200]]
     return (summary, items, report.table(), report.bucket_table(), tags, report.health_markdown(), report, None,
             "", "", "")
+
+
+def _gallery_images(report: DatasetReport) -> list[ImageInfo]:
+    """The images the gallery shows, in its order (a click's index points into this list)."""
+    return [i for i in report.images if i.path in report.thumbs][:GALLERY_LIMIT]
 
 
 def _whole_number(value, default: int, what: str, hint: str) -> int:
@@ -127,6 +133,14 @@ def image_detail(report: DatasetReport | None, name: str):
     info = report.find(name) if report else None
     if info is None:
         return None, "", "", ""
+    try:
+        picture = crop_preview(info)
+    except OSError:
+        picture = None
+    return picture, _facts(info), info.path.name, "\n".join(info.captions)
+
+
+def _facts(info: ImageInfo) -> str:
     lines = [f"**{info.path.name}** · {info.width}×{info.height}"]
     if info.buckets:
         left, top, right, bottom = info.crop
@@ -136,11 +150,7 @@ def image_detail(report: DatasetReport | None, name: str):
                      f"{'' if info.examples == 1 else 's'} per epoch")
     lines += [f"- {caption}" for caption in info.captions[:8]] or ["- (no caption)"]
     lines += [f"⚠ {issue}" for issue in info.issues]
-    try:
-        picture = crop_preview(info)
-    except OSError:
-        picture = None
-    return picture, "\n\n".join(lines), info.path.name, "\n".join(info.captions)
+    return "\n\n".join(lines)
 
 
 def save_caption(report: DatasetReport | None, name: str, text: str):
@@ -153,8 +163,7 @@ def save_caption(report: DatasetReport | None, name: str, text: str):
     except (DatasetReportError, OSError) as exc:
         raise gr.Error(str(exc)) from exc
     note = "" if info.trained else " It had no caption before: press **Browse** to count its buckets and steps."
-    picture, detail, _, _ = image_detail(report, name)
-    return (f"✓ Saved `{target.name}`.{note}", detail, report.table(), report.summary_markdown(),
+    return (f"✓ Saved `{target.name}`.{note}", _facts(info), report.table(), report.summary_markdown(),
             report.health_markdown())
 
 
@@ -172,7 +181,7 @@ def wire(h: DatasetHandles, services: Services) -> None:
     h.folder.submit(browse, inputs=inputs, outputs=outputs, api_visibility="private")
 
     def on_gallery(report, evt: gr.SelectData):
-        shown = [i for i in (report.images if report else []) if i.path in report.thumbs][:GALLERY_LIMIT]
+        shown = _gallery_images(report) if report else []
         return image_detail(report, shown[evt.index].path.name if 0 <= evt.index < len(shown) else "")
 
     def on_row(report, evt: gr.SelectData):

@@ -178,7 +178,7 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
                   outputs=[current_run, tabs, mon.picker, h.message, *mon.scrub_reset]).then(**stream)
     h.check_models.click(lambda d, t: wv.check_models(d, t)[0], inputs=[h.diffusers, h.transformer],
                          outputs=h.models_report)
-    h.check_dataset.click(lambda d, p: wv.check_dataset(d, 1024 if "1024" in p else 512)[0],
+    h.check_dataset.click(lambda d, p: wv.check_dataset(d, wv.preset_resolution(p))[0],
                           inputs=[h.dataset, h.preset], outputs=h.dataset_report)
     gr.on([h.preset.input, h.card.input, h.checkpointing.input, h.swap.release, h.steps.change], on_vram,
           inputs=[*choice_inputs, h.card], outputs=h.vram)

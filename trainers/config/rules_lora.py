@@ -9,20 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from trainers.checkpoint_probe import ProbeError
+from trainers.checkpoints import ADAPTER_FILE
 from trainers.config.issues import Reporter
 from trainers.config.paths_check import placeholder_text, resolve
 from trainers.lora_check import LoraCheckError, check_lora
 
-ADAPTER_FILE = "adapter_model.safetensors"
-
 
 def _lora_file(path: Path) -> Path:
     return path / ADAPTER_FILE if path.is_dir() else path
-
-
-def _problems(report) -> str:
-    first = (report.unmatched + report.mismatched + report.half_pairs + report.not_lora)[:2]
-    return f"{report.summary()}; e.g. {'; '.join(first)}"
 
 
 def check_loras(data: dict[str, Any], bases: Sequence[Path], report: Reporter) -> None:
@@ -53,7 +47,8 @@ def check_loras(data: dict[str, Any], bases: Sequence[Path], report: Reporter) -
                          "point it at a saved epoch folder or a LoRA .safetensors file")
             continue
         if not found.ok:
-            report.error(dotted, f"the LoRA does not fit the model: {_problems(found)}",
+            report.error(dotted, f"the LoRA does not fit the model: {found.summary()}; e.g. "
+                                 f"{'; '.join(found.problems[:2])}",
                          f"pick a LoRA trained for this Chroma model (`dp-studio check-lora {file}` lists every key)")
             continue
         rank = adapter.get("rank")

@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.checkpoints import ADAPTER_FILE
 from trainers.commands import Command, take_commands
 from trainers.diffusion_pipe.discover import find_new_run_dir, lora_ready, saved_folders
 from trainers.diffusion_pipe.install import checkout_health
@@ -43,7 +44,7 @@ from trainers.events import (
     PhaseEvent,
 )
 from trainers.lora_check import log_line as lora_log_line
-from trainers.runs import RUN_FILE, write_json_atomic
+from trainers.runs import RUN_FILE, resolve_config_path, write_json_atomic
 
 POLL_S = 0.5
 TERM_WAIT_S = 10.0  # after SIGTERM, this long before SIGKILL
@@ -103,7 +104,7 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
     base = model.get("transformer_path")
     return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
                 secrets=[key] if key else [], check_loras=model.get("type") == "chroma" and schedule.save_kind == "lora",
-                lora_base=source_dir / Path(base).expanduser() if isinstance(base, str) and base else None)
+                lora_base=resolve_config_path(source_dir, base) if isinstance(base, str) and base else None)
 
 
 def resume_folder(value: object, run_dir: Path) -> Path | None:
@@ -385,8 +386,7 @@ class Supervisor:
 
     def _check_lora(self, path: str) -> None:
         """Log whether the saved LoRA's keys fit the base model (the file users load in ComfyUI)."""
-        level, message = lora_log_line(Path(path).name, self.run_dir / path / "adapter_model.safetensors",
-                                       self.plan.lora_base)
+        level, message = lora_log_line(Path(path).name, self.run_dir / path / ADAPTER_FILE, self.plan.lora_base)
         self.events.emit(LogEvent(level=level, message=message))
 
 

@@ -304,10 +304,11 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _captions_for(path: Path, d: _Directory) -> list[str] | None:
-    """The captions of a file, or None when it has none (no captions.json entry, no .txt)."""
-    if d.captions is not None:
-        return d.captions.get(path.name)
+def captions_of(path: Path, folder_captions: dict[str, list[str]] | None) -> list[str] | None:
+    """The captions of a file: its folder's ``captions.json`` entry when the folder has one, else its ``.txt``;
+    None when it has none."""
+    if folder_captions is not None:
+        return folder_captions.get(path.name)
     txt = path.with_suffix(".txt")
     return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else None
 
@@ -335,7 +336,7 @@ def _items_for(path: Path, d: _Directory) -> list[Item]:
     if size is None:
         log.warning("skipping %s: not an image Pillow can open", path.name)
         return []
-    captions = _captions_for(path, d)
+    captions = captions_of(path, d.captions)
     if captions is None:
         if d.skip_empty:
             log.warning("skipping %s: no caption (skip_empty_caption = true)", path.name)

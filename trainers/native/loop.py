@@ -48,6 +48,7 @@ from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr, set_optimizer_mode
 from trainers.native.sampling import render_samples
 from trainers.native.settings import RunSettings, check_supported, read_toml
+from trainers.runs import resolve_config_path
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Trainer:
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
         # As the family resolves it: relative to the working directory, the source config's folder.
-        self.base_model_path = Path.cwd() / Path(model["transformer_path"]).expanduser() \
+        self.base_model_path = resolve_config_path(Path.cwd(), model["transformer_path"]) \
             if isinstance(model.get("transformer_path"), str) else None
         self.loss_cfg = LossConfig.from_config(config)
         self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
