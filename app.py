@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -59,6 +60,8 @@ def build(roots=None):
     demo_main = prepare_demo()
     manager = RunManager(roots)
     manager.resume_queue()  # runs queued before a restart still start when the device frees up
+    # Runs whose trainer died while no server watched get their ``failed`` event now (trainers/run_death.py).
+    threading.Thread(target=manager.runs, daemon=True, name="explain-dead-runs").start()
     services = Services(manager=manager, demo_main=demo_main, allowed_roots=list(manager.roots))
     return studio.build_app(services), services
 

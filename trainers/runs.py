@@ -29,6 +29,7 @@ from trainers.event_hub import EventHub
 from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
 from trainers.files import atomic_write_json
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
+from trainers.run_death import claim, explain_death, leg_closed
 from trainers.run_queue import RunQueue
 
 RUN_FILE = "run.json"
@@ -395,8 +396,29 @@ class RunManager:
         write_json_atomic(run_dir / RUN_FILE, meta)
         with self._lock:
             self._children[run_dir.name] = proc
-        # Reap the child when it ends so it never lingers as a zombie that looks alive.
-        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{run_dir.name}").start()
+        # Reap the child when it ends so it never lingers as a zombie that looks alive, and explain its end
+        # when it did not (kill -9, a crash): this process alone sees the signal or exit code.
+        threading.Thread(target=self._reap, args=(run_dir, proc), daemon=True, name=f"reap-{run_dir.name}").start()
+
+    @staticmethod
+    def _reap(run_dir: Path, proc: subprocess.Popen) -> None:
+        proc.wait()
+        explain_death(run_dir, proc.pid, proc.returncode)
+
+    def _explain_if_dead(self, run_dir: Path, meta: dict) -> None:
+        """A started run whose process is gone without a closing event gets its ``failed`` event now."""
+        pid = meta.get("pid")
+        if not pid or meta.get("external"):
+            return
+        with self._lock:
+            proc = self._children.get(run_dir.name)
+        returncode = None
+        if proc is not None and proc.pid == pid:
+            try:
+                returncode = proc.wait(timeout=2.0)  # dead already: only the reaper thread's race to wait on
+            except subprocess.TimeoutExpired:
+                return
+        explain_death(run_dir, pid, returncode)
 
     # ---- finding --------------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -415,6 +437,9 @@ class RunManager:
         alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time")) or (
             bool(meta.get("external")) and time.time() - float(meta.get("synced_mtime", 0)) < EXTERNAL_LIVE_S)
         status = derive_status(load_all(run_dir), alive, meta)
+        if status == "interrupted" and meta.get("pid"):
+            self._explain_if_dead(run_dir, meta)
+            status = derive_status(load_all(run_dir), alive, meta)
         return RunInfo(run_id=run_dir.name, run_dir=run_dir, name=meta.get("name", run_dir.name),
                        backend=meta.get("backend", "native"), created=meta.get("created", ""),
                        status=status, pid=meta.get("pid"), meta=meta)
@@ -480,7 +505,10 @@ class RunManager:
             return False
         if self._queued_meta(run_dir) is not None:
             return True
-        return _pid_alive(meta.get("pid"), meta.get("pid_create_time"))
+        if _pid_alive(meta.get("pid"), meta.get("pid_create_time")):
+            return True
+        self._explain_if_dead(run_dir, meta)  # its watchers read the explanation before their stream ends
+        return False
 
     def send(self, run_id: str, command: Command | str) -> None:
         """Queue ``command`` for the run's trainer (taken at its next step boundary)."""
@@ -494,6 +522,7 @@ class RunManager:
         info = self.info(run_id)
         if not info.pid or not info.live:
             return
+        explain = claim(info.run_dir, info.pid)  # the reaper and the monitors then leave the explanation to us
         try:
             os.killpg(info.pid, 15)
             psutil.Process(info.pid).wait(timeout=timeout_s)
@@ -502,7 +531,8 @@ class RunManager:
         except psutil.TimeoutExpired:
             os.killpg(info.pid, 9)
         # The trainer is gone, so this process may write the run's closing event for it.
-        EventWriter(info.run_dir).emit(FailedEvent(error="killed from the studio after it did not stop"))
+        if explain and not leg_closed(load_all(info.run_dir)):
+            EventWriter(info.run_dir).emit(FailedEvent(error="killed from the studio after it did not stop"))
 
 
 def _create_time(pid: int) -> float | None:

@@ -63,12 +63,12 @@ def test_status_is_derived_from_events_and_pid():
     assert derive_status(steps + [FinishedEvent(step=1, epoch=1)], alive=False) == "completed"
 
 
-def test_a_run_whose_process_died_reads_as_interrupted(manager, tmp_path):
+def test_a_run_whose_process_died_reads_as_failed(manager, tmp_path):
     run_dir = tmp_path / "runs" / "20260101_00-00-00"
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"pid": 999999999, "name": "x", "created": "2026"}))
     EventWriter(run_dir).emit(StepEvent(step=1, epoch=1, loss=1.0, lr=0.1))
-    assert manager.info("20260101_00-00-00").status == "interrupted"
+    assert manager.info("20260101_00-00-00").status == "failed"  # explained on sight (run_death.py)
     assert [b for b in manager.event_batches("20260101_00-00-00")][0][0].kind == "step"
 
 
