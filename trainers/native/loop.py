@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
 import random
 import time
@@ -26,6 +25,7 @@ from trainers.lora_check import log_line as lora_log_line
 from trainers.native import cache as cache_mod
 from trainers.native import state as state_mod
 from trainers.native.data import scan_dataset, subsample_ratio
+from trainers.native.divergence import DivergenceGuard
 from trainers.native.evaluate import EvalSet, eval_sets_from_config, evaluate
 from trainers.native.families.base import Family, dtype_of
 from trainers.native.flow import (
@@ -59,7 +59,15 @@ MAX_SKIPPED_STEPS = 20  # nonfinite_loss = "skip": this many non-finite steps in
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss (or the gradient norm) became NaN or infinite."""
+    """Training diverged: the loss, the gradient norm or the LoRA weights became NaN, infinite or absurd."""
+
+
+def _save_step(name: str) -> int:
+    """The step of a ``step<N>`` / ``global_step<N>`` folder name; -1 for any other name."""
+    for prefix in (STATE_PREFIX, "step"):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return int(name[len(prefix):])
+    return -1
 
 
 def load_family(model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> Family:
@@ -159,6 +167,9 @@ class Trainer:
         if self.resume:
             resumed_at = self._restore(self.resume)
         self.metrics = Metrics(self.s.run_dir, config, resumed_at)
+        self.guard = DivergenceGuard([p for _, p in self.params])
+        self.guard.take((self.step, self.epoch, self.steps_into_epoch, self.examples), self.optimizer,
+                        state_mod.rng_states(self.rng, self.generator))  # the start is sane by definition
 
     def _attach_adapter(self, config: dict) -> None:
         table = config.get("adapter")
@@ -310,6 +321,8 @@ class Trainer:
 
     def _optimizer_step(self, micro_batches: list[cache_mod.Batch]) -> None:
         started = time.time()
+        rng = state_mod.rng_states(self.rng, self.generator)  # what this step starts from, for the guard's copy
+        position = (self.step, self.epoch, self.steps_into_epoch, self.examples)
         lr = lr_at(self.step, self.base_lr, self.s.warmup_steps, self.s.lr_scheduler, self.schedule_steps)
         if "force_constant_lr" in self.s.config:
             lr = self.base_lr
@@ -319,42 +332,64 @@ class Trainer:
             loss = self._micro_batch_loss(batch) / len(micro_batches)
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = None
-        if self.s.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.s.grad_clip))
+        params = [p for _, p in self.params]
+        if self.s.grad_clip > 0:  # the norm before clipping, as diffusion-pipe reports it
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         self.step += 1
         self.steps_into_epoch += 1
         self.examples += self.s.global_batch
-        if not math.isfinite(loss_sum) or (grad_norm is not None and not math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._non_finite(loss_sum, grad_norm)
+        why = self.guard.check_signals(loss_sum, norm)
+        if why is None:
+            self.guard.confirm(loss_sum, norm, position, self.optimizer, rng)
+            self.optimizer.step()
+            why = self.guard.check_weights()
+        self.optimizer.zero_grad(set_to_none=True)
+        if why is not None:
+            self._diverged(why, lr)
             return
         self.skipped_in_a_row = 0
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.epoch_losses.append(loss_sum)
-        self._emit_step(loss_sum, lr, grad_norm, time.time() - started)
+        self._emit_step(loss_sum, lr, norm if self.s.grad_clip > 0 else None, time.time() - started)
 
-    def _non_finite(self, loss: float, grad_norm: float | None) -> None:
-        """A NaN/inf loss or gradient: the weights were not updated; skip the step or save and stop."""
-        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    def _diverged(self, why: str, lr: float) -> None:
+        """A diverging step (trainers/native/divergence.py): back to the last sane weights; skip on, or save and
+        stop with a fix that works."""
+        snap = self.guard.restore(self.optimizer)
         self.skipped_in_a_row += 1
         if self.nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPPED_STEPS:
-            self._log(f"non-finite {what} at step {self.step}: step skipped, weights unchanged "
+            self._log(f"{why} at step {self.step}: step skipped, weights back to those of step {snap.position[0]} "
                       f"([studio] nonfinite_loss = 'skip')", "warning")
             return
-        why = (f"{MAX_SKIPPED_STEPS} non-finite steps in a row" if self.nonfinite == "skip"
-               else f"non-finite {what} at step {self.step}")
-        self._log(f"{why}: saving the last good LoRA and training state, then stopping", "error")
-        self.step -= 1  # the step did not happen: saves carry the last good step
-        self.steps_into_epoch -= 1
-        self.examples -= self.s.global_batch
-        if self.last_saved_step != self.step:
+        failed_at = self.step
+        if self.nonfinite == "skip":
+            why = f"{MAX_SKIPPED_STEPS} diverging steps in a row (the last: {why})"
+        self.step, self.epoch, self.steps_into_epoch, self.examples = snap.position
+        self._log(f"{why} at step {failed_at}: saving the last sane LoRA and training state (step {self.step}), "
+                  "then stopping", "error")
+        later = sorted(p.name for p in self.s.run_dir.iterdir() if p.is_dir() and _save_step(p.name) > self.step)
+        if later:
+            self._log(f"{', '.join(later)} hold weights saved after step {self.step}, on the way to this divergence: "
+                      f"use step{self.step} / {STATE_PREFIX}{self.step}", "warning")
+        if self.step > 0 and self.last_saved_step != self.step:
             self.save_now(f"step{self.step}")
-        if self.last_state_step != self.step:
-            self.checkpoint_now()
-        raise NonFiniteLoss(f"{why}. Fix: lower [optimizer] lr, check [model] dtype / transformer_dtype, then resume "
-                            f"from {STATE_PREFIX}{self.step}; or set [studio] nonfinite_loss = 'skip'")
+        if self.step > 0 and self.last_state_step != self.step:
+            self.checkpoint_now(rng=snap.rng)
+        raise NonFiniteLoss(f"{why} at step {failed_at}. {self._fix(why, lr)}")
+
+    def _fix(self, why: str, lr: float) -> str:
+        key = "force_constant_lr" if "force_constant_lr" in self.s.config else "[optimizer] lr"
+        config = self.s.run_dir / self.s.main_path.name
+        lower = f"set {key} = {min(lr / 10, 1e-3):.3g} (this step used {lr:.3g})"
+        if self.step == 0:
+            return f"Fix: {lower} in your config and start the run again (no step was sane enough to save)."
+        fix = (f"Fix: {lower} in {config} (the copy of the config a resume reads), then resume from "
+               f"{STATE_PREFIX}{self.step}; or start a new run from the LoRA step{self.step} with the lower lr.")
+        if why.startswith("non-finite") and self.nonfinite == "stop":
+            fix += (" If [model] dtype / transformer_dtype is float16, use bfloat16; if one bad batch caused it, "
+                    "[studio] nonfinite_loss = 'skip' drops such steps.")
+        return fix
 
     def _micro_batch_loss(self, batch: cache_mod.Batch) -> torch.Tensor:
         x0, text, mask = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
@@ -471,12 +506,13 @@ class Trainer:
         level, message = lora_log_line(name, self.s.run_dir / name / ADAPTER_FILE, self.base_model_path)
         self._log(message, level)
 
-    def checkpoint_now(self) -> None:
-        """Write the full training state (``global_step<N>/``) for an exact resume."""
+    def checkpoint_now(self, rng: dict | None = None) -> None:
+        """Write the full training state (``global_step<N>/``) for an exact resume (``rng``: the random states
+        to record, when they are not the current ones)."""
         self._set_phase("saving", f"{STATE_PREFIX}{self.step}")
         position = state_mod.Position(self.step, self.epoch, self.steps_into_epoch, self.examples)
         folder = state_mod.save_state(self.s.run_dir, position, dict(self.params), self.optimizer,
-                                      state_mod.rng_states(self.rng, self.generator))
+                                      rng or state_mod.rng_states(self.rng, self.generator))
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=folder.name, what="state"))
         self.last_state_step, self.last_state_time = self.step, time.time()
         if self.metrics is not None:
