@@ -11,8 +11,12 @@ Two kinds, never confused in the UI:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -117,3 +121,64 @@ def latest_state(run_dir: Path) -> ResumePoint | None:
     """The newest full training state of a native run, or None."""
     points = sorted(state_points(run_dir), key=lambda p: p.step)
     return points[-1] if points else None
+
+
+# ---- saving with room to spare ---------------------------------------------------------------------------------
+MB = 1024 * 1024
+SPACE_MARGIN = 1.1  # a save needs its estimated size plus this share
+WARN_SAVES = 2  # the monitor warns when less room is left than this many saves need
+# torch.save reports a failed write as a RuntimeError from its zip writer, never as ENOSPC.
+_TORCH_WRITE_FAILURES = ("inline_container", "file write failed", "No space left", "unexpected pos")
+
+
+class DiskFullError(OSError):
+    """A save found (or ran into) too little free space; the message names the save, the need and the room."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the filesystem holding ``folder`` (or its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_full_message(name: str, need: int, free: int, previous: str) -> str:
+    return (f"no space left on device while saving {name} (need ≈ {need / MB:.1f} MB, {free / MB:.1f} MB free); "
+            f"{previous}. Free some space (old runs, their global_step folders) and resume or save again.")
+
+
+def _write_failed(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES)
+
+
+@contextlib.contextmanager
+def room_for(folder: Path, name: str, need: int, previous: str) -> Iterator[None]:
+    """Refuse a save of ``need`` bytes into ``folder`` that cannot fit, and turn a disk-full failure while it
+    writes (ENOSPC, or torch's zip-writer error) into a :class:`DiskFullError` that says what happened.
+    ``previous`` tells the user what is still intact (the save itself must write atomically)."""
+    free = free_bytes(folder)
+    if free < need * SPACE_MARGIN:
+        raise DiskFullError(disk_full_message(name, need, free, previous))
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, DiskFullError) or not _write_failed(exc):
+            raise
+        raise DiskFullError(disk_full_message(name, need, free_bytes(folder), previous)) from exc
+
+
+def space_warning(folder: Path, need_per_save: int) -> str | None:
+    """A warning when ``folder`` has room for fewer than ``WARN_SAVES`` saves of ``need_per_save`` bytes."""
+    free = free_bytes(folder)
+    if free >= WARN_SAVES * need_per_save * SPACE_MARGIN:
+        return None
+    return (f"disk nearly full: {free / MB:.1f} MB free for {folder}, and the next save needs ≈ "
+            f"{need_per_save / MB:.1f} MB; free some space before it (a save that does not fit is refused and "
+            "the run stops, its previous saves intact)")

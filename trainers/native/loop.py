@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.checkpoints import STATE_PREFIX
+from trainers.checkpoints import STATE_PREFIX, room_for, space_warning
 from trainers.commands import Command, take_commands
 from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
 from trainers.lora_check import log_line as lora_log_line
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 FAMILIES = {"chroma": "trainers.native.families.chroma:ChromaFamily"}
 
 
+SPACE_CHECK_S = 60.0  # how often the free space of the run folder is checked while training
 MAX_SKIPPED_STEPS = 20  # nonfinite_loss = "skip": this many non-finite steps in a row stop the run anyway
 
 
@@ -112,6 +113,7 @@ class Trainer:
         self.step_seconds: float | None = None
         self.epoch_losses: list[float] = []
         self.skipped_in_a_row = 0
+        self.space_checked = -SPACE_CHECK_S
         self.metrics: Metrics | None = None
         config = settings.config
         model = config.get("model", {})
@@ -424,6 +426,18 @@ class Trainer:
             self.sample_now()
         if self.checkpoint_minutes and time.time() - self.last_state_time >= 60 * float(self.checkpoint_minutes):
             self.checkpoint_now()
+        self._check_space()
+
+    def _check_space(self) -> None:
+        """Warn in the monitor (once a minute at most) while the disk has room for fewer than two saves."""
+        now = time.time()
+        if now - self.space_checked < SPACE_CHECK_S:
+            return
+        self.space_checked = now
+        need = state_mod.state_bytes(dict(self.params), self.optimizer)
+        warning = space_warning(self.s.run_dir, need + state_mod.tensor_bytes(dict(self.params)))
+        if warning is not None:
+            self._log(warning, "warning")
 
     def _handle_commands(self) -> bool:
         """Take waiting commands; True when the run must stop now (after saving the LoRA and the state)."""
@@ -497,8 +511,10 @@ class Trainer:
         self._set_phase("saving", name)
         with self._eval_weights():
             tensors, extra = self.family.export_lora(lora_state_dict(self.family.transformer))
-        save_lora(self.s.run_dir / name, tensors, adapter_config(self.rank, self.dropout, extra),
-                  self.s.main_path, self.save_dtype)
+        with room_for(self.s.run_dir, name, state_mod.tensor_bytes(tensors) + 64 * 1024,
+                      "the LoRAs saved before are intact"):
+            save_lora(self.s.run_dir / name, tensors, adapter_config(self.rank, self.dropout, extra),
+                      self.s.main_path, self.save_dtype)
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=name, what="lora"))
         self.last_saved_step = self.step
         print(f"Saving model to directory {name}", flush=True)

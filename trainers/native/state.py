@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.checkpoints import LATEST_FILE, STATE_FILE, STATE_META, STATE_PREFIX
+from trainers.checkpoints import LATEST_FILE, STATE_FILE, STATE_META, STATE_PREFIX, room_for
 from trainers.files import atomic_write_text
 
 
@@ -73,26 +73,53 @@ def restore_rng(states: dict, rng: random.Random, generator: torch.Generator) ->
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def tensor_bytes(tree) -> int:
+    """Bytes of every tensor in a nested dict / list (a LoRA, an optimizer state dict)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def state_bytes(lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+    """About what ``save_state`` writes: the LoRA, the optimizer state, and room for RNG states and metadata."""
+    return tensor_bytes(lora) + tensor_bytes(optimizer.state_dict()["state"]) + 256 * 1024
+
+
+def _previous(run_dir: Path) -> str:
+    try:
+        name = (run_dir / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return "no earlier training state was touched"
+    return f"the previous state ({name}) is intact" if (run_dir / name).is_dir() else "nothing else was touched"
+
+
 def save_state(run_dir: Path, position: Position, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                rng: dict, extra: dict | None = None) -> Path:
-    """Write ``global_step<N>/`` atomically and point ``latest`` at it; returns the folder."""
+    """Write ``global_step<N>/`` atomically and point ``latest`` at it; returns the folder. A save that cannot fit
+    is refused before it writes, and one that runs out of room while writing leaves no trace
+    (``DiskFullError`` says how much it needed and how much was free)."""
     name = f"{STATE_PREFIX}{position.step}"
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        torch.save({"lora": {k: v.detach().cpu() for k, v in lora.items()},
-                    "optimizer": optimizer.state_dict(), "rng": rng}, tmp / STATE_FILE)
-        meta = {**asdict(position), "time": time.time(), **(extra or {})}
-        (tmp / STATE_META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-        if final.exists():  # the same step saved twice (e.g. Save now, then Stop): keep the newest
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(run_dir / LATEST_FILE, name + "\n")
+    with room_for(run_dir, name, state_bytes(lora, optimizer), _previous(run_dir)):
+        tmp.mkdir(parents=True)
+        try:
+            torch.save({"lora": {k: v.detach().cpu() for k, v in lora.items()},
+                        "optimizer": optimizer.state_dict(), "rng": rng}, tmp / STATE_FILE)
+            meta = {**asdict(position), "time": time.time(), **(extra or {})}
+            (tmp / STATE_META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+            if final.exists():  # the same step saved twice (e.g. Save now, then Stop): keep the newest
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(run_dir / LATEST_FILE, name + "\n")
     return final
 
 
