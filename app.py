@@ -68,6 +68,7 @@ def build(roots=None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     import studio
+    from studio.api import MAX_THREADS, QUEUE_SETTINGS
     from studio.layout import CSS
 
     args = parse_args(argv)
@@ -75,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks, services = build()
     studio.freeze_startup_objects()
     print(f"dp-studio on http://{args.host}:{args.port}", flush=True)
-    blocks.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS,
+    blocks.queue(**QUEUE_SETTINGS).launch(
+        server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS, max_threads=MAX_THREADS,
         allowed_paths=[str(p) for p in services.allowed_roots], footer_links=["api"], quiet=True, show_error=True,
     )
     return 0

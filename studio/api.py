@@ -150,6 +150,16 @@ class RunsApi:
         return f"deleted {run_id}"
 
 
+# Serving limits (app.py and the test server use these). Gradio runs each step of a sync generator in a worker
+# thread from one pool (``launch(max_threads=...)``, 40 by default), and a live stream (a ``watch_events`` client,
+# a monitor tab) holds its thread while it waits for the next event: with the default, the 41st watcher of a run
+# got no stream at all (its client timed out, then hung). ``STREAMS`` live streams fit next to the default pool
+# of 40 for everything else; the queue itself is unbounded (a stream's event has no concurrency limit).
+STREAMS = 100
+MAX_THREADS = STREAMS + 40
+QUEUE_SETTINGS = {"default_concurrency_limit": 4, "max_size": None}
+
+
 def register(services: Services) -> None:
     """Register the endpoints on the Blocks being built (call inside its ``with`` block)."""
     api = RunsApi(services.manager)

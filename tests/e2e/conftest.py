@@ -28,12 +28,14 @@ def _free_port() -> int:
 def serve(services):
     """Launch the studio for ``services`` on a free loopback port; returns (blocks, url)."""
     import studio
+    from studio.api import MAX_THREADS, QUEUE_SETTINGS
     from studio.layout import CSS
 
     blocks = studio.build_app(services)
     port = _free_port()
-    blocks.queue(default_concurrency_limit=4).launch(
+    blocks.queue(**QUEUE_SETTINGS).launch(  # the limits app.py serves with
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True, css=CSS,
+        max_threads=int(os.environ.get("DP_STUDIO_BENCH_MAX_THREADS", MAX_THREADS)),
         allowed_paths=[str(p) for p in services.allowed_roots])
     return blocks, f"http://127.0.0.1:{port}/"
 
