@@ -5,11 +5,14 @@ current leg has neither, whoever notices first (the RunManager that reaps the ch
 next server start listing runs) writes one ``failed`` event with what it can see: the signal or exit code when
 it is the parent, and the last lines of ``stdout.log`` (the child's stdout and stderr). Several observers,
 in one process or several, may notice at once: the first to create ``.dead-<pid>`` in the run folder
-(``O_CREAT | O_EXCL``) writes the event, the others write nothing.
+(``O_CREAT | O_EXCL``) writes the event, the others write nothing. A resume claims the previous trainer's marker
+before it appends its ``resumed`` event, and run.json must still name the pid, so a late observer of an earlier
+leg never explains a leg that is not its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -70,10 +73,18 @@ def output_tail(run_dir: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+def _current_pid(run_dir: Path) -> int | None:
+    """The pid run.json names now (a resumed run names its new trainer's); None when unreadable or unset."""
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
 def explain_death(run_dir: Path, pid: int, returncode: int | None = None) -> FailedEvent | None:
     """Write the one ``failed`` event for a trainer that ended without a closing event; None when it needs none
     (the run closed itself, or another observer explained it already)."""
-    if leg_closed(load_all(run_dir)) or not claim(run_dir, pid):
+    if leg_closed(load_all(run_dir)) or _current_pid(run_dir) not in (pid, None) or not claim(run_dir, pid):
         return None
     if leg_closed(load_all(run_dir)):  # it closed itself between the two reads: nothing to explain
         return None

@@ -238,6 +238,8 @@ class RunManager:
         if info.backend != "native":
             return self.start(source, name=name, max_steps=max_steps, backend=info.backend,
                               resume=str(info.run_dir))
+        if info.pid:  # its last leg was closed or explained just now (info): nobody may explain it after the resume
+            claim(info.run_dir, info.pid)
         meta = dict(info.meta)
         meta.update(resume_from=point, pid=None, pid_create_time=None, queued=False, cancelled=False,
                     resumed=datetime.now(UTC).isoformat(timespec="seconds"))

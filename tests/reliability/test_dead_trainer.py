@@ -105,3 +105,16 @@ def test_a_run_that_closed_itself_gets_no_explanation(tmp_path):
     EventWriter(run_dir).emit(FinishedEvent(step=1, epoch=1))
     assert RunManager([tmp_path / "runs"]).info(run_dir.name).status == "completed"
     assert _failed(run_dir) == []
+
+
+def test_a_late_observer_of_an_earlier_leg_does_not_explain_the_resumed_one(tmp_path):
+    from trainers.events import FinishedEvent, ResumedEvent
+    from trainers.run_death import explain_death
+
+    run_dir = _dead_run(tmp_path)
+    EventWriter(run_dir).emit(FinishedEvent(step=1, epoch=1, reason="stopped"))
+    EventWriter(run_dir).emit(ResumedEvent(step=1, epoch=1, checkpoint="global_step1"))
+    # The first leg's reaper runs only now: the run names its new trainer already.
+    (run_dir / "run.json").write_text(json.dumps({"pid": os.getpid(), "name": "x", "created": "2026"}))
+    assert explain_death(run_dir, 999999999, returncode=0) is None
+    assert _failed(run_dir) == []
