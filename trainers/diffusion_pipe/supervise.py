@@ -95,10 +95,7 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
                             "(secret store) or set WANDB_API_KEY")
     spec = build_launch(health.launcher, health.root, copy.main,
                         settings_from_studio(studio, resume=resume.name if resume else None), wandb_key=key)
-    optimizer = data.get("optimizer") if isinstance(data.get("optimizer"), dict) else {}
-    schedule = Schedule(epochs=data.get("epochs"), max_steps=meta.get("max_steps") or data.get("max_steps"),
-                        initial_lr=float(optimizer.get("lr", 0.0) or 0.0),
-                        save_kind="lora" if data.get("adapter") else "model")
+    schedule = Schedule.of(data, max_steps=meta.get("max_steps"))
     grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     base = model.get("transformer_path")
