@@ -87,6 +87,25 @@ def test_a_run_goes_to_completion_with_lr_epochs_and_checkpoints(manager, tmp_pa
     wait_for(lambda: manager.info(run_id).status == "completed")
 
 
+def test_eval_losses_are_read_from_tensorboard_while_the_run_goes_on(manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DP_STEP_S", "0.25")
+    folder = tmp_path / "p"
+    main = profile(folder, extra="eval_every_n_epochs = 1\neval_datasets = [{name = 'held', config = 'eval.toml'}]")
+    (folder / "held").mkdir()
+    (folder / "held" / "h.png").write_bytes(b"png")
+    (folder / "held" / "h.txt").write_text("a held-out photo")
+    (folder / "eval.toml").write_text("resolutions = [64]\n\n[[directory]]\npath = 'held'\n")
+    run_id = manager.start(main, backend="diffusion-pipe")
+    events = list(manager.events(run_id))
+    evals = [ev for ev in events if ev.kind == "eval"]
+    # Before the first step, then after each epoch (3 steps each), at the epoch that ended (train.py:908, :947).
+    assert [(e.name, e.step, e.epoch) for e in evals] == [("held", 0, 1), ("held", 3, 1), ("held", 6, 2)]
+    assert len(evals[0].quantiles) == 9 and evals[0].loss == pytest.approx(0.35)  # the fake's mean at x = 0
+    order = [(ev.kind, getattr(ev, "step", None)) for ev in events]
+    assert order.index(("eval", 0)) < order.index(("step", 4))  # live, not only once the run ended
+    assert events[-1].kind == "finished"
+
+
 def test_a_saved_lora_whose_keys_do_not_fit_is_a_warning_in_the_log(manager, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DP_MODE", "bad_lora")
     run_id = manager.start(profile(tmp_path / "p", epochs=1), backend="diffusion-pipe")

@@ -199,6 +199,11 @@ class LogParser:
                                    detail=tail))
         return out
 
+    def epoch_of(self, step: int) -> int:
+        """The epoch ``step`` belongs to (an eval at the end of epoch N comes after ``Started new epoch: N+1``)."""
+        started = [epoch for epoch, start in self.epoch_starts.items() if start < step]
+        return max(started) if started else (1 if step == 0 else self.epoch)
+
     def total_steps(self) -> int | None:
         """Total optimizer steps: epochs × inferred steps per epoch, capped by max_steps."""
         s = self.schedule
