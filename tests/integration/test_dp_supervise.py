@@ -106,6 +106,31 @@ def test_eval_losses_are_read_from_tensorboard_while_the_run_goes_on(manager, tm
     assert events[-1].kind == "finished"
 
 
+def test_regenerate_cache_in_the_config_reaches_diffusion_pipe_as_its_flag(manager, tmp_path):
+    main = profile(tmp_path / "p", epochs=1)
+
+    def stdout_of_a_run() -> str:
+        run_id = manager.start(main, backend="diffusion-pipe")
+        assert list(manager.events(run_id))[-1].kind == "finished"
+        return (manager.run_dir(run_id) / "stdout.log").read_text()
+
+    assert "[CACHE] Storing new fingerprint" in stdout_of_a_run()  # first run: nothing cached yet
+    assert "[CACHE] Storing new fingerprint" not in stdout_of_a_run()  # second: all from the cache
+    main.write_text(main.read_text().replace("\nepochs = 1\n", "\nepochs = 1\nregenerate_cache = true\n"))
+    assert "[CACHE] Storing new fingerprint" in stdout_of_a_run()  # cleared, as --regenerate_cache does
+
+
+def test_more_than_three_resolutions_need_the_studio_key(manager, tmp_path):
+    main = profile(tmp_path / "p", epochs=1)
+    (tmp_path / "p" / "ds.toml").write_text("resolutions = [64, 128, 192, 256]\n\n[[directory]]\npath = 'images'\n")
+    refused = list(manager.events(manager.start(main, backend="diffusion-pipe")))
+    assert refused[-1].kind == "failed" and "[studio] i_know_what_i_am_doing = true" in refused[-1].error
+    with main.open("a") as f:
+        f.write("i_know_what_i_am_doing = true\n")  # the [studio] table is last
+    done = list(manager.events(manager.start(main, backend="diffusion-pipe")))
+    assert done[-1].kind == "finished" and max(ev.step for ev in done if ev.kind == "step") == 12  # 4 x 3 images
+
+
 def test_a_saved_lora_whose_keys_do_not_fit_is_a_warning_in_the_log(manager, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DP_MODE", "bad_lora")
     run_id = manager.start(profile(tmp_path / "p", epochs=1), backend="diffusion-pipe")

@@ -63,7 +63,8 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
             warnings.append("W&B is enabled but no API key is stored. Fix: save it in the studio's settings "
                             "(secret store) or set WANDB_API_KEY")
     spec = build_launch(health.launcher, health.root, copy.main,
-                        settings_from_studio(studio, resume=resume.name if resume else None), wandb_key=key)
+                        settings_from_studio(studio, resume=resume.name if resume else None,
+                                             regenerate_cache=data.get("regenerate_cache") is True), wandb_key=key)
     schedule = Schedule.of(data, max_steps=meta.get("max_steps"))
     grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
