@@ -33,11 +33,10 @@ def scenario(root: Path) -> Path:
     return main
 
 
-def fake_output(main: Path, *flags: str) -> str:
+def fake_output(main: Path, *flags: str, **env: str) -> str:
     done = subprocess.run([sys.executable, "train.py", "--deepspeed", "--config", str(main), *flags], cwd=FAKE,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"FAKE_DP_STEP_S": "0",
-                                                                                  "PATH": "/usr/bin:/bin"},
-                          timeout=60, check=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={"FAKE_DP_STEP_S": "0", "PATH": "/usr/bin:/bin", **env}, timeout=60, check=True)
     return done.stdout.decode()
 
 
@@ -56,3 +55,33 @@ def test_a_second_run_prints_the_cached_lines_and_regenerate_cache_the_cleared_o
     # utils/dataset.py:99-100: regenerate_cache clears each cache in the caching pass, so Cache.init runs again.
     assert sum("[CACHE] Storing new fingerprint" in p for p in regenerated) == 6
     assert sum("Creating new shard: shard_0" in p for p in regenerated) == 6
+
+
+
+def step_shapes(text: str) -> list[str]:
+    return [s for s in shapes(pieces(text)) if s.startswith("steps:") or "skipped=N, lr=" in s]
+
+
+def one_epoch(root: Path, steps: int, top: str, optimizer: str) -> Path:
+    """``steps`` images, micro batch 1, one epoch, no eval set."""
+    (root / "imgs").mkdir(parents=True)
+    for i in range(steps):
+        (root / "imgs" / f"{i}.png").write_bytes(b"png")
+    (root / "ds.toml").write_text(f"resolutions = [512]\n\n[[directory]]\npath = '{root / 'imgs'}'\n")
+    main = root / "main.toml"
+    main.write_text(f"output_dir = '{root / 'out'}'\ndataset = '{root / 'ds.toml'}'\nepochs = 1\n{top}\n"
+                    "[model]\ntype = 'chroma'\ndtype = 'bfloat16'\n\n[adapter]\ntype = 'lora'\nrank = 4\n\n"
+                    f"[optimizer]\ntype = 'adamw_optimi'\n{optimizer}\n")
+    return main
+
+
+def test_the_fake_prints_the_golden_step_lines_of_a_gradient_release_run(tmp_path):
+    main = one_epoch(tmp_path, 5, "warmup_steps = 2", "lr = 1e-4\ngradient_release = true\nbetas = [0.9, 0.99]")
+    golden = "\n".join(line for _cite, line in cited_lines("gradient_release.log"))
+    assert step_shapes(fake_output(main)) == step_shapes(golden)
+
+
+def test_the_fake_prints_the_golden_step_lines_of_a_diverging_run(tmp_path):
+    main = one_epoch(tmp_path, 4, "", "lr = 1e-3")
+    golden = "\n".join(line for _cite, line in cited_lines("nan_loss.log"))
+    assert step_shapes(fake_output(main, FAKE_DP_MODE="nan")) == step_shapes(golden)
