@@ -6,7 +6,7 @@ behind each): per step, DeepSpeed's ``[Rank 0] step=N, skipped=0, lr=[...]`` (``
 epochN`` before ``Started new epoch: N+1``; ``Resuming training from checkpoint. Resuming at epoch: E, step: S``;
 ``TRAINING COMPLETE!``, ``Manually quitting``, ``Running eval``, the caching lines, tqdm bars, ``loss: nan`` and
 Python tracebacks. DeepSpeed logs the lr after stepping the scheduler, so the lr on ``step=N`` is the one step N+1
-trains with. Eval losses are never printed (they go to TensorBoard only: see ``tensorboard.py``). diffusion-pipe
+trains with. Eval losses are never printed (they go to TensorBoard only: see ``tb_eval.py``). diffusion-pipe
 prints neither steps per epoch nor total steps, so both are inferred from where ``Started new epoch: 2`` appears.
 """
 
