@@ -64,7 +64,7 @@ def test_a_run_goes_to_completion_with_lr_epochs_and_checkpoints(manager, tmp_pa
     run_dir = manager.run_dir(run_id)
     steps = [ev for ev in events if ev.kind == "step"]
     assert [(s.step, s.epoch) for s in steps] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
-    # warmup_steps = 3 (diffusion-pipe train.py:879-881): torch LinearLR from lr/3 to lr over 3 steps.
+    # warmup_steps = 3 (diffusion-pipe train.py:858-861): torch LinearLR from lr/3 to lr over 3 steps.
     assert [s.lr for s in steps] == pytest.approx([2e-4 / 3, 2e-4 * 5 / 9, 2e-4 * 7 / 9, 2e-4, 2e-4, 2e-4], rel=1e-5)
     assert steps[-1].total_steps == 6 and steps[0].it_per_s == pytest.approx(1 / 0.03)
     meta = json.loads((run_dir / "run.json").read_text())

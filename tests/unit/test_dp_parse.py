@@ -34,7 +34,7 @@ def test_every_golden_line_cites_the_statement_that_prints_it():
 
 def test_each_step_gets_the_lr_deepspeed_printed_on_the_step_before():
     # DeepSpeed steps the scheduler, then logs (runtime/engine.py:3545, :3555): the lr on "step=N" is step N+1's.
-    # Warmup 2 from lr 1e-4 (diffusion-pipe train.py:879-881, torch LinearLR from 1/2): 5e-05, 7.5e-05, then 1e-4.
+    # Warmup 2 from lr 1e-4 (diffusion-pipe train.py:858-861, torch LinearLR from 1/2): 5e-05, 7.5e-05, then 1e-4.
     steps = of(run("complete_run.log", LogParser(WARM)), "step")
     assert [s.step for s in steps] == list(range(1, 9))
     assert [s.lr for s in steps] == pytest.approx([5e-05, 7.5e-05] + [LR] * 6)

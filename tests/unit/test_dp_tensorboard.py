@@ -13,7 +13,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from trainers.diffusion_pipe.parse import LogParser
 from trainers.diffusion_pipe.tb_eval import EvalTail, eval_names
 
-QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # diffusion-pipe utils/common.py TIMESTEP_QUANTILES_FOR_EVAL
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # diffusion-pipe train.py:39 TIMESTEP_QUANTILES_FOR_EVAL
 
 
 def scalar(writer: EventFileWriter, tag: str, value: float, step: int) -> None:
@@ -69,7 +69,7 @@ def test_no_eval_sets_or_no_run_folder_reads_nothing(tmp_path):
 
 def test_eval_names_follow_train_py():
     config = {"eval_datasets": [{"name": "cats", "config": "a.toml"}, "b.toml"]}
-    assert eval_names(config) == ("cats", "eval1")  # train.py:438-444: bare paths are named evalN
+    assert eval_names(config) == ("cats", "eval1")  # train.py:437-443: bare paths are named evalN
     assert eval_names({}) == ()
 
 
@@ -78,5 +78,5 @@ def test_an_eval_after_an_epoch_belongs_to_the_epoch_that_ended():
     for step in (1, 2, 3):
         parser.feed(f"steps: {step} loss: 0.5 iter time (s): 1.0 samples/sec: 1.0")
     parser.feed("Saving model to directory epoch1")
-    parser.feed("Started new epoch: 2")  # printed before the epoch's eval runs (utils/saver.py:143, train.py:947)
+    parser.feed("Started new epoch: 2")  # printed before the epoch's eval runs (utils/saver.py:143, train.py:945-946)
     assert (parser.epoch, parser.epoch_of(3), parser.epoch_of(0), parser.epoch_of(4)) == (2, 1, 1, 2)

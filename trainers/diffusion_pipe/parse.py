@@ -78,7 +78,7 @@ class Schedule:
 
     @classmethod
     def of(cls, data: dict, max_steps: int | None = None) -> Schedule:
-        """From the main config: length, lr schedule (train.py:867-896) and what a save holds."""
+        """From the main config: length, lr schedule (train.py:849-896) and what a save holds."""
         optimizer = data.get("optimizer") if isinstance(data.get("optimizer"), dict) else {}
         force = data.get("force_constant_lr")
         return cls(epochs=data.get("epochs"), max_steps=max_steps or data.get("max_steps"),
@@ -88,7 +88,7 @@ class Schedule:
 
     def lr_at(self, step: int) -> float | None:
         """The lr optimizer step ``step`` trains with, where the config alone decides it; None where it depends on
-        the run's length (linear and cosine decay after the first step). diffusion-pipe train.py:867-881: a warmup of
+        the run's length (linear and cosine decay after the first step). diffusion-pipe train.py:849-862: a warmup of
         W steps is torch's LinearLR from lr/W to lr, then the scheduler starts from lr; ``force_constant_lr``
         (train.py:893-896) replaces both."""
         if self.force_constant_lr is not None:

@@ -41,7 +41,7 @@ class Plan:
     check_loras: bool = False  # a Chroma LoRA run: each saved LoRA's keys are checked against the base model
     lora_base: Path | None = None  # the run's transformer_path, resolved as diffusion-pipe sees it
     eval_names: tuple[str, ...] = ()  # eval sets whose losses are read from TensorBoard
-    x_axis_examples: bool = False  # TensorBoard's x is examples seen, not steps (train.py:925)
+    x_axis_examples: bool = False  # TensorBoard's x is examples seen, not steps (train.py:926)
 
 
 def prepare(run_dir: Path, meta: dict) -> Plan:

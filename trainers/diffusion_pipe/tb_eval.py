@@ -79,7 +79,7 @@ class EvalTail:
 
 def eval_names(config: dict) -> tuple[str, ...]:
     """The TensorBoard tag prefixes of the config's eval sets: ``name`` of the table form, ``evalN`` of a bare path
-    (train.py:438-444)."""
+    (train.py:437-443)."""
     names = []
     for index, entry in enumerate(config.get("eval_datasets") or []):
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):

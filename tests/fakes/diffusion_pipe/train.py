@@ -23,7 +23,7 @@ from pathlib import Path
 
 STEP_S = float(os.environ.get("FAKE_DP_STEP_S", "0.05"))
 MODE = os.environ.get("FAKE_DP_MODE", "")
-QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # utils/common.py TIMESTEP_QUANTILES_FOR_EVAL
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # train.py:39 TIMESTEP_QUANTILES_FOR_EVAL
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -186,7 +186,7 @@ class Board:
 
 
 def lr_for(config: dict, step: int, steps_per_epoch: int) -> float:
-    """The lr of optimizer step ``step`` under train.py:867-881's schedulers (warmup, then constant/linear/cosine)."""
+    """The lr of optimizer step ``step`` under train.py:849-862's schedulers (warmup, then constant/linear/cosine)."""
     base, warmup = float(config["optimizer"]["lr"]), int(config.get("warmup_steps", 0))
     if "force_constant_lr" in config:
         return float(config["force_constant_lr"])
@@ -278,7 +278,7 @@ class Trainer:
         return manual, saved
 
     def run(self, step: int, epoch: int) -> None:
-        """train.py:913-974."""
+        """train.py:908-974."""
         c = self.config
         if c.get("eval_before_first_step", True) and step == 1:
             self.evaluate(0)
@@ -345,7 +345,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_engine(config: dict, gbs: int) -> None:
-    """deepspeed.initialize (train.py:624) and _configure_optimizer (train.py:820): a few of their INFO lines."""
+    """deepspeed.initialize (train.py:623) and _configure_optimizer (train.py:817): a few of their INFO lines."""
     mbs, gas = int(config.get("micro_batch_size_per_gpu", 1)), int(config.get("gradient_accumulation_steps", 1))
     log_dist("DeepSpeed info: version=0.19.8, git-hash=unknown, git-branch=unknown")
     log("engine.py:98:__init__", f"CONFIG: micro_batches={gas} micro_batch_size={mbs}")
@@ -378,11 +378,11 @@ def main() -> None:
     eval_sets = {name: sum(f.batches(eval_gbs) for f in folders) for name, folders in evals.items()}
     if per_epoch == 0 or 0 in eval_sets.values():
         raise RuntimeError("Processed dataset was empty. Probably caused by rounding down for each size bucket.")
-    out, resume = Path(config["output_dir"]), args.resume_from_checkpoint  # train.py:532-545
+    out, resume = Path(config["output_dir"]), args.resume_from_checkpoint  # train.py:540-549
     run_dir = (out / resume if isinstance(resume, str) else sorted(out.iterdir())[-1]) if resume else (
         out / datetime.now(UTC).strftime("%Y%m%d_%H-%M-%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume_from_checkpoint:  # train.py:552-556
+    if not args.resume_from_checkpoint:  # train.py:553-557
         shutil.copy(args.config, run_dir)
         shutil.copy(config["dataset"], run_dir)
     start_engine(config, gbs)
