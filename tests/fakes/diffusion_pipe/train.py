@@ -1,12 +1,8 @@
-"""A fake diffusion-pipe ``train.py`` for dp-studio's tests (our own code; see README.md).
-
-It prints only lines diffusion-pipe (HEAD 8f83dbf) and DeepSpeed 0.19.8 print, in their order; the golden logs in
-tests/golden/dp_logs cite the statement behind each, and tests/integration/test_dp_fake_output.py holds this file to
-them. It resolves config paths against its working directory, as diffusion-pipe does, keeps a small cache record in
-``<dataset dir>/cache/<model type>/`` (so a second run prints the cached-run lines and ``--regenerate_cache`` the
-cleared ones), writes TensorBoard scalars under diffusion-pipe's tags, and honours the ``save``/``save_quit`` files.
+"""A fake diffusion-pipe ``train.py`` for dp-studio's tests (our own code; see README.md): it prints only lines
+diffusion-pipe (HEAD 8f83dbf) and DeepSpeed 0.19.8 print, in their order (tests/golden/dp_logs cites the statement
+behind each; tests/integration/test_dp_fake_output.py holds this file to them), emulates the cache, TensorBoard
+scalars, saves, checkpoints and the ``save``/``save_quit`` files, and resolves paths against its working directory.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -21,10 +17,13 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
 STEP_S = float(os.environ.get("FAKE_DP_STEP_S", "0.05"))
 MODE = os.environ.get("FAKE_DP_MODE", "")
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # train.py:39 TIMESTEP_QUANTILES_FOR_EVAL
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def say(text: str) -> None:
@@ -65,7 +64,7 @@ class Folder:
         if not self.path.is_dir():
             raise RuntimeError(f"Invalid path: {self.path}")
         self.files = sorted(p for p in self.path.iterdir() if p.is_file())
-        self.images = [p for p in self.files if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.images = [p for p in self.files if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
         assert self.images, f"Directory {self.path} had no images/videos!"  # utils/dataset.py:673
         self.repeats = int(directory.get("num_repeats", dataset.get("num_repeats", 1)))
         self.resolutions = directory.get("resolutions", dataset.get("resolutions", []))
@@ -172,14 +171,9 @@ class Board:
     """diffusion-pipe's SummaryWriter(log_dir=run_dir) (train.py:904), flushed after each write here."""
 
     def __init__(self, run_dir: Path):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
         self.writer = EventFileWriter(str(run_dir))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
         self.writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
         self.writer.flush()
@@ -347,10 +341,16 @@ def parse_args() -> argparse.Namespace:
 def start_engine(config: dict, gbs: int) -> None:
     """deepspeed.initialize (train.py:623) and _configure_optimizer (train.py:817): a few of their INFO lines."""
     mbs, gas = int(config.get("micro_batch_size_per_gpu", 1)), int(config.get("gradient_accumulation_steps", 1))
+    # The pipeline module's partition report (DeepSpeed runtime/pipe/module.py:401-443) of Chroma's layer list.
+    layers = ["InitialLayer", *["TransformerWrapper"] * 19, "concatenate_hidden_states",
+              *["SingleTransformerWrapper"] * 38, "FinalLayer"]
+    log("module.py:401:_partition_layers", "Partitioning pipeline stages with method parameters")
+    say(f"stage=0 layers={len(layers)}\n" + "\n".join(f"    {i:2d}: {name}" for i, name in enumerate(layers)))
+    say("  loss: loss_fn")
     log_dist("DeepSpeed info: version=0.19.8, git-hash=unknown, git-branch=unknown")
     log("engine.py:98:__init__", f"CONFIG: micro_batches={gas} micro_batch_size={mbs}")
     log("engine.py:139:__init__", "is_pipe_partitioned= False is_grad_partitioned= False")
-    log("engine.py:158:__init__", "RANK=0 STAGE=0 LAYERS=43 [0, 43) STAGE_PARAMS=9437184 (9.437M) "
+    log("engine.py:158:__init__", f"RANK=0 STAGE=0 LAYERS={len(layers)} [0, {len(layers)}) STAGE_PARAMS=9437184 (9.437M) "
                                   "TOTAL_PARAMS=9437184 (9.437M) UNIQUE_PARAMS=9437184 (9.437M)")
     say(f"Global batch size = {gbs}")
     kind = str(config["optimizer"]["type"]).lower()
