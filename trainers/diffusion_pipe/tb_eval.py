@@ -61,7 +61,9 @@ class EvalTail:
         for path in sorted(run_dir.glob(EVENT_GLOB)):
             if path.name in self.skipped:
                 continue
-            loader = self._loaders.setdefault(path.name, EventFileLoader(str(path)))
+            loader = self._loaders.get(path.name)
+            if loader is None:  # one reader per file, kept: each Load() continues where the last one stopped
+                loader = self._loaders[path.name] = EventFileLoader(str(path))
             for event in loader.Load():  # incremental: only what was appended since the last Load()
                 for value in event.summary.value:
                     self._take(value.tag, _value(value), int(event.step), out)
