@@ -64,7 +64,8 @@ def test_a_run_goes_to_completion_with_lr_epochs_and_checkpoints(manager, tmp_pa
     run_dir = manager.run_dir(run_id)
     steps = [ev for ev in events if ev.kind == "step"]
     assert [(s.step, s.epoch) for s in steps] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
-    assert [s.lr for s in steps] == pytest.approx([2e-4 / 3, 4e-4 / 3, 2e-4, 2e-4, 2e-4, 2e-4], rel=1e-5)
+    # warmup_steps = 3 (diffusion-pipe train.py:858-861): torch LinearLR from lr/3 to lr over 3 steps.
+    assert [s.lr for s in steps] == pytest.approx([2e-4 / 3, 2e-4 * 5 / 9, 2e-4 * 7 / 9, 2e-4, 2e-4, 2e-4], rel=1e-5)
     assert steps[-1].total_steps == 6 and steps[0].it_per_s == pytest.approx(1 / 0.03)
     meta = json.loads((run_dir / "run.json").read_text())
     dp_run = meta["dp_run_dir"]
@@ -84,6 +85,50 @@ def test_a_run_goes_to_completion_with_lr_epochs_and_checkpoints(manager, tmp_pa
     launch = tomllib.loads((run_dir / ".launch" / "main.toml").read_text())
     assert launch["output_dir"] == str(run_dir / "dp") and Path(launch["model"]["diffusers_path"]).is_absolute()
     wait_for(lambda: manager.info(run_id).status == "completed")
+
+
+def test_eval_losses_are_read_from_tensorboard_while_the_run_goes_on(manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DP_STEP_S", "0.25")
+    folder = tmp_path / "p"
+    main = profile(folder, extra="eval_every_n_epochs = 1\neval_datasets = [{name = 'held', config = 'eval.toml'}]")
+    (folder / "held").mkdir()
+    (folder / "held" / "h.png").write_bytes(b"png")
+    (folder / "held" / "h.txt").write_text("a held-out photo")
+    (folder / "eval.toml").write_text("resolutions = [64]\n\n[[directory]]\npath = 'held'\n")
+    run_id = manager.start(main, backend="diffusion-pipe")
+    events = list(manager.events(run_id))
+    evals = [ev for ev in events if ev.kind == "eval"]
+    # Before the first step, then after each epoch (3 steps each), at the epoch that ended (train.py:908, :947).
+    assert [(e.name, e.step, e.epoch) for e in evals] == [("held", 0, 1), ("held", 3, 1), ("held", 6, 2)]
+    assert len(evals[0].quantiles) == 9 and evals[0].loss == pytest.approx(0.35)  # the fake's mean at x = 0
+    order = [(ev.kind, getattr(ev, "step", None)) for ev in events]
+    assert order.index(("eval", 0)) < order.index(("step", 4))  # live, not only once the run ended
+    assert events[-1].kind == "finished"
+
+
+def test_regenerate_cache_in_the_config_reaches_diffusion_pipe_as_its_flag(manager, tmp_path):
+    main = profile(tmp_path / "p", epochs=1)
+
+    def stdout_of_a_run() -> str:
+        run_id = manager.start(main, backend="diffusion-pipe")
+        assert list(manager.events(run_id))[-1].kind == "finished"
+        return (manager.run_dir(run_id) / "stdout.log").read_text()
+
+    assert "[CACHE] Storing new fingerprint" in stdout_of_a_run()  # first run: nothing cached yet
+    assert "[CACHE] Storing new fingerprint" not in stdout_of_a_run()  # second: all from the cache
+    main.write_text(main.read_text().replace("\nepochs = 1\n", "\nepochs = 1\nregenerate_cache = true\n"))
+    assert "[CACHE] Storing new fingerprint" in stdout_of_a_run()  # cleared, as --regenerate_cache does
+
+
+def test_more_than_three_resolutions_need_the_studio_key(manager, tmp_path):
+    main = profile(tmp_path / "p", epochs=1)
+    (tmp_path / "p" / "ds.toml").write_text("resolutions = [64, 128, 192, 256]\n\n[[directory]]\npath = 'images'\n")
+    refused = list(manager.events(manager.start(main, backend="diffusion-pipe")))
+    assert refused[-1].kind == "failed" and "[studio] i_know_what_i_am_doing = true" in refused[-1].error
+    with main.open("a") as f:
+        f.write("i_know_what_i_am_doing = true\n")  # the [studio] table is last
+    done = list(manager.events(manager.start(main, backend="diffusion-pipe")))
+    assert done[-1].kind == "finished" and max(ev.step for ev in done if ev.kind == "step") == 12  # 4 x 3 images
 
 
 def test_a_saved_lora_whose_keys_do_not_fit_is_a_warning_in_the_log(manager, tmp_path, monkeypatch):

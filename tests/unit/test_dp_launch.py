@@ -120,6 +120,15 @@ def test_settings_from_the_studio_table():
     assert s == LaunchSettings(num_gpus=2, master_port=29501, disable_nccl_p2p_ib=False, expandable_segments=True,
                                resume="x", extra_args=("--trust_cache",))
     assert settings_from_studio({}) == LaunchSettings()
+    flagged = settings_from_studio({"i_know_what_i_am_doing": True}, regenerate_cache=True)
+    assert (flagged.i_know_what_i_am_doing, flagged.regenerate_cache) == (True, True)
+
+
+def test_flags_for_regenerate_cache_and_i_know_what_i_am_doing_are_added_once():
+    settings = LaunchSettings(regenerate_cache=True, i_know_what_i_am_doing=True, extra_args=("--regenerate_cache",))
+    argv = build_command(["deepspeed"], Path("c.toml"), settings)
+    assert argv[-2:] == ["--i_know_what_i_am_doing", "--regenerate_cache"]
+    assert argv.count("--regenerate_cache") == 1
 
 
 def test_launch_copy_makes_only_path_values_absolute(tmp_path):

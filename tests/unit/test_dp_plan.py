@@ -47,6 +47,19 @@ def test_plan_uses_the_launch_copy_the_checkout_and_the_config_schedule(tmp_path
     assert plan.dp_run_dir is None and plan.secrets == []
 
 
+def test_regenerate_cache_and_the_studio_key_become_train_py_flags(tmp_path, monkeypatch):
+    # train.py:305-308 ignores the config key (argparse's store_true flag is never None), so the launch passes it.
+    monkeypatch.setenv("DP_STUDIO_DEEPSPEED_CMD", "/opt/dp/bin/deepspeed")
+    run_dir, meta = run_folder(tmp_path, extra="regenerate_cache = true")
+    with (run_dir / "main.toml").open("a") as f:
+        f.write("i_know_what_i_am_doing = true\n")  # the [studio] table is last
+    argv = prepare(run_dir, meta).spec.argv
+    assert argv[-2:] == ["--regenerate_cache", "--i_know_what_i_am_doing"]
+    (tmp_path / "plain").mkdir()
+    plain, meta = run_folder(tmp_path / "plain", extra="regenerate_cache = false")
+    assert not {"--regenerate_cache", "--i_know_what_i_am_doing"} & set(prepare(plain, meta).spec.argv)
+
+
 def test_wandb_without_a_stored_key_is_a_warning_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("DP_STUDIO_DEEPSPEED_CMD", "/opt/dp/bin/deepspeed")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -43,5 +43,7 @@ class StudioConfig(BaseModel):
     dp_expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
                                          "(less fragmentation on low-VRAM cards).")
     dp_extra_args: list[str] = Field([], description="Extra train.py arguments, e.g. ['--trust_cache'].")
+    i_know_what_i_am_doing: bool = Field(False, description="Pass --i_know_what_i_am_doing (allows more than 3 "
+                                         "resolutions and other setups diffusion-pipe refuses).")
     dp_stop_grace_s: Annotated[float, Field(gt=0)] = Field(
         300, description="Seconds Stop waits for diffusion-pipe's save_quit checkpoint before ending it.")

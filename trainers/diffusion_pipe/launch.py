@@ -39,16 +39,24 @@ class LaunchSettings:
     expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (low-VRAM recipes)
     resume: str | None = None  # diffusion-pipe run folder name for --resume_from_checkpoint
     extra_args: tuple[str, ...] = ()
+    # train.py reads regenerate_cache from the config only when the flag is None, which a store_true flag never is
+    # (train.py:50, :305-308): the config key must become the flag for the config to mean what it says.
+    regenerate_cache: bool = False
+    i_know_what_i_am_doing: bool = False  # [studio] key: skip diffusion-pipe's dataset checks (utils/dataset.py:524)
 
 
-def settings_from_studio(studio: Mapping[str, Any], resume: str | None = None) -> LaunchSettings:
+def settings_from_studio(studio: Mapping[str, Any], resume: str | None = None, *,
+                         regenerate_cache: bool = False) -> LaunchSettings:
     """``[studio] dp_num_gpus``, ``dp_master_port``, ``dp_disable_nccl_p2p_ib``, ``dp_expandable_segments``,
-    ``dp_extra_args`` (list of train.py flags, e.g. ``['--trust_cache']``)."""
+    ``dp_extra_args`` (list of train.py flags, e.g. ``['--trust_cache']``), ``i_know_what_i_am_doing``; plus the
+    main config's top-level ``regenerate_cache``."""
     port = studio.get("dp_master_port")
     return LaunchSettings(num_gpus=int(studio.get("dp_num_gpus", 1)), master_port=int(port) if port else None,
                           disable_nccl_p2p_ib=bool(studio.get("dp_disable_nccl_p2p_ib", True)),
                           expandable_segments=bool(studio.get("dp_expandable_segments", False)),
-                          resume=resume, extra_args=tuple(str(a) for a in studio.get("dp_extra_args", ())))
+                          resume=resume, extra_args=tuple(str(a) for a in studio.get("dp_extra_args", ())),
+                          regenerate_cache=regenerate_cache is True,
+                          i_know_what_i_am_doing=studio.get("i_know_what_i_am_doing") is True)
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,9 @@ def build_command(launcher: list[str], config: Path, settings: LaunchSettings) -
     argv += ["train.py", "--deepspeed", "--config", str(config)]
     if settings.resume:
         argv += ["--resume_from_checkpoint", settings.resume]
+    flags = [f"--{name}" for name in ("regenerate_cache", "i_know_what_i_am_doing") if getattr(settings, name)]
     # train.py writes --master_port into MASTER_PORT itself, overriding the launcher's value (notes §3).
-    return argv + port + list(settings.extra_args)
+    return argv + port + [f for f in flags if f not in settings.extra_args] + list(settings.extra_args)
 
 
 def launch_env(settings: LaunchSettings) -> dict[str, str]:

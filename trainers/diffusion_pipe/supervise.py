@@ -15,28 +15,19 @@ import signal
 import subprocess
 import threading
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers.checkpoints import ADAPTER_FILE
 from trainers.commands import Command, take_commands
 from trainers.diffusion_pipe.discover import find_new_run_dir, lora_ready, saved_folders
-from trainers.diffusion_pipe.install import checkout_health
-from trainers.diffusion_pipe.launch import (
-    DP_SUBDIR,
-    LaunchCopy,
-    LaunchError,
-    LaunchSpec,
-    build_launch,
-    settings_from_studio,
-    stored_wandb_key,
-    write_launch_copy,
-)
-from trainers.diffusion_pipe.parse import LogParser, Schedule
+from trainers.diffusion_pipe.launch import DP_SUBDIR, LaunchError
+from trainers.diffusion_pipe.parse import LogParser
+from trainers.diffusion_pipe.plan import Plan, prepare, resume_folder
+from trainers.diffusion_pipe.tb_eval import EvalTail
 from trainers.events import (
     TERMINAL_KINDS,
     CheckpointEvent,
+    EvalEvent,
     Event,
     EventWriter,
     FailedEvent,
@@ -44,88 +35,20 @@ from trainers.events import (
     PhaseEvent,
 )
 from trainers.lora_check import log_line as lora_log_line
-from trainers.runs import RUN_FILE, resolve_config_path, write_json_atomic
+from trainers.runs import RUN_FILE, write_json_atomic
+
+__all__ = ["Plan", "Supervisor", "fail", "prepare", "resume_folder"]
 
 POLL_S = 0.5
 TERM_WAIT_S = 10.0  # after SIGTERM, this long before SIGKILL
 SIGNALLED_TERM_WAIT_S = 5.0  # shorter when we were signalled: RunManager.kill waits 10 s before killing us
 SIGNAL_FILES = ("save", "save_quit")
-DEFAULT_GRACE_S = 300.0  # save_quit is honoured at the next step, then a checkpoint is written
-GRACE_ENV = "DP_STUDIO_STOP_GRACE_S"
 STOP_NOTE = ("diffusion-pipe writes a training-state checkpoint (global_stepN, for --resume_from_checkpoint) and "
              "exits; save_quit does NOT write a LoRA, so the newest epochN/stepN folder stays the newest LoRA")
 SAVE_NOTE = ("diffusion-pipe writes a training-state checkpoint (global_stepN) at its next step and goes on; this "
              "is not a LoRA (LoRAs come from save_every_n_epochs / save_every_n_steps)")
 SAMPLE_NOTE = ("diffusion-pipe cannot render samples during training; use the runs library's sidecar sampling on a "
                "saved epoch")
-
-
-@dataclass
-class Plan:
-    """Everything decided before launch."""
-
-    spec: LaunchSpec
-    copy: LaunchCopy
-    schedule: Schedule
-    grace_s: float
-    dp_run_dir: Path | None = None  # known up front only when resuming
-    warnings: list[str] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list, repr=False)
-    check_loras: bool = False  # a Chroma LoRA run: each saved LoRA's keys are checked against the base model
-    lora_base: Path | None = None  # the run's transformer_path, resolved as diffusion-pipe sees it
-
-
-def prepare(run_dir: Path, meta: dict) -> Plan:
-    """Check the checkout, write the launch copy and build the command; raise LaunchError naming the fix."""
-    data = tomllib.loads((run_dir / meta["main_config"]).read_text(encoding="utf-8"))
-    studio = data.get("studio") if isinstance(data.get("studio"), dict) else {}
-    source_dir = Path(meta["source_main"]).parent if meta.get("source_main") else run_dir
-    health = checkout_health(studio, base=source_dir)
-    if not health.ok:
-        raise LaunchError("; ".join(i.describe() for i in health.errors()))
-    resume = resume_folder(meta.get("resume"), run_dir)
-    copy = write_launch_copy(run_dir, meta["main_config"], meta["dataset_config"], source_dir,
-                             output_dir=resume.parent if resume else None, max_steps=meta.get("max_steps"))
-    warnings = [i.describe() for i in health.warnings()]
-    key = None
-    if (data.get("monitoring") or {}).get("enable_wandb"):
-        key = stored_wandb_key()
-        if not key:
-            warnings.append("W&B is enabled but no API key is stored. Fix: save it in the studio's settings "
-                            "(secret store) or set WANDB_API_KEY")
-    spec = build_launch(health.launcher, health.root, copy.main,
-                        settings_from_studio(studio, resume=resume.name if resume else None), wandb_key=key)
-    optimizer = data.get("optimizer") if isinstance(data.get("optimizer"), dict) else {}
-    schedule = Schedule(epochs=data.get("epochs"), max_steps=meta.get("max_steps") or data.get("max_steps"),
-                        initial_lr=float(optimizer.get("lr", 0.0) or 0.0),
-                        save_kind="lora" if data.get("adapter") else "model")
-    grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    base = model.get("transformer_path")
-    return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
-                secrets=[key] if key else [], check_loras=model.get("type") == "chroma" and schedule.save_kind == "lora",
-                lora_base=resolve_config_path(source_dir, base) if isinstance(base, str) and base else None)
-
-
-def resume_folder(value: object, run_dir: Path) -> Path | None:
-    """The diffusion-pipe run folder to resume: ``run.json`` ``resume`` names it, or a studio run folder holding
-    it (its ``dp_run_dir``). Relative values resolve against the runs folder."""
-    if not value:
-        return None
-    if value is True:
-        raise LaunchError("resume = true does not say which run to resume. Fix: resume from the runs library, which "
-                          "names the run folder")
-    path = Path(str(value)).expanduser()
-    path = path if path.is_absolute() else run_dir.parent / path
-    meta_file = path / RUN_FILE
-    if meta_file.is_file():
-        inner = json.loads(meta_file.read_text(encoding="utf-8")).get("dp_run_dir")
-        path = path / inner if inner else path
-    if not (path / "latest").is_file():
-        raise LaunchError(f"{path} holds no DeepSpeed checkpoint ('latest' file), so it cannot be resumed "
-                          "(diffusion-pipe issue #73). Fix: set checkpoint_every_n_minutes or "
-                          "checkpoint_every_n_epochs, or stop runs from the studio (it writes one on stop)")
-    return path.resolve()
 
 
 class _Pump(threading.Thread):
@@ -162,6 +85,7 @@ class Supervisor:
     def __init__(self, run_dir: Path, plan: Plan, events: EventWriter):
         self.run_dir, self.plan, self.events = run_dir, plan, events
         self.parser = LogParser(plan.schedule, where=self._where)
+        self.evals = EvalTail(plan.eval_names)
         self.dp_run_dir = plan.dp_run_dir
         self.emitted: set[str] = set()
         self.proc: subprocess.Popen | None = None
@@ -189,6 +113,7 @@ class Supervisor:
         self._discover()
         self._record_dp_run_dir(again=True)
         self._scan_saves()
+        self._read_evals()
         self._emit(self.parser.finish(rc, stop_requested=self.stop_at is not None))
         return 0 if self.terminal is not None and self.terminal.kind == "finished" else 1
 
@@ -210,6 +135,7 @@ class Supervisor:
         self.events.emit(PhaseEvent(phase="loading", message=f"diffusion-pipe started (pid {self.proc.pid})"))
         if self.dp_run_dir is not None:  # resuming: its older saves were reported by the earlier run
             self._clean_signal_files(SIGNAL_FILES)
+            self.evals.skip_existing(self.dp_run_dir)
             self.emitted.update(self._rel(self.dp_run_dir / name) for name, _ in saved_folders(self.dp_run_dir))
             self._record_dp_run_dir()
 
@@ -264,6 +190,7 @@ class Supervisor:
         self._discover()
         self._emit(self.parser.tick())
         self._scan_saves()
+        self._read_evals()
         for command in sorted(take_commands(self.run_dir)):
             self._command(command)
         self._escalate()
@@ -369,6 +296,21 @@ class Supervisor:
             step, epoch = (p.step, number) if name.startswith("epoch") else (number, p.epoch)
             kind = p.schedule.save_kind if what == "lora" else "state"
             self._emit([CheckpointEvent(step=step, epoch=max(epoch, 1), path=path, what=kind)])
+
+    def _read_evals(self) -> None:
+        """Eval losses diffusion-pipe wrote to TensorBoard since the last look (tb_eval.py)."""
+        try:
+            results = self.evals.read(self.dp_run_dir)
+        except Exception as exc:  # noqa: BLE001 - a damaged event file must not end the run
+            self.evals.names = ()
+            self.events.emit(LogEvent(level="warning", message=f"stopped reading eval losses from TensorBoard: "
+                                                               f"{type(exc).__name__}: {exc}"))
+            return
+        p = self.parser
+        for r in results:
+            step = r.x // p.global_batch if self.plan.x_axis_examples and p.global_batch else r.x
+            self._emit([EvalEvent(step=step, epoch=p.epoch_of(step), name=r.name, loss=r.loss,
+                                  quantiles=r.quantiles)])
 
     def _emit(self, events: list[Event]) -> None:
         for ev in events:
