@@ -68,9 +68,13 @@ def _model_path(key: str, value: Any) -> list[tuple[str, Any, str]]:
     if spec.kind == "text_encoders":
         out = []
         for i, entry in enumerate(_list(value)):
-            if isinstance(entry, dict):
-                out.append((f"model.{key}[{i}].path", entry.get("path"), "file"))
-                out += [(f"model.{key}[{i}].paths[{j}]", p, "file") for j, p in enumerate(_list(entry.get("paths")))]
+            if isinstance(entry, dict):  # models/base.py:578-585: paths wins over path; each a str or a list
+                field = "paths" if "paths" in entry else "path"
+                value = entry.get(field)
+                if isinstance(value, list):
+                    out += [(f"model.{key}[{i}].{field}[{j}]", p, "file") for j, p in enumerate(value)]
+                else:
+                    out.append((f"model.{key}[{i}].{field}", value, "file"))
         return out
     return []
 
