@@ -104,3 +104,51 @@ def test_ltx2_reads_flux_shift() -> None:
         "checkpoint_path = '/models/sdxl.safetensors'",
         "diffusion_model = '/m/ltx2.safetensors'\ntext_encoder = '/m/gemma.safetensors'\nflux_shift = true")
     assert _at(_issues(main), "model.flux_shift") == []
+
+
+# ----- what diffusion-pipe fails on ------------------------------------------------------------------------------
+
+def test_resolutions_only_inside_a_directory_is_an_error() -> None:
+    # utils/dataset.py:469: directory_config.get('resolutions', dataset_config['resolutions']) -> KeyError
+    dataset = DATASET.replace("resolutions = [512]\n", "") + "resolutions = [512]\n"
+    found = _at(_errors(_issues(SDXL, dataset)), "directory[0].resolutions")
+    assert found and "KeyError" in found[0].message and "top" in found[0].fix
+
+
+def test_ar_keys_only_inside_a_directory_are_errors() -> None:
+    # utils/dataset.py:502-504: min_ar / max_ar / num_ar_buckets read the same way when AR buckets are on
+    top = "resolutions = [512]\nenable_ar_bucket = true\n[[directory]]\npath = '/data'\n"
+    dataset = top + "min_ar = 0.5\nmax_ar = 2.0\nnum_ar_buckets = 7\n"
+    errors = _errors(_issues(SDXL, dataset))
+    assert {issue.key for issue in errors} >= {f"directory[0].{key}" for key in ("min_ar", "max_ar", "num_ar_buckets")}
+    # utils/dataset.py:499: a non-empty ar_buckets replaces them, and 460: size_buckets replace everything
+    assert _errors(_issues(SDXL, top + "ar_buckets = [1.0]\nmin_ar = 0.5\n")) == []
+    assert _errors(_issues(SDXL, "[[directory]]\npath = '/d'\nsize_buckets = [[512, 512, 1]]\n"
+                               "resolutions = [512]\n")) == []
+
+
+def test_directory_override_with_a_top_level_value_is_fine() -> None:
+    dataset = DATASET + "resolutions = [768]\nmin_ar = 1.0\n"
+    assert _errors(_issues(SDXL, dataset)) == []
+
+
+def test_control_path_on_a_type_without_edit_training_is_an_error() -> None:
+    # utils/dataset.py:1249 calls call_vae_fn(tensor, control_tensor); models/base.py:256 takes one argument
+    dataset = DATASET + "control_path = '/data/control'\n"
+    found = _at(_issues(SDXL, dataset), "directory[0].control_path")
+    assert found and found[0].is_error and "TypeError" in found[0].message
+    flux = SDXL.replace("type = 'sdxl'", "type = 'flux'").replace(
+        "checkpoint_path = '/models/sdxl.safetensors'", "diffusers_path = '/models/flux'")
+    assert _at(_issues(flux, dataset), "directory[0].control_path") == []
+
+
+def test_more_than_three_resolutions_needs_the_backend_flag() -> None:
+    # utils/dataset.py:525-531 quits above 3 resolutions unless train.py:433 passes --i_know_what_i_am_doing
+    dataset = DATASET.replace("resolutions = [512]", "resolutions = [256, 512, 768, 1024]")
+    found = _at(_issues(SDXL, dataset), "resolutions")
+    assert found and found[0].is_error and "dp_extra_args" in found[0].fix
+    flagged = SDXL + "[studio]\ndp_extra_args = ['--i_know_what_i_am_doing']\n"
+    found = _at(_issues(flagged, dataset), "resolutions")
+    assert found and not found[0].is_error
+    # the native trainer does not read dp_extra_args: the limit stays an error there
+    assert _at(_errors(_issues(flagged, dataset, backend="native")), "resolutions")
