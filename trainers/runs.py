@@ -25,6 +25,7 @@ import psutil
 from trainers.checkpoints import find_point, resume_points, saves_root
 from trainers.commands import Command, send_command
 from trainers.config import toml_io
+from trainers.config.native_support import backend_of
 from trainers.event_hub import EventHub
 from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
 from trainers.files import atomic_write_json
@@ -176,7 +177,7 @@ class RunManager:
         cfg = _read_toml(main_path)
         if cfg.get("resume_from_checkpoint") and resume is None and not overrides:
             return self._resume_from_config(main_path, cfg)
-        backend = backend or cfg.get("studio", {}).get("backend", "native")  # [studio] backend, else native
+        backend = backend_of(cfg, backend)  # the argument, else [studio] backend, else auto (by model type)
         if backend not in BACKEND_MODULES:
             raise RunError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_MODULES)}.")
         for key in ("output_dir", "dataset"):

@@ -31,7 +31,7 @@ from trainers.config.toml_io import loads_plain, read_text
 from trainers.config.translate import report_validation_error
 
 SYNTAX_KEY = "(syntax)"
-Backend = Literal["native", "diffusion-pipe"]
+Backend = Literal["auto", "native", "diffusion-pipe"]
 
 
 def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str = "main.toml",
@@ -45,7 +45,7 @@ def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str =
     folder(s) relative paths resolve against, first match wins (default: cwd). A syntax error is
     returned as one issue with key ``(syntax)`` rather than raised. ``eval_texts`` maps eval config file names
     to their text. ``num_gpus`` None skips the GPU-count rules. ``backend`` None: the main file's
-    ``[studio] backend`` (default native, whose refusals are errors, see ``rules_native``).
+    ``[studio] backend`` (default auto: native for Chroma, whose refusals are errors, see ``rules_native``).
     """
     base = _bases(base_dir)
     try:
@@ -131,7 +131,7 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
 
     Raises ConfigParseError when a file cannot be read or parsed. A dataset file that does not exist is an
     issue on the ``dataset`` key (even with ``skip_path_checks``: without it nothing can be checked).
-    ``backend`` None: the main file's ``[studio] backend`` (default native).
+    ``backend`` None: the main file's ``[studio] backend`` (default auto).
     """
     main_path = Path(main_path)
     main_text = read_text(main_path)
