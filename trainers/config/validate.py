@@ -2,8 +2,8 @@
 refuses (when the pair runs natively), paths, placeholders.
 
 Relative paths (the main file's ``dataset``, eval configs, model files, dataset folders) resolve against the
-main TOML's folder, where dp-studio runs its trainers (docs/run-folder.md); ``validate_files`` then tries the
-current directory, diffusion-pipe's own convention (it resolves against its checkout). See ``paths_check``.
+config base: the main TOML's folder, or the current directory when the config's paths exist only from there
+(diffusion-pipe's convention), see ``paths_check.config_base``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
     main_path = Path(main_path)
     main_text = read_text(main_path)
     main_data = loads_plain(main_text, str(main_path))
-    base = list(dict.fromkeys([main_path.parent, Path.cwd()]))
+    base = [paths_check.config_base(main_path, main_data)]  # one rule for every command (paths_check)
     issues = check_main(main_data, main_text, str(main_path), base, skip_path_checks, num_gpus, backend)
     model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
     flags = (_native_chroma(main_data, backend), _skips_checks(main_data, backend))

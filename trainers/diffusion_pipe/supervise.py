@@ -44,7 +44,7 @@ from trainers.events import (
     PhaseEvent,
 )
 from trainers.lora_check import log_line as lora_log_line
-from trainers.runs import RUN_FILE, resolve_config_path, write_json_atomic
+from trainers.runs import RUN_FILE, config_folder, resolve_config_path, write_json_atomic
 
 POLL_S = 0.5
 TERM_WAIT_S = 10.0  # after SIGTERM, this long before SIGKILL
@@ -79,7 +79,7 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
     """Check the checkout, write the launch copy and build the command; raise LaunchError naming the fix."""
     data = tomllib.loads((run_dir / meta["main_config"]).read_text(encoding="utf-8"))
     studio = data.get("studio") if isinstance(data.get("studio"), dict) else {}
-    source_dir = Path(meta["source_main"]).parent if meta.get("source_main") else run_dir
+    source_dir = config_folder(meta, Path(meta["source_main"]).parent if meta.get("source_main") else run_dir)
     health = checkout_health(studio, base=source_dir)
     if not health.ok:
         raise LaunchError("; ".join(i.describe() for i in health.errors()))
