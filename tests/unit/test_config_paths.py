@@ -83,3 +83,12 @@ def test_the_shipped_demo_validates_from_the_repository_root(monkeypatch) -> Non
     main = Path("profiles/demo/chroma_demo.toml")
     assert config_base(main, {"dataset": "profiles/demo/chroma_demo_dataset.toml"}) == REPO
     assert [i.format() for i in validate_files(main) if i.is_error] == []
+
+
+def test_the_config_editor_opens_the_dataset_by_the_same_rule(tmp_path: Path, monkeypatch) -> None:
+    from studio.tabs.builder import read_pair
+
+    main = _launch_dir_layout(tmp_path / "checkout")
+    monkeypatch.chdir(tmp_path / "checkout")
+    texts, pair = read_pair(main)
+    assert texts["dataset"].startswith("resolutions = [64]") and pair["bases"] == [str(tmp_path / "checkout")]
