@@ -87,6 +87,9 @@ def test_shift_zero_means_no_shift() -> None:
     main = SDXL.replace("type = 'sdxl'", "type = 'flux'").replace(
         "checkpoint_path = '/models/sdxl.safetensors'", "diffusers_path = '/models/flux'\nshift = 0")
     assert _at(_issues(main), "model.shift") == []
+    # ... so with flux_shift = true the flux shift applies (chroma.py:265) and no "shift wins" warning is due
+    assert _at(_issues(main.replace("shift = 0", "shift = 0\nflux_shift = true")), "model.flux_shift") == []
+    assert _at(_issues(main.replace("shift = 0", "shift = 3\nflux_shift = true")), "model.flux_shift")
     negative = main.replace("shift = 0", "shift = -1")
     assert _at(_errors(_issues(negative)), "model.shift")
 

@@ -191,7 +191,7 @@ def _model_alternatives(ctx: MainContext) -> None:
 
 def _model_schedule(ctx: MainContext) -> None:
     model, report = ctx.model, ctx.report
-    if "shift" in model and model.get("flux_shift") is True:
+    if number(model, "shift") and model.get("flux_shift") is True:  # shift = 0 is no shift (models/chroma.py:263)
         report.warning("model.flux_shift", "ignored: shift takes precedence over flux_shift", "remove one of them")
     if "sigmoid_scale" in model and model.get("timestep_sample_method") == "uniform":
         report.warning("model.sigmoid_scale", "only used with timestep_sample_method = 'logit_normal'",
