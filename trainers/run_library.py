@@ -21,7 +21,7 @@ from trainers.checkpoints import ADAPTER_FILE, saves_root
 from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
-from trainers.runs import RunError, RunInfo, resolve_config_path, write_json_atomic
+from trainers.runs import RunError, RunInfo, config_folder, resolve_config_path, write_json_atomic
 
 BEST_FILE = "best.json"
 _SAVED = re.compile(r"^(epoch|step)(\d+)$")
@@ -105,7 +105,8 @@ def base_model_path(info: RunInfo) -> Path | None:
     if not isinstance(value, str) or not value:
         return None
     source = info.meta.get("source_main")
-    return resolve_config_path(Path(source).parent if isinstance(source, str) and source else info.run_dir, value)
+    folder = Path(source).parent if isinstance(source, str) and source else info.run_dir
+    return resolve_config_path(config_folder(info.meta, folder), value)
 
 
 def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraCheck:

@@ -25,6 +25,8 @@ import psutil
 from trainers.checkpoints import find_point, resume_points, saves_root
 from trainers.commands import Command, send_command
 from trainers.config import toml_io
+from trainers.config.native_support import backend_of
+from trainers.config.paths_check import config_base
 from trainers.event_hub import EventHub
 from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
 from trainers.files import atomic_write_json
@@ -76,6 +78,13 @@ def _read_toml(path: Path) -> dict:
 def resolve_config_path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def config_folder(meta: dict, fallback: Path) -> Path:
+    """The folder a run's relative config paths resolve against (its working directory): the config base
+    chosen at start (``paths_check.config_base``), else ``fallback`` (runs started before it was recorded)."""
+    base = meta.get("config_base")
+    return Path(base) if isinstance(base, str) and base and Path(base).is_dir() else fallback
 
 
 def _override_toml(path: Path, overrides: dict[str, object]) -> None:
@@ -177,16 +186,18 @@ class RunManager:
         cfg = _read_toml(main_path)
         if cfg.get("resume_from_checkpoint") and resume is None and not overrides:
             return self._resume_from_config(main_path, cfg)
-        backend = backend or cfg.get("studio", {}).get("backend", "native")  # [studio] backend, else native
+        backend = backend_of(cfg, backend)  # the argument, else [studio] backend, else auto (by model type)
         if backend not in BACKEND_MODULES:
             raise RunError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_MODULES)}.")
         for key in ("output_dir", "dataset"):
             if not cfg.get(key):
                 raise RunError(f"{main_path}: top-level key '{key}' is missing; add it (see diffusion-pipe's examples).")
-        base = main_path.parent
+        base = config_base(main_path, cfg)  # the main file's folder, or the cwd if the paths exist from there
         dataset_path = resolve_config_path(base, cfg["dataset"])
         if not dataset_path.is_file():
-            raise RunError(f"{main_path}: dataset = '{cfg['dataset']}' does not exist ({dataset_path}).")
+            raise RunError(f"{main_path}: dataset = '{cfg['dataset']}' does not exist ({dataset_path}); relative "
+                           f"paths resolve against the main file's folder ({main_path.parent}) or, when the "
+                           "config's paths exist from there, the current directory.")
         output_dir = resolve_config_path(base, cfg["output_dir"])
         with self._lock:
             run_dir = _new_run_dir(output_dir, list(self.roots))
@@ -198,7 +209,8 @@ class RunManager:
             "run_id": run_dir.name, "backend": backend, "name": name or main_path.stem,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "main_config": main_path.name, "dataset_config": dataset_path.name,
-            "source_main": str(main_path), "max_steps": max_steps, "pid": None, "pid_create_time": None,
+            "source_main": str(main_path), "config_base": str(base), "max_steps": max_steps, "pid": None,
+            "pid_create_time": None,
         }
         if resume:
             meta["resume"] = resume
@@ -246,7 +258,7 @@ class RunManager:
         if max_steps:
             meta["max_steps"] = max_steps
         EventWriter(info.run_dir).emit(ResumedEvent(step=found.step, epoch=found.epoch, checkpoint=point))
-        cwd = source.parent
+        cwd = config_folder(info.meta, source.parent)
         if self.queue.items() or self._busy(exclude=info.run_dir):
             meta["queued"] = True
             write_json_atomic(info.run_dir / RUN_FILE, meta)
@@ -272,7 +284,7 @@ class RunManager:
         """
         main_path = Path(main_config).expanduser().resolve()
         cfg = _read_toml(main_path)
-        output_dir = resolve_config_path(main_path.parent, cfg.get("output_dir", "."))
+        output_dir = resolve_config_path(config_base(main_path, cfg), cfg.get("output_dir", "."))
         point = None
         if checkpoint is None:
             candidates = sorted(p.parent for p in output_dir.glob(f"*/{RUN_FILE}"))
@@ -314,7 +326,7 @@ class RunManager:
         meta["queued"] = False
         meta["dequeued"] = datetime.now(UTC).isoformat(timespec="seconds")
         self._remember_root(run_dir.parent)
-        self._spawn(run_dir, meta, cwd=Path(meta["source_main"]).parent)
+        self._spawn(run_dir, meta, cwd=config_folder(meta, Path(meta["source_main"]).parent))
         return run_dir.name
 
     @staticmethod

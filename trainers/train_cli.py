@@ -13,7 +13,8 @@ from trainers.runs import RunError, RunManager
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from a main TOML without the web page (Ctrl-C stops and saves)")
-    p.add_argument("main", type=Path, help="the main TOML (its dataset TOML is read from its `dataset` key)")
+    p.add_argument("main", type=Path, help="the main TOML (its dataset TOML is read from its `dataset` key; relative paths "
+                   "resolve against its folder, or the current directory when the dataset is found only from there)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--name", default=None, help="run name shown in the studio")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",

@@ -20,6 +20,7 @@ from studio.profiles_view import report_message
 from studio.services import Services
 from trainers.config import validate_texts
 from trainers.config.issues import ConfigIssue, ConfigParseError
+from trainers.config.paths_check import config_base
 from trainers.config.rules_native import runs_natively
 from trainers.config.toml_io import dumps, loads, read_text, set_value
 from trainers.profiles import ProfileError, ProfileStore, ProfileTexts
@@ -68,11 +69,20 @@ def read_pair(main_path: Path) -> tuple[dict, dict]:
     """Texts and pair state of a main TOML on disk and the dataset TOML its ``dataset`` key names."""
     main_text = read_text(main_path)
     value = loads(main_text, str(main_path)).get("dataset")
-    dataset_path = resolve_config_path(main_path.parent, str(value)) if isinstance(value, str) and value else None
+    base = config_base(main_path, {"dataset": value})  # the rule validate, train and Start use
+    dataset_path = resolve_config_path(base, str(value)) if isinstance(value, str) and value else None
     dataset_text = read_text(dataset_path) if dataset_path and dataset_path.is_file() else ""
     pair = {"main_name": main_path.name, "dataset_name": dataset_path.name if dataset_path else "dataset.toml",
-            "bases": [str(main_path.parent), str(Path.cwd())], "profile": None}
+            "bases": [str(base)], "profile": None}
     return {"main": main_text, "dataset": dataset_text}, pair
+
+
+def _dataset_value(main_text: str) -> object:
+    """The main TOML's ``dataset`` value (None when the text does not parse: the checks report that)."""
+    try:
+        return loads(main_text).get("dataset")
+    except ConfigParseError:
+        return None
 
 
 def profile_pair(name: str) -> tuple[dict, dict]:
@@ -80,7 +90,8 @@ def profile_pair(name: str) -> tuple[dict, dict]:
     store = ProfileStore()
     info, texts = store.get(name), store.texts(name)
     pair = {"main_name": texts.main_name, "dataset_name": texts.dataset_name,
-            "bases": [str(info.main_path.parent), str(Path.cwd())], "profile": info.name}
+            "bases": [str(config_base(info.main_path, {"dataset": _dataset_value(texts.main_text)}))],
+            "profile": info.name}
     return {"main": texts.main_text, "dataset": texts.dataset_text}, pair
 
 

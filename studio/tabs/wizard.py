@@ -13,6 +13,9 @@ from studio import wizard_view as wv
 from studio.services import Services
 from studio.tabs import monitor
 from trainers.config import validate_texts
+from trainers.config.issues import ConfigParseError
+from trainers.config.paths_check import config_base
+from trainers.config.toml_io import loads_plain
 from trainers.paths import default_runs_root
 from trainers.profiles.store import ProfileError, ProfileStore, ProfileTexts
 from trainers.runs import RunError
@@ -122,12 +125,22 @@ def _choices(preset, diffusers, transformer, dataset, output_dir, run_name, chec
     return wv.WizardChoices(preset or wv.PRESETS[0], *text, bool(checkpointing), int(swap or 0))
 
 
+def _config_base(main_path: Path, main_text: str) -> Path:
+    """Where the saved profile's relative paths will resolve (trainers.config.paths_check.config_base)."""
+    try:
+        data = loads_plain(main_text, main_path.name)
+    except ConfigParseError:
+        return main_path.parent  # validate_texts reports the syntax error
+    return config_base(main_path, data)
+
+
 def issues_markdown(pair: ProfileTexts) -> str:
     """Validate the pair as it will be saved: both files side by side, every path checked."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / pair.dataset_name).write_text(pair.dataset_text, encoding="utf-8")
+        base = _config_base(Path(folder) / pair.main_name, pair.main_text)  # the rule train and Start use
         found = validate_texts(pair.main_text, pair.dataset_text, main_file=pair.main_name,
-                               dataset_file=pair.dataset_name, base_dir=folder)
+                               dataset_file=pair.dataset_name, base_dir=base)
     if not found:
         return "✓ The config is valid: every key checked, every path found."
     return "\n".join(f"- {'✗' if i.is_error else '⚠'} `{i.format()}`" for i in found)

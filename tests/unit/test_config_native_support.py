@@ -180,7 +180,8 @@ NATIVE_ONLY = [
     ({}, {"frame_buckets": [1, 33]}, {}, 1, {"frame_buckets"}),
     ({}, {}, {"frame_buckets": [1, 33]}, 1, {"directory[0].frame_buckets"}),
     ({}, {"size_buckets": [[512, 512, 33]]}, {}, 1, {"size_buckets"}),
-    ({}, {}, {"control_path": "tree/control"}, 1, {"directory[0].control_path"}),
+    # control_path on Chroma is an error for diffusion-pipe too (models/chroma.py:186 takes no control images):
+    # test_config_fidelity.py
 ]
 
 

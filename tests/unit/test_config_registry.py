@@ -60,8 +60,8 @@ def test_minimal_config_of_each_type_validates(type_name: str) -> None:
 def test_native_backend_trains_chroma_only(type_name: str) -> None:
     doc = tomlkit.parse(_minimal_main(type_name))
     doc["studio"] = {"backend": "native"}
-    for text in (_minimal_main(type_name), tomlkit.dumps(doc)):  # the default backend, and named
-        issues = validate_texts(text, _dataset_for(type_name), skip_path_checks=True)
+    for text, backend in ((_minimal_main(type_name), "native"), (tomlkit.dumps(doc), None)):  # passed, and named
+        issues = validate_texts(text, _dataset_for(type_name), skip_path_checks=True, backend=backend)
         errors = [i for i in issues if i.is_error]
         if type_name == "chroma":
             assert errors == []
@@ -72,6 +72,11 @@ def test_native_backend_trains_chroma_only(type_name: str) -> None:
     doc["studio"] = {"backend": DP}
     assert [i for i in validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True)
             if i.is_error] == []
+    # no backend anywhere, or 'auto': native for Chroma, diffusion-pipe for the rest; both validate clean
+    doc["studio"] = {"backend": "auto"}
+    for text in (_minimal_main(type_name), tomlkit.dumps(doc)):
+        assert [i.format() for i in validate_texts(text, _dataset_for(type_name), skip_path_checks=True)
+                if i.is_error] == []
 
 
 @pytest.mark.parametrize(("type_name", "key"), [(t, k) for t in ISSUE_TYPES for k in model_type(t).required])

@@ -63,6 +63,9 @@ def test_uniform_and_shift_precedence():
 def test_timestep_config_from_model_table():
     cfg = TimestepConfig.from_model_table({"timestep_sample_method": "uniform", "shift": 3, "flux_shift": True})
     assert cfg == TimestepConfig("uniform", 1.0, 3.0, True)
+    # diffusion-pipe models/chroma.py:263-265: `if shift := ...` -> shift = 0 is no shift, flux_shift then applies
+    assert TimestepConfig.from_model_table({"shift": 0, "flux_shift": True}) == TimestepConfig(shift=None,
+                                                                                            flux_shift=True)
     with pytest.raises(ValueError, match="timestep_sample_method"):
         TimestepConfig.from_model_table({"timestep_sample_method": "cosmap"})
 

@@ -125,3 +125,15 @@ def test_output_folders_are_remembered_across_restarts(manager, tmp_path):
     assert seen == [tmp_path / "elsewhere" / "out"]
     restarted = RunManager([tmp_path / "runs"], trainer_module="tests.fakes.trainer")
     assert [r.run_id for r in restarted.runs()] == [run_id]
+
+
+@pytest.mark.parametrize(("model_type", "studio", "backend"), [
+    ("chroma", "", "native"), ("flux", "", "diffusion-pipe"), ("wan", "backend = 'auto'\n", "diffusion-pipe"),
+    ("chroma", "backend = 'diffusion-pipe'\n", "diffusion-pipe"), ("flux", "backend = 'native'\n", "native")])
+def test_start_picks_the_backend_auto_by_model_type_unless_named(manager, tmp_path, model_type, studio, backend):
+    main = write_pair(tmp_path / "p", max_steps=2)
+    text = main.read_text().replace("type = 'chroma'", f"type = '{model_type}'")
+    main.write_text(text + (f"\n[studio]\n{studio}" if studio else ""))
+    run_id = manager.start(main, max_steps=2)
+    assert manager.info(run_id).backend == backend
+    _wait(lambda: manager.info(run_id).status == "completed")

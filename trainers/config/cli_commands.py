@@ -17,11 +17,13 @@ EXIT_OK, EXIT_INVALID, EXIT_UNPARSEABLE = 0, 1, 2
 
 def add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a diffusion-pipe main TOML and the dataset TOML it names")
-    p.add_argument("main", type=Path, help="main TOML (its relative paths resolve against its folder)")
+    p.add_argument("main", type=Path, help="main TOML (relative paths resolve against its folder, or the current "
+                   "directory when its dataset file is found only from there)")
     p.add_argument("--skip-path-checks", action="store_true", help="do not check that files and folders exist")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs the run will use (default 1)")
-    p.add_argument("--backend", choices=("native", "diffusion-pipe"), default=None,
-                   help="check for this trainer (default: the file's [studio] backend, else native)")
+    p.add_argument("--backend", choices=("auto", "native", "diffusion-pipe"), default=None,
+                   help="check for this trainer (default: the file's [studio] backend, else auto: native for "
+                        "Chroma, diffusion-pipe for other types)")
     p.set_defaults(handler=_validate)
 
 

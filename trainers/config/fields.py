@@ -37,7 +37,8 @@ class FieldSpec:
 
 
 _MODEL_KIND_TYPES = {"file": "file", "dir": "dir", "path": "path", "dtype": "choice", "bool": "bool",
-                     "float": "float", "pos_float": "float", "fraction": "float", "int": "int", "method": "choice",
+                     "float": "float", "pos_float": "float", "nonneg_float": "float", "fraction": "float", "int": "int",
+                     "method": "choice",
                      "file_list": "list[file]", "text_encoders": "text_encoders"}
 _SECTIONS = ("model", "adapter", "optimizer", "monitoring", "studio")
 _VIDEO_ONLY = {"image_micro_batch_size_per_gpu", "eval_image_micro_batch_size_per_gpu", "video_clip_mode"}

@@ -13,7 +13,7 @@ from typing import Any
 @dataclass(frozen=True)
 class KeySpec:
     name: str
-    kind: str  # file | dir | path | dtype | bool | float | pos_float | fraction | int | method | file_list | text_encoders
+    kind: str  # file | dir | path | dtype | bool | float | pos_float | nonneg_float | fraction | int | method | file_list | text_encoders
     description: str
     default: Any = None
 
@@ -50,7 +50,7 @@ MODEL_KEYS: dict[str, KeySpec] = dict([
     # noise schedule
     _k("timestep_sample_method", "method", "How training timesteps are drawn: logit_normal or uniform.", "logit_normal"),
     _k("sigmoid_scale", "pos_float", "Scale of the logit-normal timestep distribution.", 1.0),
-    _k("shift", "pos_float", "Constant timestep shift (takes precedence over flux_shift)."),
+    _k("shift", "nonneg_float", "Constant timestep shift (takes precedence over flux_shift; 0 = no shift)."),
     _k("flux_shift", "bool", "Resolution-dependent timestep shift, as in sd-scripts.", False),
     _k("lumina_shift", "bool", "Lumina's resolution-dependent timestep shift.", False),
     _k("image_shift", "pos_float", "Shift used for image batches (MiniMax H3)."),

@@ -22,6 +22,8 @@ Severity = Literal["error", "warning"]
 
 NATIVE_BACKEND = "native"
 OTHER_BACKEND = "diffusion-pipe"
+AUTO_BACKEND = "auto"
+BACKENDS = (AUTO_BACKEND, NATIVE_BACKEND, OTHER_BACKEND)
 NATIVE_TYPE = "chroma"
 SWITCH = f"or set [studio] backend = '{OTHER_BACKEND}'"
 
@@ -211,11 +213,17 @@ DATASET_SUPPORT: dict[str, dict[str, KeySupport]] = {
 OPEN_SECTIONS = frozenset({"optimizer"})
 
 
-def backend_of(main: Mapping[str, Any]) -> str:
-    """The backend a main config runs on: ``[studio] backend``, else the native trainer (the default)."""
-    studio = main.get("studio")
-    backend = studio.get("backend") if isinstance(studio, Mapping) else None
-    return backend if isinstance(backend, str) else NATIVE_BACKEND
+def backend_of(main: Mapping[str, Any], backend: str | None = None) -> str:
+    """The trainer a main config runs on: ``backend`` if given, else ``[studio] backend``, else "auto"; "auto"
+    is the native trainer for the types it trains (Chroma) and diffusion-pipe for every other type."""
+    if backend is None:
+        studio = main.get("studio")
+        chosen = studio.get("backend") if isinstance(studio, Mapping) else None
+        backend = chosen if isinstance(chosen, str) else AUTO_BACKEND
+    if backend != AUTO_BACKEND:
+        return backend
+    kind = model_type_of(main)
+    return NATIVE_BACKEND if kind is None or kind == NATIVE_TYPE else OTHER_BACKEND
 
 
 def model_type_of(main: Mapping[str, Any]) -> str | None:
@@ -282,7 +290,7 @@ def wrong_type_finding(main: Mapping[str, Any]) -> NativeFinding | None:
     if kind is None or kind == NATIVE_TYPE:
         return None
     return NativeFinding("main", "model.type", f"the native trainer trains chroma only, not {kind!r}",
-                         f"set [studio] backend = '{OTHER_BACKEND}' (the native trainer is the default backend)")
+                         f"set [studio] backend = '{OTHER_BACKEND}' or 'auto' (or remove it: auto is the default)")
 
 
 def module_available(name: str) -> bool:

@@ -23,7 +23,9 @@ BUILTIN_KWARGS: dict[str, frozenset[str]] = {
     "sgd": frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
                       "differentiable", "fused"}),
     "adamw8bitkahan": _BNB_ADAMW | {"stabilize"},
-    "offload": _TORCH_ADAMW,
+    # train.py:687-690: torchao's CPUOffloadOptimizer(params, torch.optim.AdamW, **kwargs), which takes
+    # offload_gradients itself and passes the rest to AdamW.
+    "offload": _TORCH_ADAMW | {"offload_gradients"},
     "automagic": frozenset({"lr", "min_lr", "max_lr", "lr_bump", "eps", "clip_threshold", "beta2", "weight_decay",
                             "do_paramiter_swapping", "paramiter_swapping_factor"}),
     "genericoptim": _ADAM | {"correct_bias", "momentum_type", "second_moment_type", "correct_dim", "cpu_offload",

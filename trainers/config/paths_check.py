@@ -1,8 +1,9 @@
 """Files and folders a config names must exist, and placeholders (``'<fill in: ...>'``) must be filled in.
 
-Relative paths resolve against the base folders given, first match wins. dp-studio runs trainers with the main
-TOML's folder as the working directory (docs/run-folder.md), so that folder comes first; the CLI adds the current
-directory, which is what diffusion-pipe itself uses (it resolves against its checkout, its working directory).
+Relative paths: one rule for every command (``config_base``). All relative paths of a config pair resolve against
+one folder, its *config base*: the main TOML's folder, unless its ``dataset`` file exists only from the current
+directory (diffusion-pipe's convention: it resolves against the folder it is launched from). validate,
+train, the studio's Start and the wizard pick the base this way; trainers run with it as working directory.
 """
 
 from __future__ import annotations
@@ -68,9 +69,13 @@ def _model_path(key: str, value: Any) -> list[tuple[str, Any, str]]:
     if spec.kind == "text_encoders":
         out = []
         for i, entry in enumerate(_list(value)):
-            if isinstance(entry, dict):
-                out.append((f"model.{key}[{i}].path", entry.get("path"), "file"))
-                out += [(f"model.{key}[{i}].paths[{j}]", p, "file") for j, p in enumerate(_list(entry.get("paths")))]
+            if isinstance(entry, dict):  # models/base.py:578-585: paths wins over path; each a str or a list
+                field = "paths" if "paths" in entry else "path"
+                value = entry.get(field)
+                if isinstance(value, list):
+                    out += [(f"model.{key}[{i}].{field}[{j}]", p, "file") for j, p in enumerate(value)]
+                else:
+                    out.append((f"model.{key}[{i}].{field}", value, "file"))
         return out
     return []
 
@@ -84,6 +89,24 @@ def dataset_paths(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
                               ("default_mask_file", "file")):
                 found.append((f"directory[{index}].{key}", directory.get(key), kind))
     return found
+
+
+def config_base(main_path: Path, data: dict[str, Any], cwd: Path | None = None) -> Path:
+    """The folder a main config's relative paths resolve against (module docstring): the main file's folder,
+    or the current directory when the ``dataset`` file exists only from there (with an absolute or missing
+    ``dataset``: when more of its relative input paths, model files, eval configs and LoRAs, exist from there)."""
+    home, here = Path(main_path).resolve().parent, (cwd or Path.cwd()).resolve()
+    if here == home:
+        return home
+    dataset = data.get("dataset")
+    if isinstance(dataset, str) and dataset and not Path(dataset).expanduser().is_absolute():
+        if (home / dataset).is_file() or (here / dataset).is_file():
+            return home if (home / dataset).is_file() else here
+    relative = [value for _, value, kind in main_paths(data) if kind != "output" and isinstance(value, str)
+                and value and placeholder_text(value) is None and not Path(value).expanduser().is_absolute()]
+    found_home = sum((home / value).exists() for value in relative)
+    found_here = sum((here / value).exists() for value in relative)
+    return here if found_here > found_home else home
 
 
 def check_paths(paths: list[tuple[str, Any, str]], bases: Sequence[Path], report: Reporter) -> None:

@@ -122,7 +122,7 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
     _comfy("ernie_image", "Ernie-Image", "flux2"),
     ModelTypeInfo("ltx2", "LTX 2.3", required=("diffusion_model", "text_encoder"),
                   optional=("diffusion_model_dtype", "merge_adapters", "timestep_sample_method", "sigmoid_scale",
-                            "shift"),
+                            "shift", "flux_shift"),
                   full_finetune=True, block_swap=True, block_swap_max=46, video=True, framerate=24,
                   fp8_key="diffusion_model_dtype", notes="t2i/t2v only, no audio"),
     _comfy("ideogram4", "Ideogram 4", "ideogram4"),

@@ -98,8 +98,9 @@ def _adapter(ctx: MainContext) -> None:
         if key in adapter and kind in ("lora", "lokr") and kind != only:
             ctx.report.warning(f"adapter.{key}", f"only used by {only} adapters", "remove it")
     if "fuse_adapters" in adapter and info is not None and info.type not in ("flux", "chroma"):
-        ctx.report.error("adapter.fuse_adapters", f"only Flux and Chroma read fuse_adapters, not {info.type!r}",
-                         "use [model] merge_adapters where the type supports it, or remove it")
+        # models/flux.py:197 and models/chroma.py:157 read it; every other type ignores the key.
+        ctx.report.warning("adapter.fuse_adapters", f"ignored: only Flux and Chroma read fuse_adapters, not "
+                           f"{info.type!r}", "use [model] merge_adapters where the type supports it, or remove it")
 
 
 def _full_finetune(ctx: MainContext) -> None:
@@ -190,7 +191,7 @@ def _model_alternatives(ctx: MainContext) -> None:
 
 def _model_schedule(ctx: MainContext) -> None:
     model, report = ctx.model, ctx.report
-    if "shift" in model and model.get("flux_shift") is True:
+    if number(model, "shift") and model.get("flux_shift") is True:  # shift = 0 is no shift (models/chroma.py:263)
         report.warning("model.flux_shift", "ignored: shift takes precedence over flux_shift", "remove one of them")
     if "sigmoid_scale" in model and model.get("timestep_sample_method") == "uniform":
         report.warning("model.sigmoid_scale", "only used with timestep_sample_method = 'logit_normal'",

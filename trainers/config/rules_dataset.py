@@ -8,7 +8,6 @@ from trainers.config.issues import Reporter
 from trainers.config.registry import MODEL_TYPES
 from trainers.config.schema_dataset import OVERRIDABLE
 
-MAX_RESOLUTIONS = 3
 AR_KEYS = ("min_ar", "max_ar", "num_ar_buckets")
 
 
@@ -39,10 +38,6 @@ def _effective(top: dict[str, Any], directory: dict[str, Any], key: str) -> Any:
 def _check_directory(top: dict[str, Any], directory: dict[str, Any], prefix: str, report: Reporter) -> None:
     resolutions = _effective(top, directory, "resolutions")
     sizes = _effective(top, directory, "size_buckets")
-    if isinstance(resolutions, list) and len(resolutions) > MAX_RESOLUTIONS:
-        report.error(_where(top, directory, prefix, "resolutions"), f"{len(resolutions)} resolutions: each one "
-                     "duplicates the dataset; diffusion-pipe exits above 3 without --i_know_what_i_am_doing",
-                     "keep at most 3 resolutions")
     if resolutions is None and sizes is None:
         report.error(_where(top, directory, prefix, "resolutions"), "no resolutions and no size_buckets "
                      f"for {prefix}", "add resolutions = [512] at the top of the dataset file")
@@ -82,9 +77,6 @@ def _check_for_model(top: dict[str, Any], directory: dict[str, Any], prefix: str
     if not info.video and isinstance(frames, list) and any(isinstance(f, int) and f > 1 for f in frames):
         report.warning(_where(top, directory, prefix, "frame_buckets"), f"{info.label} is an image model; video "
                        "frame buckets are useless", "use frame_buckets = [1]")
-    if "control_path" in directory and not info.edit:
-        report.warning(f"{prefix}.control_path", f"{info.label} does not do edit training; control_path is "
-                       "ignored", "remove it, or use flux / qwen_image / flux2")
 
 
 def _check_wan_i2v(top: dict[str, Any], report: Reporter, model_type: str | None, model: dict[str, Any]) -> None:

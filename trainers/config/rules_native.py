@@ -1,7 +1,7 @@
 """The native backend's refusals as validation issues: ``native_support``'s table applied to a config pair.
 
-A config runs natively when ``[studio] backend`` is "native" or missing (the default), unless the caller names
-the backend. Then a Chroma config gets one error per key the native trainer refuses, and any other model type
+A config runs natively when its backend (the caller's, else ``[studio] backend``, else "auto") resolves to the
+native trainer: "native", or "auto" with a Chroma config (``native_support.backend_of``). Then a Chroma config gets one error per key the native trainer refuses, and any other model type
 one error for the whole config. The data is the unknown-key pass's cleaned copy, so unknown keys (already
 reported) are not reported twice.
 """
@@ -17,7 +17,7 @@ from trainers.config.registry import MODEL_TYPES
 
 def runs_natively(main: dict[str, Any], backend: str | None = None) -> bool:
     """Whether this main config is checked for the native trainer (``backend`` overrides ``[studio] backend``)."""
-    return (backend or native_support.backend_of(main)) == native_support.NATIVE_BACKEND
+    return native_support.backend_of(main, backend) == native_support.NATIVE_BACKEND
 
 
 def trains_chroma(main: dict[str, Any]) -> bool:

@@ -22,9 +22,11 @@ from trainers.config.types import (
     FilePath,
     Fraction,
     NonEmptyStr,
+    NonNegFloat,
     PosFloat,
     PosInt,
     TimestepMethod,
+    one_of,
 )
 
 
@@ -32,20 +34,24 @@ class TextEncoderEntry(BaseModel):
     """One ``text_encoders`` entry of the ComfyUI-based models."""
 
     model_config = STRICT
-    path: FilePath | None = Field(None, description="Text encoder file.")
-    paths: list[FilePath] | None = Field(None, description="Several files forming one text encoder.")
+    # diffusion-pipe models/base.py:578-585: ``paths`` wins over ``path``, and either may be a string or a list.
+    path: FileOrFiles | None = Field(None, description="Text encoder file (or a list of files).")
+    paths: FileOrFiles | None = Field(None, description="Several files forming one text encoder (wins over path).")
     type: NonEmptyStr = Field(description="ComfyUI CLIP type, e.g. 'lumina2', 'flux2', 'minimax'.")
 
     @model_validator(mode="after")
     def _one_source(self) -> TextEncoderEntry:
-        if (self.path is None) == (self.paths is None):
-            raise PydanticCustomError("text_encoder_source", "give exactly one of path = '...' or paths = [...]")
+        if self.path is None and self.paths is None:
+            raise PydanticCustomError("text_encoder_source", "give path = '...' or paths = [...]")
         return self
 
 
+FileOrFiles = Annotated[FilePath | Annotated[list[FilePath], Field(min_length=1)],
+                        one_of("a file path or a non-empty list of file paths")]
+
 KIND_TYPES: dict[str, Any] = {
     "file": FilePath, "dir": DirPath, "path": AnyPath, "dtype": Dtype, "bool": bool, "float": float,
-    "pos_float": PosFloat, "fraction": Fraction, "int": PosInt, "method": TimestepMethod,
+    "pos_float": PosFloat, "nonneg_float": NonNegFloat, "fraction": Fraction, "int": PosInt, "method": TimestepMethod,
     "file_list": list[FilePath], "text_encoders": Annotated[list[TextEncoderEntry], Field(min_length=1)],
 }
 

@@ -15,7 +15,8 @@ class StudioConfig(BaseModel):
     """Read by the native trainer and the studio; never by diffusion-pipe."""
 
     model_config = STRICT
-    backend: Literal["native", "diffusion-pipe"] = Field("native", description="Which trainer runs this profile.")
+    backend: Literal["auto", "native", "diffusion-pipe"] = Field(
+        "auto", description="Which trainer runs this profile; auto: native for Chroma, diffusion-pipe otherwise.")
     sample_prompts: list[str] = Field([], description="Prompts rendered as previews during training.")
     sample_negative_prompt: str = Field("", description="Negative prompt for previews (real CFG).")
     sample_seeds: list[NonNegInt] = Field([], description="One preview per prompt and seed.")

@@ -2,8 +2,8 @@
 refuses (when the pair runs natively), paths, placeholders.
 
 Relative paths (the main file's ``dataset``, eval configs, model files, dataset folders) resolve against the
-main TOML's folder, where dp-studio runs its trainers (docs/run-folder.md); ``validate_files`` then tries the
-current directory, diffusion-pipe's own convention (it resolves against its checkout). See ``paths_check``.
+config base: the main TOML's folder, or the current directory when the config's paths exist only from there
+(diffusion-pipe's convention), see ``paths_check.config_base``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from trainers.config import paths_check, rules, rules_dataset, rules_lora, rules_native, unknown_keys
+from trainers.config import (
+    paths_check,
+    rules,
+    rules_dataset,
+    rules_dataset_dp,
+    rules_lora,
+    rules_native,
+    unknown_keys,
+)
 from trainers.config.issues import ConfigIssue, ConfigParseError, Reporter
 from trainers.config.schema_dataset import DatasetConfig
 from trainers.config.schema_main import MainConfig
@@ -23,7 +31,7 @@ from trainers.config.toml_io import loads_plain, read_text
 from trainers.config.translate import report_validation_error
 
 SYNTAX_KEY = "(syntax)"
-Backend = Literal["native", "diffusion-pipe"]
+Backend = Literal["auto", "native", "diffusion-pipe"]
 
 
 def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str = "main.toml",
@@ -37,18 +45,18 @@ def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str =
     folder(s) relative paths resolve against, first match wins (default: cwd). A syntax error is
     returned as one issue with key ``(syntax)`` rather than raised. ``eval_texts`` maps eval config file names
     to their text. ``num_gpus`` None skips the GPU-count rules. ``backend`` None: the main file's
-    ``[studio] backend`` (default native, whose refusals are errors, see ``rules_native``).
+    ``[studio] backend`` (default auto: native for Chroma, whose refusals are errors, see ``rules_native``).
     """
     base = _bases(base_dir)
     try:
         main_data = loads_plain(main_text, main_file)
         issues = check_main(main_data, main_text, main_file, base, skip_path_checks, num_gpus, backend)
         model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
-        native = _native_chroma(main_data, backend)
+        native, skip = _native_chroma(main_data, backend), _skips_checks(main_data, backend)
         if dataset_text is not None:
-            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model, native)
+            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model, native, skip)
         for name, text in (eval_texts or {}).items():
-            issues += check_dataset_text(text, name, base, skip_path_checks, model, native)
+            issues += check_dataset_text(text, name, base, skip_path_checks, model, native, skip)
     except ConfigParseError as exc:
         return [ConfigIssue(exc.file, exc.line, SYNTAX_KEY, f"column {exc.column}: {exc.message}",
                             "fix the TOML syntax")]
@@ -66,6 +74,11 @@ def _bases(base_dir: Any) -> list[Path]:
 def _native_chroma(main: dict[str, Any], backend: Backend | None) -> bool:
     """Whether the dataset files get the native trainer's dataset refusals."""
     return rules_native.runs_natively(main, backend) and rules_native.trains_chroma(main)
+
+
+def _skips_checks(main: dict[str, Any], backend: Backend | None) -> bool:
+    """Whether diffusion-pipe runs this pair with --i_know_what_i_am_doing (``[studio] dp_extra_args``)."""
+    return not rules_native.runs_natively(main, backend) and rules_dataset_dp.skips_dataset_checks(main)
 
 
 def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
@@ -88,9 +101,11 @@ def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path],
 
 
 def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
-                       model: dict[str, Any] | None = None, native: bool = False) -> list[ConfigIssue]:
-    """Issues of a dataset TOML; ``model`` (the main file's [model] table) enables model-specific rules, and
-    ``native`` the native trainer's refusals (a Chroma pair that runs natively)."""
+                       model: dict[str, Any] | None = None, native: bool = False,
+                       skip_checks: bool = False) -> list[ConfigIssue]:
+    """Issues of a dataset TOML; ``model`` (the main file's [model] table) enables model-specific rules,
+    ``native`` the native trainer's refusals (a Chroma pair that runs natively), ``skip_checks`` that
+    diffusion-pipe runs with --i_know_what_i_am_doing."""
     data = loads_plain(text, file)
     report = Reporter(file, text)
     clean = unknown_keys.check_dataset(data, report)
@@ -101,6 +116,7 @@ def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_che
     model = model or {}
     model_type = model.get("type") if isinstance(model.get("type"), str) else None
     rules_dataset.check_dataset(clean, report, model_type, model)
+    rules_dataset_dp.check_dataset(clean, report, model_type, skip_checks)
     if native:
         rules_native.check_dataset(clean, report)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
@@ -115,28 +131,28 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
 
     Raises ConfigParseError when a file cannot be read or parsed. A dataset file that does not exist is an
     issue on the ``dataset`` key (even with ``skip_path_checks``: without it nothing can be checked).
-    ``backend`` None: the main file's ``[studio] backend`` (default native).
+    ``backend`` None: the main file's ``[studio] backend`` (default auto).
     """
     main_path = Path(main_path)
     main_text = read_text(main_path)
     main_data = loads_plain(main_text, str(main_path))
-    base = list(dict.fromkeys([main_path.parent, Path.cwd()]))
+    base = [paths_check.config_base(main_path, main_data)]  # one rule for every command (paths_check)
     issues = check_main(main_data, main_text, str(main_path), base, skip_path_checks, num_gpus, backend)
     model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
-    native = _native_chroma(main_data, backend)
+    flags = (_native_chroma(main_data, backend), _skips_checks(main_data, backend))
     dataset = main_data.get("dataset")
     if isinstance(dataset, str) and paths_check.placeholder_text(dataset) is None and dataset:
-        issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model, native)
+        issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model, flags)
     for index, entry in enumerate(main_data.get("eval_datasets") or []):
         config = entry.get("config") if isinstance(entry, dict) else None
         if isinstance(config, str) and config and paths_check.resolve(config, base).is_file():
             issues += _dataset_file(config, f"eval_datasets[{index}].config", main_path, base, main_text,
-                                    skip_path_checks, model, native)
+                                    skip_path_checks, model, flags)
     return issues
 
 
 def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_text: str,
-                  skip_path_checks: bool, model: dict[str, Any], native: bool) -> list[ConfigIssue]:
+                  skip_path_checks: bool, model: dict[str, Any], flags: tuple[bool, bool]) -> list[ConfigIssue]:
     path = paths_check.resolve(value, base)
     if not path.is_file():
         if not skip_path_checks:
@@ -146,7 +162,7 @@ def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_
                      f"check the path (relative paths are resolved against {' or '.join(map(str, base))})")
         return report.issues
     text = read_text(path)
-    return check_dataset_text(text, str(path), base, skip_path_checks, model, native)
+    return check_dataset_text(text, str(path), base, skip_path_checks, model, *flags)
 
 
 def is_valid(issues: list[ConfigIssue]) -> bool:

@@ -21,7 +21,7 @@ from trainers.diffusion_pipe.launch import (
 )
 from trainers.diffusion_pipe.parse import Schedule
 from trainers.diffusion_pipe.tb_eval import eval_names
-from trainers.runs import RUN_FILE, resolve_config_path
+from trainers.runs import RUN_FILE, config_folder, resolve_config_path
 
 DEFAULT_GRACE_S = 300.0  # save_quit is honoured at the next step, then a checkpoint is written
 GRACE_ENV = "DP_STUDIO_STOP_GRACE_S"
@@ -48,7 +48,7 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
     """Check the checkout, write the launch copy and build the command; raise LaunchError naming the fix."""
     data = tomllib.loads((run_dir / meta["main_config"]).read_text(encoding="utf-8"))
     studio = data.get("studio") if isinstance(data.get("studio"), dict) else {}
-    source_dir = Path(meta["source_main"]).parent if meta.get("source_main") else run_dir
+    source_dir = config_folder(meta, Path(meta["source_main"]).parent if meta.get("source_main") else run_dir)
     health = checkout_health(studio, base=source_dir)
     if not health.ok:
         raise LaunchError("; ".join(i.describe() for i in health.errors()))

@@ -38,9 +38,9 @@ class TimestepConfig:
             raise ValueError(
                 f"[model] timestep_sample_method = {method!r} is not supported; use 'logit_normal' or 'uniform'"
             )
-        shift = model.get("shift")
+        shift = model.get("shift")  # 0 means no shift: diffusion-pipe tests `if shift := ...` (models/chroma.py:263)
         return cls(method, float(model.get("sigmoid_scale", 1.0)),
-                   None if shift is None else float(shift), bool(model.get("flux_shift", False)))
+                   float(shift) if shift else None, bool(model.get("flux_shift", False)))
 
 
 def flux_mu(image_seq_len: int) -> float:

@@ -47,6 +47,9 @@ class SidecarJob:
 def source_folder(run_dir: Path, meta: dict) -> Path:
     """The folder of the run's source main TOML (relative paths in its copy mean paths from there); the run
     folder when the source is gone or unknown (adopted runs)."""
+    base = meta.get("config_base")  # the folder chosen at start (trainers.config.paths_check.config_base)
+    if isinstance(base, str) and base and Path(base).is_dir():
+        return Path(base)
     source = meta.get("source_main")
     if source and Path(source).parent.is_dir():
         return Path(source).parent
