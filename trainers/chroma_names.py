@@ -77,3 +77,30 @@ def fused_parts(original_module: str) -> tuple[str, ...] | None:
     if block not in ORIGINAL_BLOCKS or suffix not in FUSED_PARTS:
         return None
     return tuple(f"{ORIGINAL_BLOCKS[block]}.{index}.{part}" for part in FUSED_PARTS[suffix])
+
+
+def excluded(exclude: str | list[str] | None, original_module: str) -> bool:
+    """peft's ``exclude_modules`` rule, as diffusion-pipe hands ``[adapter] exclude_modules`` to peft
+    (diffusion-pipe models/base.py:283), applied to an original-layout module name: a string is a regular
+    expression the whole name must match; a list item is the name or a dotted suffix of it."""
+    if not exclude:
+        return False
+    if isinstance(exclude, str):
+        return re.fullmatch(exclude, original_module) is not None
+    return any(original_module == item or original_module.endswith(f".{item}") for item in exclude)
+
+
+def kept_targets(targets: list[str], exclude: str | list[str] | None) -> tuple[list[str], list[str]]:
+    """The diffusers Linears of ``targets`` whose original Linear ``exclude`` leaves in (the parts of a fused
+    Linear stay or go together), and the list items of ``exclude`` that name no original module."""
+    if isinstance(exclude, str):
+        try:
+            re.compile(exclude)
+        except re.error as exc:
+            raise ValueError(f"[adapter] exclude_modules = {exclude!r} is not a valid regular expression ({exc}); "
+                             "give a regex matching whole module names, or a list of module names") from None
+    originals = {target: original_name(target)[0] for target in targets}
+    kept = [t for t in targets if not excluded(exclude, originals[t])]
+    unused = [] if not exclude or isinstance(exclude, str) else [
+        item for item in exclude if not any(excluded([item], name) for name in originals.values())]
+    return kept, unused
