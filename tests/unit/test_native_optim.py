@@ -16,8 +16,42 @@ from trainers.native.optim import (
 
 
 def test_warmup_is_linear_from_lr_over_warmup_steps():
-    assert [lr_at(k, 1.0, 4, "constant", 100) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    # diffusion-pipe train.py:860: LinearLR(start_factor=1/w, total_iters=w) -> lr * (1/w + (1 - 1/w) * k/w)
+    assert [lr_at(k, 1.0, 4, "constant", 100) for k in range(6)] == pytest.approx(
+        [0.25, 0.4375, 0.625, 0.8125, 1.0, 1.0]
+    )
     assert lr_at(0, 2e-3, 0, "constant", 10) == 2e-3
+
+
+def _torch_schedule(scheduler: str, warmup: int, total: int, steps: int) -> list[float]:
+    """diffusion-pipe train.py:849-861, built with torch's own schedulers, stepped once per optimizer step."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    if scheduler == "constant":
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    elif scheduler == "linear":
+        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=1e-6)
+    if warmup > 0:
+        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / warmup, total_iters=warmup)
+        sched = torch.optim.lr_scheduler.SequentialLR(opt, schedulers=[warm, sched], milestones=[warmup])
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("scheduler", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 1, 3, 7])
+def test_schedule_equals_diffusion_pipes_step_by_step(scheduler, warmup):
+    # torch's cosine is periodic past T_max; diffusion-pipe's run ends before that (epochs x steps_per_epoch steps)
+    steps = warmup + 13
+    expected = _torch_schedule(scheduler, warmup, 12, steps)
+    ours = [lr_at(k, 1.0, warmup, scheduler, 12) for k in range(steps)]
+    assert ours == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
 def test_linear_and_cosine_decay_after_warmup():

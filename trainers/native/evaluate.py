@@ -69,7 +69,7 @@ def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConf
                     x0, text, mask = cache_mod.batch_tensors(eval_set.cache, batch, 0.0, None)
                     x0 = x0.to(family.device, family.dtype)
                     t = sample_timesteps(tcfg, x0.shape[0], family.image_seq_len(x0.shape), generator, quantile=q)
-                    noise = torch.randn(x0.shape, generator=generator).to(family.device, x0.dtype)
+                    noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
                     x_t, target = noisy_input(x0, noise, t.to(family.device))
                     weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
                     loss = flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg, weights)

@@ -89,8 +89,14 @@ def sample_timesteps(cfg: TimestepConfig, batch: int, image_seq_len: int,
 
 
 def noisy_input(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noisy latents x_t and the velocity target for timesteps ``t`` (one per batch item)."""
-    t_b = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    """The noisy latents x_t and the velocity target for timesteps ``t`` (one per batch item), in float32.
+
+    diffusion-pipe models/chroma.py:224 takes ``latents.float()``, draws float32 noise and t (:255) and forms
+    x_t and the target in float32 (:270-273); x_t is rounded to the compute dtype only where the model reads
+    it, and the loss compares against the float32 target (models/base.py:422-423). Pass float32 ``noise``.
+    """
+    x0, noise = x0.float(), noise.float()
+    t_b = t.view(-1, *([1] * (x0.dim() - 1))).to(device=x0.device, dtype=torch.float32)
     x_t = (1.0 - t_b) * x0 + t_b * noise
     return x_t, noise - x0
 

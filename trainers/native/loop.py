@@ -397,7 +397,7 @@ class Trainer:
         x0, text, mask = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
         x0 = x0.to(self.device, self.family.dtype)
         t = sample_timesteps(self.tcfg, x0.shape[0], self.family.image_seq_len(x0.shape), self.generator)
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device, x0.dtype)
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)  # float32
         x_t, target = noisy_input(x0, noise, t.to(self.device))
         weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
         return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg, weights)

@@ -10,6 +10,7 @@ family maps the module names.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,7 +22,10 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from trainers.chroma_names import kept_targets
 from trainers.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -40,10 +44,20 @@ def adapter_settings(table: dict) -> tuple[int, float]:
 
 
 def attach_lora(model: torch.nn.Module, targets: list[str], rank: int, dropout: float, dtype: torch.dtype,
-                exclude: list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
-    """Add a trainable LoRA (alpha = rank) to ``targets`` of a diffusers model; returns its parameters."""
+                exclude: str | list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+    """Add a trainable LoRA (alpha = rank) to ``targets`` of a diffusers model; returns its parameters.
+
+    ``exclude`` (``[adapter] exclude_modules``) names modules of the original Chroma layout, as diffusion-pipe
+    passes it to peft on that model: a fused Linear it names loses the LoRA on all its diffusers parts.
+    """
+    targets, unused = kept_targets(targets, exclude)
+    if unused:
+        log.warning("[adapter] exclude_modules: %s name no LoRA target (give original-layout names such as "
+                    "'img_attn.qkv', 'single_blocks.3.linear1' or 'txt_mlp.0')", ", ".join(map(repr, unused)))
+    if not targets:
+        raise ValueError(f"[adapter] exclude_modules = {exclude!r} excludes every LoRA target; exclude fewer modules")
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=targets,
-                        exclude_modules=exclude, init_lora_weights=True)
+                        init_lora_weights=True)
     model.add_adapter(config)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for _, param in named:

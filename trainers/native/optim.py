@@ -2,8 +2,9 @@
 
 Every ``[optimizer]`` key except ``type`` and ``gradient_release`` is passed to the constructor, and a key the
 constructor does not name is an error (most pytorch_optimizer classes would swallow a typo in ``**kwargs``).
-Weight decay is 0 for 1-D parameters (biases, norms). The schedule is a linear warmup from lr / warmup_steps,
-then constant, linear (to 0) or cosine (to 1e-6) over epochs x steps_per_epoch.
+Weight decay is 0 for 1-D parameters (biases, norms). The schedule is a linear warmup from lr / warmup_steps
+(torch's ``LinearLR(start_factor=1/warmup_steps)``: lr x (1/w + (1 - 1/w) x k/w) after k steps), then constant,
+linear (to 0) or cosine (to 1e-6) over epochs x steps_per_epoch.
 
 Types, matched case-insensitively (diffusion-pipe's list): ``adamw``, ``adamw8bit`` (bitsandbytes, CUDA only),
 ``adamw_optimi``, ``stableadamw``, ``sgd``, and any optimizer of the ``pytorch_optimizer`` package by name
@@ -131,7 +132,9 @@ def lr_at(completed: int, base_lr: float, warmup_steps: int, scheduler: str, tot
     ``total_steps`` is epochs x steps_per_epoch (diffusion-pipe ignores max_steps for the decay length).
     """
     if warmup_steps > 0 and completed < warmup_steps:
-        return base_lr * (completed + 1) / warmup_steps
+        # diffusion-pipe train.py:860: LinearLR(start_factor=1/warmup_steps, total_iters=warmup_steps)
+        start = 1.0 / warmup_steps
+        return base_lr * (start + (1.0 - start) * completed / warmup_steps)
     k = completed - max(warmup_steps, 0)
     if scheduler == "constant":
         return base_lr

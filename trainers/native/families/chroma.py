@@ -97,6 +97,19 @@ class ChromaFamily:
         self.max_sequence_length = min(MAX_T5_TOKENS, int(tokenizer.model_max_length))
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self._checkpoint_hooks: list = []
+        self._timestep: torch.Tensor | None = None  # float32 t of the predict() in progress
+        transformer.time_text_embed.register_forward_pre_hook(self._float32_timestep)
+        transformer.time_text_embed.register_forward_hook(self._to_compute_dtype)
+
+    def _float32_timestep(self, _module, args):
+        """diffusers rounds t to the model dtype before x1000 and the embedding; diffusion-pipe embeds the float32
+        t (models/chroma.py:277, :367) and rounds only the embedding, where the autocast Linear reads it."""
+        if self._timestep is None:
+            return None
+        return (self._timestep.to(args[0].device, torch.float32) * 1000,)
+
+    def _to_compute_dtype(self, _module, _args, output: torch.Tensor) -> torch.Tensor | None:
+        return None if self._timestep is None else output.to(self.transformer.dtype)
 
     @classmethod
     def load(cls, model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> ChromaFamily:
@@ -182,15 +195,19 @@ class ChromaFamily:
         # ChromaPipeline._prepare_attention_mask: the text mask followed by ones for every image token.
         mask = torch.cat([text.mask.to(tdtype), torch.ones(b, packed.shape[1], dtype=tdtype, device=x_t.device)],
                          dim=1)
-        out = self.transformer(
-            hidden_states=packed,
-            timestep=t.to(device=x_t.device, dtype=tdtype),
-            encoder_hidden_states=text.embeds.to(tdtype),
-            txt_ids=torch.zeros(text.embeds.shape[1], 3, device=x_t.device, dtype=tdtype),
-            img_ids=latent_image_ids(h // 2, w // 2, x_t.device, tdtype),
-            attention_mask=mask,
-            return_dict=False,
-        )[0]
+        self._timestep = t.to(device=x_t.device, dtype=torch.float32)
+        try:
+            out = self.transformer(
+                hidden_states=packed,
+                timestep=self._timestep.to(tdtype),
+                encoder_hidden_states=text.embeds.to(tdtype),
+                txt_ids=torch.zeros(text.embeds.shape[1], 3, device=x_t.device, dtype=tdtype),
+                img_ids=latent_image_ids(h // 2, w // 2, x_t.device, tdtype),
+                attention_mask=mask,
+                return_dict=False,
+            )[0]
+        finally:
+            self._timestep = None
         return unpack_latents(out, h, w)
 
     def lora_targets(self) -> list[str]:
