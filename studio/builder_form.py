@@ -181,10 +181,12 @@ def same_value(field: FormField, a: Any, b: Any) -> bool:
 
 
 def apply_form(main_doc: TOMLDocument, dataset_doc: TOMLDocument, dir_index: int,
-               values: dict[str, Any]) -> dict[str, str]:
+               values: dict[str, Any], *, remove_empty: bool = True) -> dict[str, str]:
     """Write into the documents every visible field whose value differs from theirs; returns input errors by id.
 
-    Only the changed keys are touched (``set_value``/``delete_value``), so comments and order survive.
+    Only the changed keys are touched (``set_value``/``delete_value``), so comments and order survive. An emptied
+    text field removes its key only with ``remove_empty`` (the user left the field): mid-edit, "select all,
+    Backspace, type" keeps the key where it is in the file.
     """
     model_type = model_type_of(main_doc)
     current = form_values(main_doc, dataset_doc, model_type, dir_index)
@@ -198,6 +200,8 @@ def apply_form(main_doc: TOMLDocument, dataset_doc: TOMLDocument, dir_index: int
             parsed = parse_widget(field, values[field.id])
         except FieldInputError as exc:
             errors[field.id] = input_error(field, values[field.id], exc)
+            continue
+        if parsed is UNSET and not remove_empty and field.widget != "dropdown":
             continue
         write_field(main_doc if field.file == "main" else dataset_doc, field, dir_index, parsed)
     return errors

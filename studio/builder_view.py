@@ -167,6 +167,11 @@ def error_changes(shown: dict[str, str], errors: dict[str, str]) -> set[str]:
     return {fid for fid in set(shown) | set(errors) if shown.get(fid) != errors.get(fid)}
 
 
+def shows_errors(shown: dict[str, str]) -> bool:
+    """Whether any field shows an error (an edit that changes nothing must still re-check to clear it)."""
+    return any(text.startswith("⚠") for text in shown.values())
+
+
 def keep_whitespace(original: str, edited: str) -> str:
     """The editor's text with the original's leading and trailing whitespace.
 

@@ -48,7 +48,7 @@ def build_app(services: Services) -> gr.Blocks:
         profiles_tab.select(profiles.refresh_all, inputs=prof.selected, outputs=profiles.listing_outputs(prof),
                             api_visibility="private")
         datasets.wire(data, services)
-        tokens = monitor.StreamTokens()
+        tokens = monitor.MonitorViews()
         runs.wire(lib, services, monitor.MonitorLink(current_run, tabs, TAB_MONITOR, mon, tokens))
         runs_tab.select(lambda: runs.refresh_all(services),
                         outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run, lib.queue_table,

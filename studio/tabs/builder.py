@@ -223,7 +223,13 @@ def refresh(texts: dict, pair: dict, dir_index: int | None, *, editors: bool, me
     return (*head, model_type, dir_update, issues_md, message, errors, *updates)
 
 
-def on_form(texts: dict, pair: dict, shown: dict, dir_index: int | None, *values: Any) -> tuple:
+def on_form_edit(texts: dict, pair: dict, shown: dict, dir_index: int | None, *values: Any) -> tuple:
+    """A keystroke or pick in the form: an emptied text field keeps its key until the user leaves it."""
+    return on_form(texts, pair, shown, dir_index, *values, remove_empty=False)
+
+
+def on_form(texts: dict, pair: dict, shown: dict, dir_index: int | None, *values: Any,
+            remove_empty: bool = True) -> tuple:
     """A form edit: write the changed keys, re-check, and update only the fields whose error changed."""
     skips = [gr.skip()] * len(bf.form_pool())
     try:
@@ -233,8 +239,12 @@ def on_form(texts: dict, pair: dict, shown: dict, dir_index: int | None, *values
         return texts, gr.skip(), gr.skip(), note, shown, *skips
     ids = [f.id for f in bf.form_pool()]
     dir_index = int(dir_index or 0)
-    input_errors = bf.apply_form(main_doc, dataset_doc, dir_index, dict(zip(ids, values, strict=True)))
+    input_errors = bf.apply_form(main_doc, dataset_doc, dir_index, dict(zip(ids, values, strict=True)),
+                                 remove_empty=remove_empty)
     new = {"main": dumps(main_doc), "dataset": dumps(dataset_doc)}
+    if new == texts and not input_errors and not bv.shows_errors(shown):
+        # A refill from the editor echoes back as change events: nothing to write, nothing to show.
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *skips
     issues = check(new, pair)
     model_type = bf.model_type_of(main_doc)
     errors = {**bv.field_errors(issues, _pair(pair), dir_index, model_type), **input_errors}
@@ -342,9 +352,15 @@ def load_outputs(h: BuilderHandles) -> list:
 def wire(h: BuilderHandles, services: Services) -> None:
     widgets = list(h.fields.values())
     full = load_outputs(h)
-    gr.on([w.input for w in widgets], on_form, inputs=[h.texts, h.pair, h.shown, h.dir_index, *widgets],
-          outputs=[h.texts, h.main_code, h.dataset_code, h.issues, h.shown, *widgets], trigger_mode="always_last",
-          show_progress="hidden", **EDIT)
+    # Gradio's Textbox dispatches ``input`` from its keypress handler only, so Backspace and Delete never reach
+    # the server: text boxes report ``change`` instead (a refill from the editor echoes back as a no-op, see
+    # ``on_form``), and leaving a field (blur, Enter) commits it, an empty one removing its key.
+    texts_ = [w for w in widgets if isinstance(w, gr.Textbox)]
+    form_io = {"inputs": [h.texts, h.pair, h.shown, h.dir_index, *widgets],
+               "outputs": [h.texts, h.main_code, h.dataset_code, h.issues, h.shown, *widgets],
+               "trigger_mode": "always_last", "show_progress": "hidden", **EDIT}
+    gr.on([w.change if w in texts_ else w.input for w in widgets], on_form_edit, **form_io)
+    gr.on([w.blur for w in texts_] + [w.submit for w in texts_], on_form, **form_io)
     gr.on([h.main_code.input, h.dataset_code.input], on_editor,
           inputs=[h.main_code, h.dataset_code, h.texts, h.pair, h.dir_index], outputs=full,
           trigger_mode="always_last", show_progress="hidden", **EDIT)

@@ -9,9 +9,11 @@ and an older one notices at its next heartbeat that it was replaced and ends.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
@@ -21,9 +23,10 @@ from trainers.commands import Command
 from trainers.resources import snapshot
 from trainers.runs import RunError, RunInfo
 
-HEARTBEAT_S = 1.0
+POLL_S = 0.2  # how often a stream looks at its session's view request (controls act within this)
 RESOURCES_EVERY_S = 2.0
 MIN_FRAME_S = 0.5
+MAX_SESSIONS = 1000
 
 
 @dataclass
@@ -49,10 +52,6 @@ class MonitorHandles:
     search: gr.Textbox
     log: gr.Textbox
     resources: gr.Markdown
-    # The step the gallery shows, kept on the server: the slider is only its widget. Streams read this state,
-    # never the slider, because the slider's value can be momentarily empty in the browser while its range
-    # is being updated by a frame.
-    scrub_step: gr.State
 
     @property
     def stream_outputs(self) -> list:
@@ -60,29 +59,77 @@ class MonitorHandles:
                 self.gallery, self.scrub, self.log, self.resources]
 
     @property
-    def view_options(self) -> list:
-        return [self.smoothing, self.log_y, self.level, self.search, self.scrub_step]
-
-    @property
     def scrub_reset(self) -> list:
-        """Outputs that put the step slider back to "every step" (give each the value 0)."""
-        return [self.scrub, self.scrub_step]
+        """Outputs that put the step slider back to "every step" (give each the value 0). The step the gallery
+        shows lives on the server (``MonitorViews``); the slider is only its widget."""
+        return [self.scrub]
 
 
 @dataclass
-class StreamTokens:
-    """The newest stream of each browser session; older ones end when they see they were replaced."""
+class ViewRequest:
+    """What one browser session wants the monitor to show: the run and the view options."""
+
+    run_id: str | None = None
+    smoothing: float = 0.9
+    log_y: bool = False
+    level: str = "info"
+    query: str = ""
+    scrub: int = 0
+    version: int = 0  # bumped by every change: the stream redraws when it sees a new one
+
+    @property
+    def options(self) -> tuple:
+        return self.smoothing, self.log_y, self.level, self.query, self.scrub
+
+
+@dataclass
+class MonitorViews:
+    """Per browser session: what the monitor shows, and which stream is the session's current one.
+
+    Controls write here and return at once; the session's one stream reads it several times a second. (A
+    control bound to a new stream would be ignored while the previous stream still runs: Gradio drops a
+    trigger of a listener whose last call is pending, and a stream is pending for as long as its run.)
+    """
 
     counter: itertools.count = field(default_factory=itertools.count)
     current: dict[str, int] = field(default_factory=dict)
+    views: OrderedDict = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def claim(self, session: str) -> int:
         token = next(self.counter)
-        self.current[session] = token
+        with self.lock:
+            self.current[session] = token
         return token
 
     def is_current(self, session: str, token: int) -> bool:
         return self.current.get(session) == token
+
+    def get(self, session: str) -> ViewRequest:
+        with self.lock:
+            return replace(self.views.get(session) or ViewRequest())
+
+    def update(self, session: str, **changes) -> ViewRequest:
+        """Change what ``session`` sees; a new run starts at "every step" of the sample gallery."""
+        with self.lock:
+            old = self.views.pop(session, None) or ViewRequest()
+            if "run_id" in changes and changes["run_id"] != old.run_id:
+                changes.setdefault("scrub", 0)
+            new = replace(old, **changes, version=old.version + 1)
+            self.views[session] = new
+            while len(self.views) > MAX_SESSIONS:  # sessions of closed tabs: drop the oldest
+                self.views.popitem(last=False)
+            return replace(new)
+
+    def release(self, session: str, token: int) -> None:
+        """The session's stream ended: forget the session unless a newer stream took it over."""
+        with self.lock:
+            if self.current.get(session) == token:
+                self.current.pop(session, None)
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
 
 
 @dataclass
@@ -93,7 +140,7 @@ class MonitorLink:
     tabs: gr.Tabs
     tab_id: str
     handles: MonitorHandles
-    tokens: StreamTokens
+    tokens: MonitorViews
 
     @property
     def outputs(self) -> list:
@@ -102,8 +149,7 @@ class MonitorLink:
 
     def show(self, services: Services, run_id: str) -> tuple:
         """Updates that select ``run_id`` in the monitor and switch to its tab."""
-        return (run_id, gr.Tabs(selected=self.tab_id), gr.Dropdown(choices=run_choices(services), value=run_id),
-                0, 0)
+        return (run_id, gr.Tabs(selected=self.tab_id), gr.Dropdown(choices=run_choices(services), value=run_id), 0)
 
     def stream(self, services: Services) -> dict:
         """Keyword arguments of the ``.then``/``.success`` event that streams the selected run."""
@@ -144,42 +190,57 @@ def render(services: Services) -> MonitorHandles:
     gallery = gr.Gallery(label=view.gallery_label(view.MonitorState()), columns=4, height=360,
                          elem_id="monitor-samples", format="png")
     with gr.Row():
-        level = gr.Dropdown(list(view.LEVELS), value="info", label="Log level", scale=1)
+        level = gr.Dropdown(list(view.LEVELS), value="info", label="Log level", scale=1, elem_id="monitor-level")
         search = gr.Textbox(label="Search the log", placeholder="text, then Enter", scale=3,
                             elem_id="monitor-search")
     log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="monitor-log")
     resources = gr.Markdown("", elem_id="monitor-resources")
     return MonitorHandles(picker, refresh, attach, stop, save_now, sample_now, status, progress, message,
                           smoothing, log_y, loss_plot, lr_plot, eval_plot, grad_plot, gallery, scrub, level,
-                          search, log, resources, gr.State(0))
+                          search, log, resources)
 
 
-def stream(services: Services, run_id: str | None, options: tuple, still_wanted=lambda: True) -> Iterator[tuple]:
-    """Yield the monitor's outputs after every batch of new events until the run ends (or a newer stream
-    replaces this one). ``options`` = (smoothing, log_y, level, query, scrub step)."""
-    state = view.MonitorState()
-    if not run_id:
-        yield _frame(state, None, options, "")
-        return
-    res_text, res_at, drawn_at, dirty = "", 0.0, 0.0, False
-    sent: dict = {}  # what this stream has sent: unchanged outputs are skipped
-    try:
-        run_dir = services.manager.run_dir(run_id)
-        for batch in services.manager.event_batches(run_id, heartbeat_s=HEARTBEAT_S):
-            if not still_wanted():
-                return
-            view.fold(batch, run_dir, state)
-            dirty = dirty or bool(batch)
-            now = time.monotonic()
-            if now - res_at >= RESOURCES_EVERY_S:
-                res_text, res_at, dirty = view.resources_markdown(snapshot(run_dir)), now, True
-            # Frames are throttled: a fast trainer must not flood a slow browser with redraws.
-            if dirty and now - drawn_at >= MIN_FRAME_S:
-                drawn_at, dirty = now, False
-                yield _frame(state, run_id, options, res_text, sent)
-    except RunError as exc:
-        state.logs.append(f"[ERROR] {exc}")
-    yield _frame(state, run_id, options, res_text, sent)
+def stream(services: Services, views: MonitorViews, session: str,
+           still_wanted=lambda: True) -> Iterator[tuple]:
+    """Yield the monitor's outputs for what ``session`` asks to see (``views``), as long as it is wanted:
+    a new frame after new events (throttled), and at once after any change of run or view option."""
+    while still_wanted():
+        yield from _stream_run(services, views, session, views.get(session).run_id, still_wanted)
+
+
+def _stream_run(services: Services, views: MonitorViews, session: str, run_id: str | None,
+                still_wanted) -> Iterator[tuple]:
+    """Frames of one run until the session asks for another run (or the stream is no longer wanted)."""
+    state, sent = view.MonitorState(), {}  # sent: what this stream has sent, unchanged outputs are skipped
+    res_text, res_at, drawn_at, dirty, shown = "", 0.0, 0.0, False, -1
+    for batch in _batches(services, run_id, state):
+        request = views.get(session)
+        if not still_wanted() or request.run_id != run_id:
+            return
+        if batch:
+            view.fold(batch, services.manager.run_dir(run_id), state)
+            dirty = True
+        now = time.monotonic()
+        if run_id and now - res_at >= RESOURCES_EVERY_S:
+            res_text, res_at, dirty = view.resources_markdown(snapshot(services.manager.run_dir(run_id))), now, True
+        # A changed view option redraws at once; new events are throttled, so that a fast trainer does not
+        # flood a slow browser with redraws.
+        if request.version != shown or (dirty and now - drawn_at >= MIN_FRAME_S):
+            shown, drawn_at, dirty = request.version, now, False
+            yield _frame(state, run_id, request.options, res_text, sent)
+
+
+def _batches(services: Services, run_id: str | None, state: view.MonitorState) -> Iterator[list]:
+    """The run's event batches (an empty one every ``POLL_S`` of silence), then empty batches forever: a
+    finished run's view still answers its controls."""
+    if run_id:
+        try:
+            yield from services.manager.event_batches(run_id, heartbeat_s=POLL_S)
+        except RunError as exc:
+            state.logs.append(f"[ERROR] {exc}")
+    while True:
+        yield []
+        time.sleep(POLL_S)
 
 
 def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str,
@@ -236,29 +297,40 @@ def view_options(smoothing, log_y, level, query, scrub) -> tuple:
             query if isinstance(query, str) else "", int(number(scrub, 0, 0, float("inf"))))
 
 
-def step_choice(value) -> int:
-    """The slider's value as the step to show (0 = every step); an empty value keeps "every step"."""
-    return view_options(None, False, None, None, value)[4]
+def streamer(services: Services, views: MonitorViews):
+    """The generator callback streaming into the monitor's outputs what the browser session asks to see (shared
+    with the wizard and the runs library). The newest stream of a session replaces the older one."""
 
-
-def streamer(services: Services, tokens: StreamTokens):
-    """The generator callback streaming one run into the monitor's outputs (shared with the wizard). Its
-    events run with ``preprocess=False`` (see :func:`stream_event`): raw widget values go through
-    :func:`view_options`, so an empty widget value never fails the stream."""
-
-    def do_stream(run_id, smoothing, log_y, level, query, scrub, request: gr.Request):
-        session = getattr(request, "session_hash", None) or "anonymous"
-        token = tokens.claim(session)
-        yield from stream(services, run_id, view_options(smoothing, log_y, level, query, scrub),
-                          still_wanted=lambda: tokens.is_current(session, token))
+    def do_stream(run_id, request: gr.Request):
+        session = session_of(request)
+        if run_id and views.get(session).run_id != run_id:
+            views.update(session, run_id=run_id)
+        token = views.claim(session)
+        try:
+            yield from stream(services, views, session, still_wanted=lambda: views.is_current(session, token))
+        finally:
+            views.release(session, token)
 
     return do_stream
 
 
-def stream_event(services: Services, tokens: StreamTokens, current_run: gr.State, h: MonitorHandles) -> dict:
-    """Keyword arguments of an event (or ``.then``) that streams the selected run into the monitor."""
-    return dict(fn=streamer(services, tokens), inputs=[current_run, *h.view_options], outputs=h.stream_outputs,
-                concurrency_limit=None, preprocess=False, api_visibility="private")
+def stream_event(services: Services, views: MonitorViews, current_run: gr.State, h: MonitorHandles) -> dict:
+    """Keyword arguments of an event (or ``.then``) that streams the selected run into the monitor. Streamed
+    outputs show no progress animation: it would keep the browser busy for as long as the run streams."""
+    return dict(fn=streamer(services, views), inputs=[current_run], outputs=h.stream_outputs,
+                concurrency_limit=None, show_progress="hidden", api_visibility="private")
+
+
+def view_setter(views: MonitorViews, name: str):
+    """A control's handler: coerce the widget's value (see :func:`view_options`) and store it for the stream."""
+    slot = ("smoothing", "log_y", "level", "query", "scrub").index(name)
+
+    def set_option(value, request: gr.Request):
+        raw = [None, False, None, None, None]
+        raw[slot] = value
+        views.update(session_of(request), **{name: view_options(*raw)[slot]})
+
+    return set_option
 
 
 def _default_run(services: Services) -> str | None:
@@ -291,41 +363,56 @@ def command_buttons(services: Services, run_id: str | None):
     return save, sample, note
 
 
-def _commander(services: Services, command: Command, done: str):
-    def send(run_id):
+def _commander(services: Services, views: MonitorViews, command: Command, done: str):
+    """A command button's handler: it acts on the run the monitor shows to this session."""
+
+    def send(request: gr.Request):
+        run_id = views.get(session_of(request)).run_id
         if not run_id:
             return "No run attached: pick one in the list first."
         try:
             services.manager.send(run_id, command)
         except RunError as exc:
             return f"⚠ {exc}"
-        return done
+        what, detail = done.split(": ", 1)
+        return f"{what} for run `{run_id}`: {detail}"
 
     return send
 
 
 def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.Blocks,
-         tokens: StreamTokens) -> None:
-    def on_load():
+         views: MonitorViews) -> None:
+    quick = {"queue": False, "show_progress": "hidden", "api_visibility": "private", "trigger_mode": "always_last"}
+
+    def on_load(request: gr.Request):
         run_id = _default_run(services)
+        views.update(session_of(request), run_id=run_id)
         return gr.Dropdown(choices=run_choices(services), value=run_id), run_id
 
-    stream_ev = stream_event(services, tokens, current_run, h)
+    def on_pick(run_id, request: gr.Request):
+        views.update(session_of(request), run_id=run_id or None)
+        return run_id or None, 0
+
+    def on_run_change(run_id, request: gr.Request):
+        if views.get(session_of(request)).run_id != run_id:  # set by another tab (wizard, runs library)
+            views.update(session_of(request), run_id=run_id)
+        return command_buttons(services, run_id)
+
     h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
-                    outputs=h.picker)
-    # Another run: the step slider starts again at "every step".
-    attach_ev = gr.on([h.attach.click, h.picker.input], lambda r: (r, 0, 0), inputs=h.picker,
-                      outputs=[current_run, *h.scrub_reset])
-    attach_ev.then(**stream_ev)
-    gr.on([h.smoothing.release, h.log_y.input, h.level.input, h.search.submit], **stream_ev)
-    h.scrub.release(step_choice, inputs=h.scrub, outputs=h.scrub_step, preprocess=False,
-                    api_visibility="private").then(**stream_ev)
-    demo.load(on_load, outputs=[h.picker, current_run]).then(**stream_ev)
-    current_run.change(lambda r: command_buttons(services, r), inputs=current_run,
-                       outputs=[h.save_now, h.sample_now, h.message])
-    h.stop.click(_commander(services, Command.STOP, "Stop requested: the trainer saves its LoRA and stops "
-                            "at the next step."), inputs=current_run, outputs=h.message)
-    h.save_now.click(_commander(services, Command.SAVE, "Save requested: a LoRA is written at the next step."),
-                     inputs=current_run, outputs=h.message)
-    h.sample_now.click(_commander(services, Command.SAMPLE, "Sample requested: previews render at the next "
-                                  "step."), inputs=current_run, outputs=h.message)
+                    outputs=h.picker, api_visibility="private")
+    # Another run, or the same one again: the session's stream switches within POLL_S; no new stream.
+    gr.on([h.attach.click, h.picker.input], on_pick, inputs=h.picker,
+          outputs=[current_run, *h.scrub_reset], **quick)
+    for widget, event, name in ((h.smoothing, h.smoothing.release, "smoothing"), (h.log_y, h.log_y.input, "log_y"),
+                                (h.level, h.level.input, "level"), (h.search, h.search.submit, "query"),
+                                (h.scrub, h.scrub.release, "scrub")):
+        event(view_setter(views, name), inputs=widget, preprocess=False, **quick)
+    demo.load(on_load, outputs=[h.picker, current_run], api_visibility="private").then(
+        **stream_event(services, views, current_run, h))
+    current_run.change(on_run_change, inputs=current_run, outputs=[h.save_now, h.sample_now, h.message],
+                       api_visibility="private")
+    for button, command, done in (
+            (h.stop, Command.STOP, "Stop requested: the trainer saves its LoRA and stops at the next step."),
+            (h.save_now, Command.SAVE, "Save requested: a LoRA is written at the next step."),
+            (h.sample_now, Command.SAMPLE, "Sample requested: previews render at the next step.")):
+        button.click(_commander(services, views, command, done), outputs=h.message, api_visibility="private")

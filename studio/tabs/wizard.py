@@ -147,7 +147,7 @@ def issues_markdown(pair: ProfileTexts) -> str:
 
 
 def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.Tabs, monitor_tab: str,
-         mon: monitor.MonitorHandles, tokens: monitor.StreamTokens) -> None:
+         mon: monitor.MonitorHandles, tokens: monitor.MonitorViews) -> None:
     store = ProfileStore()
     choice_inputs = [h.preset, h.diffusers, h.transformer, h.dataset, h.output_dir, h.run_name, h.checkpointing,
                      h.swap]
@@ -158,13 +158,13 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
         if run_id in queued:
             note = (f"Run `{run_id}` is queued (position {queued.index(run_id) + 1}): it starts when the "
                     "device is free.")
-        return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note, 0, 0
+        return run_id, gr.Tabs(selected=monitor_tab), gr.Dropdown(choices=choices, value=run_id), note, 0
 
     def on_start(main_path):
         try:
             return started(services.manager.start(main_path, name="Chroma demo"), "")
         except RunError as exc:
-            return None, gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}", gr.skip(), gr.skip()
+            return gr.skip(), gr.Tabs(), gr.Dropdown(), f"⚠ Could not start: {exc}", gr.skip()
 
     def on_vram(*args):
         pair = wv.build_pair(store, _choices(*args[:-1]))
@@ -183,7 +183,7 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
                                                              dataset_text), message="created by the Chroma wizard")
             run_id = services.manager.start(report.profile.main_path, name=name.strip())
         except (ProfileError, RunError) as exc:
-            return None, gr.Tabs(), gr.Dropdown(), f"⚠ {exc}", gr.skip(), gr.skip()
+            return gr.skip(), gr.Tabs(), gr.Dropdown(), f"⚠ {exc}", gr.skip()
         return started(run_id, f"Saved profile **{report.profile.name}** and started run `{run_id}`.")
 
     stream = monitor.stream_event(services, tokens, current_run, mon)

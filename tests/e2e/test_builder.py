@@ -92,3 +92,20 @@ def test_invalid_value_shows_an_error_at_the_field_and_the_line(page, builder_ap
     shot(page, "builder-field-error")
     page.locator("#builder-validate").click()  # the full check: paths too
     page.wait_for_function("(document.querySelector('#builder-issues')?.innerText ?? '').includes('paths included')")
+
+
+def test_emptying_a_field_removes_its_key(page, builder_app):
+    """Deleting a field's text removes the key from the TOML (the form and the file never disagree)."""
+    open_builder(page, builder_app)
+    dataset = field(page, "field-main-dataset")
+    dataset.wait_for()
+    dataset.click()
+    dataset.press("Control+a")
+    dataset.press("Backspace")
+    dataset.press("Tab")  # leaving the emptied field removes the key (mid-edit it stays where it is)
+    page.wait_for_function(
+        "!(document.querySelector('#builder-main .cm-content')?.innerText ?? '').includes(\"dataset = 'ds.toml'\")",
+        timeout=15_000)
+    page.wait_for_function("(document.querySelector('#field-main-dataset')?.innerText ?? '').includes('required')",
+                           timeout=15_000)
+    assert "# a comment that must survive the copy" in page.locator(MAIN).inner_text()

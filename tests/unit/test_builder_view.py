@@ -207,3 +207,14 @@ def test_error_changes_and_whitespace():
     assert bv.keep_whitespace("\n# c\nx = 1\n\n", "# c\nx = 2") == "\n# c\nx = 2\n\n"
     assert bv.keep_whitespace("", "x = 1") == "x = 1\n"
     assert len(bv.type_choices()) == 24
+
+
+def test_an_emptied_field_keeps_its_key_mid_edit_and_removes_it_when_left():
+    main_doc, dataset_doc = docs()
+    values = bf.form_values(main_doc, dataset_doc, bf.model_type_of(main_doc), 0)
+    assert bf.apply_form(main_doc, dataset_doc, 0, {**values, "main:dataset": ""}, remove_empty=False) == {}
+    assert dumps(main_doc) == MAIN  # still typing: "select all, Backspace, type" keeps the key in place
+    bf.apply_form(main_doc, dataset_doc, 0, {**values, "main:dataset": ""})
+    assert "dataset =" not in dumps(main_doc)
+    issues = validate_texts(dumps(main_doc), DATASET, skip_path_checks=True)
+    assert any(i.key == "dataset" and i.is_error for i in issues)  # required: the form shows it missing
