@@ -11,13 +11,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import gradio as gr
 
-from studio import runs_view
+from studio import runs_view, served
 from studio.services import Services
 from trainers import run_library
 from trainers.checkpoints import resume_points
+from trainers.config.issues import ConfigParseError
+from trainers.config.validate import validate_files
 from trainers.runs import RunError, RunInfo, RunManager
 
 STUDIO_ERRORS = (RunError, ValueError, KeyError)
@@ -54,9 +57,24 @@ def _guard(fn: Callable) -> Callable:
     return inner
 
 
-def _file(path) -> dict:
-    """A file result gradio_client downloads (the run folders are served by the app)."""
-    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+def _file(path, roots) -> dict:
+    """A file result gradio_client downloads: this one file is published (studio/served.py), no folder is."""
+    shown = served.publish(path, roots)
+    return {"path": str(shown), "orig_name": shown.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def check_config(main_toml: str) -> None:
+    """RunError listing the errors of the config pair at ``main_toml`` (what ``dp-studio validate`` reports)."""
+    if not isinstance(main_toml, str) or "\x00" in main_toml or not main_toml.strip():
+        raise RunError(f"main_toml {main_toml!r} refused: give the path of a main TOML")
+    try:
+        issues = validate_files(Path(main_toml).expanduser())
+    except ConfigParseError as exc:
+        raise RunError(f"not started: {exc.format()}") from None
+    errors = [issue.format() for issue in issues if issue.is_error]
+    if errors:
+        raise RunError("not started, the config has errors (fix them, or check with `dp-studio validate`):\n"
+                       + "\n".join(errors))
 
 
 class RunsApi:
@@ -64,9 +82,13 @@ class RunsApi:
         self.manager = manager
 
     def start_run(self, main_toml: str, name: str = "", max_steps: int = 0) -> dict:
-        """Start (or queue) a run of the main TOML at ``main_toml``; max_steps 0 keeps the config's."""
+        """Start (or queue) a run of the main TOML at ``main_toml``; max_steps 0 keeps the config's. The pair is
+        validated first, as ``dp-studio validate`` does: a config with errors is refused with their list. A W&B
+        key found in the config goes into the secret store, never into the run folder (see ``notes``)."""
+        check_config(main_toml)
         run_id = self.manager.start(main_toml, name=name or None, max_steps=max_steps or None)
-        return _info_dict(self.manager.info(run_id))
+        info = self.manager.info(run_id)
+        return {**_info_dict(info), "notes": list(info.meta.get("notes", []))}
 
     def list_runs(self) -> list[dict]:
         """Every known run, newest first, with its status derived from its folder and pid."""
@@ -114,7 +136,7 @@ class RunsApi:
 
     def export_lora(self, run_id: str, folder: str, layout: str = "comfyui") -> dict:
         """Export a saved LoRA as 'comfyui', 'diffusers' or 'kohya'; the client receives the file."""
-        return _file(run_library.export_lora(self.manager.info(run_id), folder, layout))
+        return _file(run_library.export_lora(self.manager.info(run_id), folder, layout), self.manager.roots)
 
     def check_lora(self, run_id: str, folder: str) -> dict:
         """Check a saved LoRA's keys and shapes against the run's base model (headers only): ``ok``, a one-line
@@ -157,4 +179,4 @@ def register(services: Services) -> None:
                api.diff_runs, api.mark_best, api.export_lora, api.check_lora, api.render_samples, api.resume_points,
                api.resume_run, api.delete_run):
         gr.api(_guard(fn), api_name=fn.__name__)
-    gr.api(api.watch_events, api_name="watch_events", concurrency_limit=None)
+    gr.api(_guard(api.watch_events), api_name="watch_events", concurrency_limit=None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from studio import view
+from studio import served, view
 from studio.services import Services
 from trainers.commands import Command
 from trainers.resources import snapshot
@@ -161,6 +161,7 @@ def stream(services: Services, run_id: str | None, options: tuple, still_wanted=
     if not run_id:
         yield _frame(state, None, options, "")
         return
+    roots = services.manager.roots
     res_text, res_at, drawn_at, dirty = "", 0.0, 0.0, False
     sent: dict = {}  # what this stream has sent: unchanged outputs are skipped
     try:
@@ -176,14 +177,14 @@ def stream(services: Services, run_id: str | None, options: tuple, still_wanted=
             # Frames are throttled: a fast trainer must not flood a slow browser with redraws.
             if dirty and now - drawn_at >= MIN_FRAME_S:
                 drawn_at, dirty = now, False
-                yield _frame(state, run_id, options, res_text, sent)
+                yield _frame(state, run_id, options, res_text, sent, roots)
     except RunError as exc:
         state.logs.append(f"[ERROR] {exc}")
-    yield _frame(state, run_id, options, res_text, sent)
+    yield _frame(state, run_id, options, res_text, sent, roots)
 
 
 def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str,
-           sent: dict | None = None) -> tuple:
+           sent: dict | None = None, roots: list | tuple = ()) -> tuple:
     """The monitor's outputs for ``state``. With ``sent`` (what this stream last sent, kept by the caller),
     an output whose content has not changed since is ``gr.skip()``: the gallery (every image path goes
     through Gradio's file cache each time it is sent), the slider's range and hidden charts are rebuilt
@@ -212,7 +213,9 @@ def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_tex
             if changed("eval", evals) else skip,
             (gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False))
             if changed("grad", len(state.grad_norms)) else skip,
-            gr.Gallery(items, label=label) if changed("gallery", (items, label)) else skip,
+            # Only the shown previews are served (studio/served.py), never their run folder.
+            gr.Gallery(served.publish_items(items, roots), label=label) if changed("gallery", (items, label))
+            else skip,
             # Only the range: the value stays the user's.
             gr.Slider(maximum=maximum) if changed("scrub", maximum) else skip,
             view.log_text(state, level=level, query=query or ""), res_text)
