@@ -23,7 +23,10 @@ from trainers.config.issues import ConfigParseError
 from trainers.config.validate import validate_files
 from trainers.runs import RunError, RunInfo, RunManager
 
-STUDIO_ERRORS = (RunError, ValueError, KeyError)
+# What a caller's bad input can raise in the studio: its own errors (ValueError covers PathRefused, ProfileError,
+# ConfigParseError...), and the file system's refusals (a name too long, a folder where a file was meant).
+STUDIO_ERRORS = (RunError, ValueError, KeyError, OSError)
+MAX_MESSAGE = 600
 
 
 def _info_dict(info: RunInfo) -> dict:
@@ -32,7 +35,11 @@ def _info_dict(info: RunInfo) -> dict:
 
 
 def _message(exc: Exception) -> str:
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # the path in an OSError may be a caller's 5,000 characters
+        name = str(exc.filename or "")
+        text = f"{exc.strerror}: {name if len(name) <= 120 else name[:100] + '...'}"
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
 
 
 def _guard(fn: Callable) -> Callable:
@@ -170,6 +177,15 @@ class RunsApi:
         """Delete a finished run's folder; ``confirm`` must repeat the run id."""
         run_library.delete_run(self.manager.info(run_id), confirm)
         return f"deleted {run_id}"
+
+
+def guard_all(blocks: gr.Blocks) -> None:
+    """Every handler of the page (named endpoints and the page's own events alike: a browser can call both)
+    answers bad input with a gr.Error naming the problem, never a traceback."""
+    for block_fn in blocks.fns.values():
+        if block_fn.fn is not None and not getattr(block_fn.fn, "_studio_guarded", False):
+            block_fn.fn = _guard(block_fn.fn)
+            block_fn.fn._studio_guarded = True
 
 
 def register(services: Services) -> None:

@@ -61,4 +61,5 @@ def build_app(services: Services) -> gr.Blocks:
                                  api_visibility="private").then(**datasets.browse_event(data),
                                                                 api_visibility="private")
         api.register(services)
+    api.guard_all(demo)
     return demo

@@ -468,6 +468,8 @@ class RunManager:
                 continue
             self._adopt_external(root)
             for run_file in root.glob(f"*/{RUN_FILE}"):
+                if run_file.parent.is_symlink() or not is_within(run_file, root):
+                    continue  # a link out of the output folder is not one of its runs (safe_paths)
                 try:
                     found.append(self._info(run_file.parent))
                 except (OSError, ValueError):
