@@ -26,7 +26,7 @@ from trainers.runs import RunError, RunInfo, RunManager
 # What a caller's bad input can raise in the studio: its own errors (ValueError covers PathRefused, ProfileError,
 # ConfigParseError...), and the file system's refusals (a name too long, a folder where a file was meant).
 STUDIO_ERRORS = (RunError, ValueError, KeyError, OSError)
-MAX_MESSAGE = 600
+MAX_MESSAGE = 4000
 
 
 def _info_dict(info: RunInfo) -> dict:
