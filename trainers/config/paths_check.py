@@ -103,7 +103,16 @@ def resolve(value: str, bases: Path | Sequence[Path]) -> Path:
     if path.is_absolute():
         return path
     bases = [bases] if isinstance(bases, Path) else list(bases)
-    return next((base / path for base in bases if (base / path).exists()), bases[0] / path)
+    return next((base / path for base in bases if is_there(base / path)), bases[0] / path)
+
+
+def is_there(path: Path, kind: str = "any") -> bool:
+    """Whether ``path`` exists (as a file for ``kind`` "file"); False for a name no file system takes (too long,
+    a NUL byte) instead of an exception."""
+    try:
+        return path.is_file() if kind == "file" else path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _check_one(dotted: str, value: str, kind: str, bases: Sequence[Path], report: Reporter,

@@ -145,7 +145,7 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
         issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model, native)
     for index, entry in enumerate(main_data.get("eval_datasets") or []):
         config = entry.get("config") if isinstance(entry, dict) else None
-        if isinstance(config, str) and config and paths_check.resolve(config, base).is_file():
+        if isinstance(config, str) and config and paths_check.is_there(paths_check.resolve(config, base), "file"):
             issues += _dataset_file(config, f"eval_datasets[{index}].config", main_path, base, main_text,
                                     skip_path_checks, model, native)
     return issues
@@ -154,15 +154,19 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
 def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_text: str,
                   skip_path_checks: bool, model: dict[str, Any], native: bool) -> list[ConfigIssue]:
     path = paths_check.resolve(value, base)
-    if not path.is_file():
+    if not paths_check.is_there(path, "file"):
         if not skip_path_checks:
             return []  # check_main's path checks already reported it
         report = Reporter(str(main_path), main_text)
-        report.error(key, f"dataset file not found: {path}",
+        report.error(key, f"dataset file not found: {_short(str(path))}",
                      f"check the path (relative paths are resolved against {' or '.join(map(str, base))})")
         return report.issues
     text = read_text(path)
     return check_dataset_text(text, str(path), base, skip_path_checks, model, native)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} characters)"
 
 
 def is_valid(issues: list[ConfigIssue]) -> bool:
