@@ -31,9 +31,19 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
     except ValueError:
         return False
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (and to Gradio, which binds the address inside the brackets): IPv6
+    literals such as ``::1`` get brackets, anything else stays as it is."""
+    bare = host.removeprefix("[").removesuffix("]")
+    try:
+        return f"[{bare}]" if ipaddress.ip_address(bare).version == 6 else bare
+    except ValueError:
+        return host
 
 
 def check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
@@ -51,7 +61,7 @@ def check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
 
 
 def build(roots=None):
-    """The Blocks and the folders it may serve files from (the run roots)."""
+    """The Blocks and their services. Runs are listed from the run roots; no folder is served (studio/served.py)."""
     import studio
     from studio.services import Services
     from trainers.demo_profile import prepare_demo
@@ -66,20 +76,30 @@ def build(roots=None):
     return studio.build_app(services), services
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import studio
+def launch(blocks, host: str, port: int, auth: tuple[str, str] | None, *, block: bool = True) -> str:
+    """Serve ``blocks`` on ``host``:``port``; returns the local URL (``block`` False returns at once, for tests)."""
     from studio.api import MAX_THREADS, QUEUE_SETTINGS
     from studio.layout import CSS
 
+    host = url_host(host)
+    # No allowed_paths: the pages' files are published one by one into the served folder (studio/served.py).
+    blocks.queue(**QUEUE_SETTINGS).launch(
+        server_name=host, server_port=port, auth=auth, share=False, css=CSS, max_threads=MAX_THREADS,
+        footer_links=["api"], quiet=True,
+        show_error=True, prevent_thread_lock=not block,
+    )
+    return f"http://{host}:{port}/"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import studio
+
     args = parse_args(argv)
     auth = check_exposure(args.host, args.auth)
-    blocks, services = build()
+    blocks, _services = build()
     studio.freeze_startup_objects()
-    print(f"dp-studio on http://{args.host}:{args.port}", flush=True)
-    blocks.queue(**QUEUE_SETTINGS).launch(
-        server_name=args.host, server_port=args.port, auth=auth, share=False, css=CSS, max_threads=MAX_THREADS,
-        allowed_paths=[str(p) for p in services.allowed_roots], footer_links=["api"], quiet=True, show_error=True,
-    )
+    print(f"dp-studio on http://{url_host(args.host)}:{args.port}", flush=True)
+    launch(blocks, args.host, args.port, auth)
     return 0
 
 

@@ -11,16 +11,22 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import gradio as gr
 
-from studio import runs_view
+from studio import runs_view, served
 from studio.services import Services
 from trainers import run_library
 from trainers.checkpoints import resume_points
+from trainers.config.issues import ConfigParseError
+from trainers.config.validate import validate_files
 from trainers.runs import RunError, RunInfo, RunManager
 
-STUDIO_ERRORS = (RunError, ValueError, KeyError)
+# What a caller's bad input can raise in the studio: its own errors (ValueError covers PathRefused, ProfileError,
+# ConfigParseError...), and the file system's refusals (a name too long, a folder where a file was meant).
+STUDIO_ERRORS = (RunError, ValueError, KeyError, OSError)
+MAX_MESSAGE = 4000
 
 
 def _info_dict(info: RunInfo) -> dict:
@@ -29,7 +35,11 @@ def _info_dict(info: RunInfo) -> dict:
 
 
 def _message(exc: Exception) -> str:
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # the path in an OSError may be a caller's 5,000 characters
+        name = str(exc.filename or "")
+        text = f"{exc.strerror}: {name if len(name) <= 120 else name[:100] + '...'}"
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
 
 
 def _guard(fn: Callable) -> Callable:
@@ -54,9 +64,24 @@ def _guard(fn: Callable) -> Callable:
     return inner
 
 
-def _file(path) -> dict:
-    """A file result gradio_client downloads (the run folders are served by the app)."""
-    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+def _file(path, roots) -> dict:
+    """A file result gradio_client downloads: this one file is published (studio/served.py), no folder is."""
+    shown = served.publish(path, roots)
+    return {"path": str(shown), "orig_name": shown.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def check_config(main_toml: str) -> None:
+    """RunError listing the errors of the config pair at ``main_toml`` (what ``dp-studio validate`` reports)."""
+    if not isinstance(main_toml, str) or "\x00" in main_toml or not main_toml.strip():
+        raise RunError(f"main_toml {main_toml!r} refused: give the path of a main TOML")
+    try:
+        issues = validate_files(Path(main_toml).expanduser())
+    except ConfigParseError as exc:
+        raise RunError(f"not started: {exc.format()}") from None
+    errors = [issue.format() for issue in issues if issue.is_error]
+    if errors:
+        raise RunError("not started, the config has errors (fix them, or check with `dp-studio validate`):\n"
+                       + "\n".join(errors))
 
 
 class RunsApi:
@@ -64,9 +89,13 @@ class RunsApi:
         self.manager = manager
 
     def start_run(self, main_toml: str, name: str = "", max_steps: int = 0) -> dict:
-        """Start (or queue) a run of the main TOML at ``main_toml``; max_steps 0 keeps the config's."""
+        """Start (or queue) a run of the main TOML at ``main_toml``; max_steps 0 keeps the config's. The pair is
+        validated first, as ``dp-studio validate`` does: a config with errors is refused with their list. A W&B
+        key found in the config goes into the secret store, never into the run folder (see ``notes``)."""
+        check_config(main_toml)
         run_id = self.manager.start(main_toml, name=name or None, max_steps=max_steps or None)
-        return _info_dict(self.manager.info(run_id))
+        info = self.manager.info(run_id)
+        return {**_info_dict(info), "notes": list(info.meta.get("notes", []))}
 
     def list_runs(self) -> list[dict]:
         """Every known run, newest first, with its status derived from its folder and pid."""
@@ -114,7 +143,7 @@ class RunsApi:
 
     def export_lora(self, run_id: str, folder: str, layout: str = "comfyui") -> dict:
         """Export a saved LoRA as 'comfyui', 'diffusers' or 'kohya'; the client receives the file."""
-        return _file(run_library.export_lora(self.manager.info(run_id), folder, layout))
+        return _file(run_library.export_lora(self.manager.info(run_id), folder, layout), self.manager.roots)
 
     def check_lora(self, run_id: str, folder: str) -> dict:
         """Check a saved LoRA's keys and shapes against the run's base model (headers only): ``ok``, a one-line
@@ -160,6 +189,15 @@ MAX_THREADS = STREAMS + 40
 QUEUE_SETTINGS = {"default_concurrency_limit": 4, "max_size": None}
 
 
+def guard_all(blocks: gr.Blocks) -> None:
+    """Every handler of the page (named endpoints and the page's own events alike: a browser can call both)
+    answers bad input with a gr.Error naming the problem, never a traceback."""
+    for block_fn in blocks.fns.values():
+        if block_fn.fn is not None and not getattr(block_fn.fn, "_studio_guarded", False):
+            block_fn.fn = _guard(block_fn.fn)
+            block_fn.fn._studio_guarded = True
+
+
 def register(services: Services) -> None:
     """Register the endpoints on the Blocks being built (call inside its ``with`` block)."""
     api = RunsApi(services.manager)
@@ -167,4 +205,4 @@ def register(services: Services) -> None:
                api.diff_runs, api.mark_best, api.export_lora, api.check_lora, api.render_samples, api.resume_points,
                api.resume_run, api.delete_run):
         gr.api(_guard(fn), api_name=fn.__name__)
-    gr.api(api.watch_events, api_name="watch_events", concurrency_limit=None)
+    gr.api(_guard(api.watch_events), api_name="watch_events", concurrency_limit=None)

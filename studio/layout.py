@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio import api, wizard_view
+from studio import api, served, wizard_view
 from studio.services import Services
 from studio.tabs import builder, datasets, monitor, profiles, runs, wizard
 
@@ -21,10 +21,9 @@ TAB_PROFILES = "profiles"
 
 def build_app(services: Services) -> gr.Blocks:
     """Blocks with the four tabs; per-session data lives in gr.State, never in module globals."""
-    # Samples and grids are served straight from run folders: every known output folder, and each new one
-    # the moment a run is started in it.
-    gr.set_static_paths([str(p) for p in services.manager.roots])
-    services.manager.on_new_root = lambda root: gr.set_static_paths([str(root)])
+    # Only the files a page shows are served, from one folder (studio/served.py); output folders never are.
+    served.prune()
+    gr.set_static_paths([str(served.served_dir())])
     with gr.Blocks(title="dp-studio") as demo:
         gr.Markdown("# dp-studio\nTrain LoRAs for Chroma and every diffusion-pipe model, and watch them learn.",
                     elem_id="dp-header")
@@ -62,4 +61,5 @@ def build_app(services: Services) -> gr.Blocks:
                                  api_visibility="private").then(**datasets.browse_event(data),
                                                                 api_visibility="private")
         api.register(services)
+    api.guard_all(demo)
     return demo

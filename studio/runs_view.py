@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from studio.view import MonitorState, Sample, ema, series
+from trainers.config.secrets import redact_plain
+from trainers.safe_paths import PathRefused, resolve_under
 
 MISSING = "—"
 RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880")
@@ -55,15 +57,24 @@ def _show(value: object) -> str:
 
 
 def run_config(run_dir: Path, meta: Mapping) -> dict:
-    """The run's main config with its dataset config nested under ``dataset_config`` (copies in the folder)."""
+    """The run's main config with its dataset config nested under ``dataset_config`` (copies in the folder).
+    The file names come from run.json and must lie in the run folder; secrets show as ``***``."""
     config: dict = {}
-    main = run_dir / str(meta.get("main_config", ""))
-    if main.is_file():
-        config = tomllib.loads(main.read_text(encoding="utf-8"))
-    dataset = run_dir / str(meta.get("dataset_config", ""))
-    if dataset.is_file():
+    main = _run_file(run_dir, meta.get("main_config"))
+    if main is not None:
+        config = redact_plain(tomllib.loads(main.read_text(encoding="utf-8")))
+    dataset = _run_file(run_dir, meta.get("dataset_config"))
+    if dataset is not None:
         config["dataset_config"] = tomllib.loads(dataset.read_text(encoding="utf-8"))
     return config
+
+
+def _run_file(run_dir: Path, name: object) -> Path | None:
+    try:
+        path = resolve_under(run_dir, name, "config file of the run")
+    except PathRefused:
+        return None
+    return path if path.is_file() else None
 
 
 def overlay_figure(curves: Mapping[str, MonitorState], smoothing: float = 0.9, log_y: bool = False) -> go.Figure:

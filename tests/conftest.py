@@ -30,3 +30,12 @@ def write_pair(folder: Path, *, max_steps: int | None = None, extra_main: str = 
         f"save_every_n_epochs = 1\n{steps}{extra_main}\n[model]\ntype = 'chroma'\ndtype = 'float32'\n",
         encoding="utf-8")
     return folder / "main.toml"
+
+
+def make_valid(main: Path) -> Path:
+    """Complete a ``write_pair`` main TOML so it validates (the embedded demo model, a LoRA, an optimizer):
+    what ``start_run`` requires before it starts anything."""
+    main.write_text(main.read_text(encoding="utf-8") + f"diffusers_path = '{REPO}/assets/demo/flux-tiny'\n"
+                    f"transformer_path = '{REPO}/assets/demo/chroma-tiny'\n\n[adapter]\ntype = 'lora'\nrank = 4\n\n"
+                    "[optimizer]\ntype = 'adamw'\nlr = 1e-4\n", encoding="utf-8")
+    return main

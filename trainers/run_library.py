@@ -22,6 +22,7 @@ from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
 from trainers.runs import RunError, RunInfo, config_folder, resolve_config_path, write_json_atomic
+from trainers.safe_paths import PathRefused, resolve_under
 
 BEST_FILE = "best.json"
 _SAVED = re.compile(r"^(epoch|step)(\d+)$")
@@ -41,10 +42,20 @@ def saved_folders(run_dir: Path, meta: dict | None = None) -> list[str]:
     return [name for *_, name in sorted(found)]
 
 
+def _check_saved_folder(info: RunInfo, folder: str) -> None:
+    """``folder`` names one of the run's saved folders: a relative path inside the run folder (safe_paths) that
+    the run's own listing holds."""
+    try:
+        resolve_under(info.run_dir, folder, "saved folder")
+    except PathRefused as exc:
+        raise RunError(str(exc)) from None
+    if folder not in saved_folders(info.run_dir, info.meta):
+        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list")
+
+
 def mark_best(info: RunInfo, folder: str, note: str = "") -> Path:
     """Record ``folder`` (``epochN``/``stepN``) as the run's best save."""
-    if folder not in saved_folders(info.run_dir, info.meta):
-        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list.")
+    _check_saved_folder(info, folder)
     path = info.run_dir / BEST_FILE
     write_json_atomic(path, {"folder": folder, "note": note,
                              "marked": datetime.now(UTC).isoformat(timespec="seconds")})
@@ -65,7 +76,7 @@ def delete_run(info: RunInfo, confirm: str) -> None:
         raise RunError(f"type the run id {info.run_id} to confirm deleting it")
     if info.live:
         raise RunError(f"run {info.run_id} is {info.status}: stop it before deleting it")
-    if not (info.run_dir / "run.json").is_file():
+    if not (info.run_dir / "run.json").is_file() or info.run_dir.is_symlink():
         raise RunError(f"{info.run_dir} does not look like a run folder; not deleting it")
     shutil.rmtree(info.run_dir)
 
@@ -81,8 +92,7 @@ def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = No
     """
     if layout not in LAYOUTS:
         raise RunError(f"layout {layout!r} unknown; pick one of {', '.join(LAYOUTS)}")
-    if folder not in saved_folders(info.run_dir, info.meta):
-        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list")
+    _check_saved_folder(info, folder)
     out = info.run_dir / "exports" / f"{info.run_id}_{Path(folder).name}_{layout}.safetensors"
     meta = {"run_id": info.run_id, "run_name": info.name, "saved": folder, "backend": info.backend}
     done = subprocess.run([python or sys.executable, "-m", "trainers.native.export", str(info.run_dir / folder),
@@ -113,9 +123,7 @@ def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraChe
     """Check a saved LoRA (or ``file``, e.g. its export) against the run's base model, from headers alone:
     unmatched keys, shape mismatches, coverage of the block Linears (:mod:`trainers.lora_check`)."""
     if file is None:
-        if folder not in saved_folders(info.run_dir, info.meta):
-            raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the "
-                           "list")
+        _check_saved_folder(info, folder)
         file = info.run_dir / folder / ADAPTER_FILE
     try:
         return check_lora(file, base_model_path(info))
@@ -162,8 +170,7 @@ def render_samples(info: RunInfo, folder: str, prompts: Sequence[str] = (), seed
     """Render the run's ``[studio]`` prompts x seeds (or the given ones) with the LoRA saved in ``folder``, in a
     child process; yields its progress lines. The images land in ``<run>/samples/`` with one ``sample`` event
     each (source "sidecar"), so grids and the monitor show them. Raises RunError with the child's reason."""
-    if folder not in saved_folders(info.run_dir, info.meta):
-        raise RunError(f"{folder!r} is not a saved epoch/step folder of run {info.run_id}; pick one from the list")
+    _check_saved_folder(info, folder)
     proc = subprocess.Popen(sidecar_command(info, folder, prompts, seeds, python), cwd=REPO_ROOT, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: deque[str] = deque(maxlen=40)

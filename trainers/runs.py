@@ -27,12 +27,14 @@ from trainers.commands import Command, send_command
 from trainers.config import toml_io
 from trainers.config.native_support import backend_of
 from trainers.config.paths_check import config_base
+from trainers.config.secrets import scrub_run_copy
 from trainers.event_hub import EventHub
-from trainers.events import Event, EventWriter, FailedEvent, ResumedEvent, load_all
+from trainers.events import Event, EventWriter, FailedEvent, LogEvent, ResumedEvent, load_all
 from trainers.files import atomic_write_json
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home
 from trainers.run_death import claim, explain_death, leg_closed
 from trainers.run_queue import RunQueue
+from trainers.safe_paths import PathRefused, check_name, check_root, is_within, resolve_under, within_any
 
 RUN_FILE = "run.json"
 RunStatus = Literal["queued", "cancelled", "starting", "running", "completed", "stopped", "failed", "interrupted"]
@@ -159,6 +161,8 @@ class RunManager:
         module (tests use a trainer double)."""
         self._roots_file = studio_home() / "roots.json"
         given = [Path(r) for r in (roots or [default_runs_root()])]
+        for root in given:
+            _checked_root(root)
         self.roots: list[Path] = list(dict.fromkeys(given + self._saved_roots()))
         self.on_new_root: Callable[[Path], None] | None = None  # the UI serves files from new roots
         self.python = python or sys.executable
@@ -199,11 +203,13 @@ class RunManager:
                            f"paths resolve against the main file's folder ({main_path.parent}) or, when the "
                            "config's paths exist from there, the current directory.")
         output_dir = resolve_config_path(base, cfg["output_dir"])
+        _checked_root(output_dir, f"{main_path}: output_dir")
         with self._lock:
             run_dir = _new_run_dir(output_dir, list(self.roots))
         shutil.copy2(main_path, run_dir / main_path.name)
         if overrides:
             _override_toml(run_dir / main_path.name, overrides)
+        notes = scrub_run_copy(run_dir / main_path.name, main_path)  # the W&B key never stays in a run folder
         shutil.copy2(dataset_path, run_dir / dataset_path.name)
         meta = {
             "run_id": run_dir.name, "backend": backend, "name": name or main_path.stem,
@@ -214,6 +220,9 @@ class RunManager:
         }
         if resume:
             meta["resume"] = resume
+        if notes:
+            meta["notes"] = notes
+            EventWriter(run_dir).emit(LogEvent(level="warning", message=" ".join(notes)))
         self._remember_root(output_dir)
         if queue and (self.queue.items() or self._busy(exclude=run_dir)):
             meta["queued"] = True
@@ -293,8 +302,7 @@ class RunManager:
                                "resume_from_checkpoint)")
             run_dir = candidates[-1]
         else:
-            path = Path(checkpoint).expanduser()
-            path = path if path.is_absolute() or path.exists() else output_dir / checkpoint
+            path = self._resume_folder(output_dir, checkpoint)
             if (path / "state.json").is_file():
                 run_dir, point = path.parent, path.name
             else:
@@ -310,6 +318,22 @@ class RunManager:
                                "checkpoint_every_n_minutes, or stop runs from the studio: a stop writes one)")
             point = states[0].name
         return run_dir.name, point
+
+    def _resume_folder(self, output_dir: Path, checkpoint: str) -> Path:
+        """The run (or ``global_stepN``) folder ``checkpoint`` names: a name under the config's output_dir, or a
+        path that lies inside it or another known output folder."""
+        if "\x00" in checkpoint:
+            raise RunError(f"resume {checkpoint!r} refused: it holds a NUL character")
+        path = Path(checkpoint).expanduser()
+        if path.is_absolute() or (not checkpoint.startswith(("./", "../")) and path.exists()):
+            if not within_any(path, [output_dir, *self.roots]):
+                raise RunError(f"resume {checkpoint!r} refused: it is outside the config's output_dir {output_dir} "
+                               "and the studio's other output folders; name a run folder inside output_dir")
+            return path.absolute()
+        try:
+            return resolve_under(output_dir, checkpoint, "resume checkpoint")
+        except PathRefused as exc:
+            raise RunError(str(exc)) from None
 
     # ---- the queue ------------------------------------------------------------------------------
     def _busy(self, exclude: Path | None = None) -> bool:
@@ -374,10 +398,19 @@ class RunManager:
         write_json_atomic(run_dir / RUN_FILE, meta)
 
     def _saved_roots(self) -> list[Path]:
+        """Output folders remembered in roots.json; one that may not be a root (``/``, home...) is ignored."""
         try:
-            return [Path(p) for p in json.loads(self._roots_file.read_text(encoding="utf-8"))]
+            saved = [Path(p) for p in json.loads(self._roots_file.read_text(encoding="utf-8"))]
         except (OSError, ValueError, TypeError):
             return []
+        kept = []
+        for root in saved:
+            try:
+                check_root(root)
+            except PathRefused:
+                continue
+            kept.append(root)
+        return kept
 
     def _remember_root(self, output_dir: Path) -> None:
         with self._lock:
@@ -436,10 +469,18 @@ class RunManager:
 
     # ---- finding --------------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
-        """The folder of ``run_id`` under any known root."""
+        """The folder of ``run_id`` under any known root. The id is one plain folder name (safe_paths), and a
+        folder that is a symbolic link leading elsewhere is not a run of that root."""
+        try:
+            run_id = check_name(run_id, "run id")
+        except PathRefused as exc:
+            raise RunError(str(exc)) from None
         for root in list(self.roots):
             candidate = root / run_id
             if (candidate / RUN_FILE).is_file():
+                if candidate.is_symlink() or not is_within(candidate, root):
+                    raise RunError(f"run id {run_id!r} refused: {candidate} is a symbolic link; the studio only "
+                                   "opens run folders that lie in their output folder")
                 return candidate
         raise RunError(f"no run named {run_id!r} under {', '.join(map(str, self.roots))}")
 
@@ -466,6 +507,8 @@ class RunManager:
                 continue
             self._adopt_external(root)
             for run_file in root.glob(f"*/{RUN_FILE}"):
+                if run_file.parent.is_symlink() or not is_within(run_file, root):
+                    continue  # a link out of the output folder is not one of its runs (safe_paths)
                 try:
                     found.append(self._info(run_file.parent))
                 except (OSError, ValueError):
@@ -547,6 +590,14 @@ class RunManager:
         # The trainer is gone, so this process may write the run's closing event for it.
         if explain and not leg_closed(load_all(info.run_dir)):
             EventWriter(info.run_dir).emit(FailedEvent(error="killed from the studio after it did not stop"))
+
+
+def _checked_root(path: Path, what: str = "output folder") -> Path:
+    """``path`` when it may hold runs (safe_paths.check_root), else RunError naming it."""
+    try:
+        return check_root(path, what)
+    except PathRefused as exc:
+        raise RunError(str(exc)) from None
 
 
 def _create_time(pid: int) -> float | None:

@@ -17,7 +17,7 @@ import gradio as gr
 from studio import builder_form as bf
 from studio import builder_view as bv
 from studio.profiles_view import report_message
-from studio.services import Services
+from studio.services import Services, is_remote
 from trainers.config import validate_texts
 from trainers.config.issues import ConfigIssue, ConfigParseError
 from trainers.config.paths_check import config_base
@@ -25,6 +25,7 @@ from trainers.config.rules_native import runs_natively
 from trainers.config.toml_io import dumps, loads, read_text, set_value
 from trainers.profiles import ProfileError, ProfileStore, ProfileTexts
 from trainers.runs import resolve_config_path
+from trainers.safe_paths import PathRefused, within_any
 
 CSS = """
 .dp-invalid [data-testid="block-info"], .dp-invalid .info-text {color: #dc2626 !important}
@@ -335,12 +336,31 @@ def on_save(name: str, texts: dict, pair: dict, dir_index: int | None) -> tuple:
 
 
 def validate_config(main_toml: str, dataset_toml: str = "", skip_path_checks: bool = True,
-                    base_dir: str = "") -> list[dict]:
-    """Validate a main + dataset TOML given as text; one dict per issue (file, line, key, message, fix, ...)."""
-    issues = validate_texts(main_toml, dataset_toml or None, skip_path_checks=skip_path_checks,
-                            base_dir=base_dir or None)
+                    base_dir: str = "", *, path_roots: list[Path] | None = None) -> list[dict]:
+    """Validate a main + dataset TOML given as text; one dict per issue (file, line, key, message, fix, ...).
+    With ``path_roots`` (a remote caller), ``base_dir`` must lie inside them and only paths there are looked up."""
+    if path_roots is not None and base_dir and not within_any(Path(base_dir), path_roots):
+        raise PathRefused(f"base_dir {base_dir!r} refused: it is outside the studio's folders")
+    issues = validate_texts(main_toml or "", dataset_toml or None, skip_path_checks=bool(skip_path_checks),
+                            base_dir=base_dir or None, path_roots=path_roots)
     return [{"file": i.file, "line": i.line, "key": i.key, "message": i.message, "fix": i.fix,
              "severity": i.severity, "text": bv.format_issue(i)} for i in issues]
+
+
+def validate_endpoint(services: Services):
+    """The ``validate_config`` endpoint: callers on other machines get paths looked up in the studio's
+    folders only (``Services.path_roots``)."""
+    def validate_config_endpoint(main_toml: str, dataset_toml: str = "", skip_path_checks: bool = True,
+                                 base_dir: str = "", request: gr.Request = None) -> list[dict]:
+        """Validate a main + dataset TOML given as text; one dict per issue (file, line, key, message, fix,
+        severity, text)."""
+        roots = services.path_roots() if is_remote(request) else None
+        try:
+            return validate_config(main_toml, dataset_toml, skip_path_checks, base_dir, path_roots=roots)
+        except PathRefused as exc:
+            raise gr.Error(str(exc)) from None
+
+    return validate_config_endpoint
 
 
 def load_outputs(h: BuilderHandles) -> list:
@@ -372,7 +392,7 @@ def wire(h: BuilderHandles, services: Services) -> None:
         lambda p: p["profile"] or gr.skip(), inputs=h.pair, outputs=h.save_name, api_visibility="private")
     h.open_file.click(on_open_file, inputs=[h.path, h.texts, h.pair], outputs=full, **EDIT)
     h.save.click(on_save, inputs=[h.save_name, h.texts, h.pair, h.dir_index], outputs=[h.picker, *full], **EDIT)
-    gr.api(validate_config, api_name="validate_config")
+    gr.api(validate_endpoint(services), api_name="validate_config")
 
 
 def refresh_picker() -> Any:

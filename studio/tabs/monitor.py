@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
-from studio import view
+from studio import served, view
 from studio.services import Services
 from trainers.commands import Command
 from trainers.resources import snapshot
@@ -227,7 +227,7 @@ def _stream_run(services: Services, views: MonitorViews, session: str, run_id: s
         # flood a slow browser with redraws.
         if request.version != shown or (dirty and now - drawn_at >= MIN_FRAME_S):
             shown, drawn_at, dirty = request.version, now, False
-            yield _frame(state, run_id, request.options, res_text, sent)
+            yield _frame(state, run_id, request.options, res_text, sent, services.manager.roots)
 
 
 def _batches(services: Services, run_id: str | None, state: view.MonitorState) -> Iterator[list]:
@@ -244,7 +244,7 @@ def _batches(services: Services, run_id: str | None, state: view.MonitorState) -
 
 
 def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str,
-           sent: dict | None = None) -> tuple:
+           sent: dict | None = None, roots: list | tuple = ()) -> tuple:
     """The monitor's outputs for ``state``. With ``sent`` (what this stream last sent, kept by the caller),
     an output whose content has not changed since is ``gr.skip()``: the gallery (every image path goes
     through Gradio's file cache each time it is sent), the slider's range and hidden charts are rebuilt
@@ -273,7 +273,9 @@ def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_tex
             if changed("eval", evals) else skip,
             (gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False))
             if changed("grad", len(state.grad_norms)) else skip,
-            gr.Gallery(items, label=label) if changed("gallery", (items, label)) else skip,
+            # Only the shown previews are served (studio/served.py), never their run folder.
+            gr.Gallery(served.publish_items(items, roots), label=label) if changed("gallery", (items, label))
+            else skip,
             # Only the range: the value stays the user's.
             gr.Slider(maximum=maximum) if changed("scrub", maximum) else skip,
             view.log_text(state, level=level, query=query or ""), res_text)

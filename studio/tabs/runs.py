@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from studio import runs_view, view
+from studio import runs_view, served, view
 from studio.services import Services
 from studio.tabs.monitor import MonitorLink
 from trainers.checkpoints import resume_points
@@ -256,7 +256,8 @@ def export_and_check(services: Services, run_id: str | None, folder: str | None,
     path = export_lora(info, folder, layout)
     # The file the user takes away is checked too: every key must still name a module of the model.
     report = check_saved(info, folder, path)
-    return (gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True),
+    shown = served.publish(path, services.manager.roots)  # this file alone is served, not its run folder
+    return (gr.DownloadButton(f"Download {path.name}", value=str(shown), visible=True),
             f"Exported `{path}`. Key check: {report.summary()}", report.markdown())
 
 

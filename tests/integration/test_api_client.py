@@ -7,7 +7,7 @@ from gradio_client import Client
 from safetensors import safe_open
 
 from studio.services import Services
-from tests.conftest import write_pair
+from tests.conftest import make_valid, write_pair
 from tests.e2e.conftest import serve
 from trainers.demo_profile import prepare_demo
 from trainers.events import load_all, parse_event
@@ -16,7 +16,7 @@ from trainers.runs import RunManager
 
 @pytest.fixture
 def client(tmp_path):
-    main = write_pair(tmp_path / "p", max_steps=100000)
+    main = make_valid(write_pair(tmp_path / "p", max_steps=100000))  # start_run validates first
     manager = RunManager([tmp_path / "p" / "out"], trainer_module="tests.fakes.trainer")
     blocks, url = serve(Services(manager=manager, demo_main=main, allowed_roots=[tmp_path]))
     yield Client(url, verbose=False), main

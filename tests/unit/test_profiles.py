@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def test_import_moves_the_api_key_into_a_0600_secret_store(store: ProfileStore, 
     report = import_path(store, main, "Keyed")
     assert any("secret store" in note for note in report.notes)
     stored = store.texts("Keyed").main_text
-    assert SECRET not in stored and "wandb_api_key" not in stored
+    # The line stays with its value emptied (comment and position kept): diffusion-pipe needs the key.
+    assert SECRET not in stored and "wandb_api_key = ''  # mine\n" in stored
     assert "wandb_tracker_name = 'proj'" in stored  # the rest of the table is untouched
     secrets = home / "secrets.toml"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
@@ -97,7 +99,10 @@ def test_saving_a_key_through_the_ui_path_strips_it_too(store: ProfileStore, hom
     doc = loads(current.main_text)
     set_value(doc, "monitoring.wandb_api_key", SECRET)
     report = store.save("Chroma E6AI 512", dumps(doc), current.dataset_text)
-    assert report.version.number == 1 and "no changes" in report.notes[-1]  # stripped text equals version 1
+    assert report.version.number == 2 and any("secret store" in note for note in report.notes)
+    saved = store.texts("Chroma E6AI 512").main_text
+    assert SECRET not in saved  # the key stays, its value emptied
+    assert tomllib.loads(saved)["monitoring"]["wandb_api_key"] == ""
     assert SecretStore(home / "secrets.toml").get("wandb_api_key") == SECRET
 
 

@@ -67,6 +67,17 @@ class Reporter:
         self.add(key, message, fix, "warning")
 
     def add(self, key: str, message: str, fix: str, severity: Severity) -> None:
-        issue = ConfigIssue(self.file, self.locator.line_of(key), key, message, fix, severity)
+        line = self.locator.line_of(key)
+        shown = _shown_key(key)
+        if shown != key:  # an empty key name ("" = ...) would print as a blank
+            message = f"{message} (the key's name is empty: \"\")"
+            fix = "remove the line with the empty key name \"\", or give it a name"
+        issue = ConfigIssue(self.file, line, shown, message, fix, severity)
         if issue not in self.issues:
             self.issues.append(issue)
+
+
+def _shown_key(key: str) -> str:
+    """A dotted key with each empty part written as ``""`` (``model.""``), as TOML spells an empty name."""
+    parts = key.split(".")
+    return ".".join('""' if part == "" else part for part in parts) if "" in parts else key

@@ -8,6 +8,7 @@ train, the studio's Start and the wizard pick the base this way; trainers run wi
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,11 +110,13 @@ def config_base(main_path: Path, data: dict[str, Any], cwd: Path | None = None) 
     return here if found_here > found_home else home
 
 
-def check_paths(paths: list[tuple[str, Any, str]], bases: Sequence[Path], report: Reporter) -> None:
-    """Report paths that do not exist or have the wrong kind (relative ones tried against each base)."""
+def check_paths(paths: list[tuple[str, Any, str]], bases: Sequence[Path], report: Reporter,
+                roots: Sequence[Path] | None = None) -> None:
+    """Report paths that do not exist or have the wrong kind (relative ones tried against each base). With
+    ``roots``, a path outside them is not looked up at all (a remote caller must not learn what exists)."""
     for dotted, value, kind in paths:
         if isinstance(value, str) and value and placeholder_text(value) is None:
-            _check_one(dotted, value, kind, bases, report)
+            _check_one(dotted, value, kind, bases, report, roots)
 
 
 def resolve(value: str, bases: Path | Sequence[Path]) -> Path:
@@ -123,13 +126,45 @@ def resolve(value: str, bases: Path | Sequence[Path]) -> Path:
     if path.is_absolute():
         return path
     bases = [bases] if isinstance(bases, Path) else list(bases)
-    return next((base / path for base in bases if (base / path).exists()), bases[0] / path)
+    return next((base / path for base in bases if is_there(base / path)), bases[0] / path)
 
 
-def _check_one(dotted: str, value: str, kind: str, bases: Sequence[Path], report: Reporter) -> None:
+def is_there(path: Path, kind: str = "any") -> bool:
+    """Whether ``path`` exists (as a file for ``kind`` "file"); False for a name no file system takes (too long,
+    a NUL byte) instead of an exception."""
+    try:
+        return path.is_file() if kind == "file" else path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_one(dotted: str, value: str, kind: str, bases: Sequence[Path], report: Reporter,
+               roots: Sequence[Path] | None = None) -> None:
     if value.startswith("~"):
         report.error(dotted, f"{value!r}: diffusion-pipe does not expand ~", "write the full path")
         return
+    try:
+        if roots is not None and not _inside(value, bases, roots):
+            report.warning(dotted, "not checked: it lies outside the studio's folders, and paths are only looked up "
+                           "there for callers on other machines", "check it on the studio's machine")
+            return
+        _check_exists(dotted, value, kind, bases, report)
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, no permission
+        why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+        shown = value if len(value) <= 80 else f"{value[:60]}... ({len(value)} characters)"
+        report.error(dotted, f"{shown!r} cannot be checked: {why}", "fix the path: no file system takes it as written")
+
+
+def _inside(value: str, bases: Sequence[Path], roots: Sequence[Path]) -> bool:
+    """Whether ``value`` lies inside ``roots`` against every base (nothing on disk is looked up otherwise)."""
+    from trainers.safe_paths import within_any
+
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [base / path for base in bases]
+    return all(within_any(candidate, roots) for candidate in candidates)
+
+
+def _check_exists(dotted: str, value: str, kind: str, bases: Sequence[Path], report: Reporter) -> None:
     path = resolve(value, bases)
     hint = f"check the path (relative paths are resolved against {' or '.join(str(b) for b in bases)})"
     if kind == "output":

@@ -1,11 +1,14 @@
 """The secret store: the W&B API key lives here, never in a profile, export, log line or event.
 
 A 0600 TOML file ``<studio_home>/secrets.toml``; the environment (``WANDB_API_KEY``) wins over the file.
-``strip_secrets`` moves a key found in a config into the store and removes it from the document.
+``strip_secrets`` moves a key found in a config into the store and empties its value in the document: the line
+stays (``wandb_api_key = ''``, which diffusion-pipe needs when W&B is on, and which keeps a round trip of its
+examples byte-identical), the value never leaves the store. An empty key is no secret and is left as it is.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 from dataclasses import dataclass
@@ -14,7 +17,16 @@ from pathlib import Path
 import tomlkit
 from tomlkit.toml_document import TOMLDocument
 
-from trainers.config.toml_io import atomic_write_bytes, delete_value, get_value, loads, read_text
+from trainers.config.toml_io import (
+    atomic_write_bytes,
+    get_value,
+    load,
+    loads,
+    read_text,
+    save,
+    set_value,
+    split_key,
+)
 from trainers.paths import secrets_file
 
 # secret name -> (environment variable that wins, dotted key where configs carry it)
@@ -86,27 +98,66 @@ class StrippedSecret:
     key: str  # dotted key it was found under
     stored: bool  # False when the value was empty (nothing to keep)
 
-    def describe(self) -> str:
+    def describe(self, where: str = "the profile") -> str:
         if self.stored:
-            return f"moved {self.key} into the secret store and removed it from the profile"
-        return f"removed the empty {self.key} from the profile"
+            return f"moved {self.key} into the secret store and emptied its value in {where}"
+        return f"emptied the value of {self.key} in {where} (no secret store to keep it)"
+
+
+def _secret_text(value: object) -> str | None:
+    """The secret a config value carries: a non-empty string (anything else that is not empty counts too)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text or None
 
 
 def strip_secrets(doc: TOMLDocument, store: SecretStore | None) -> list[StrippedSecret]:
-    """Remove every secret key from ``doc``; non-empty values go into ``store`` (if given)."""
+    """Empty every non-empty secret value in ``doc`` (its line, comment and position stay); the values go into
+    ``store`` (if given). An empty value is kept as it is and not reported."""
     stripped = []
     for name, (_, dotted) in SECRETS.items():
-        value = get_value(doc, dotted)
-        if value is None:
+        text = _secret_text(get_value(doc, dotted))
+        if text is None:
             continue
-        text = str(value)
-        if text and store is not None:
+        if store is not None:
             store.set(name, text)
-        delete_value(doc, dotted)
-        stripped.append(StrippedSecret(name, dotted, bool(text) and store is not None))
+        set_value(doc, dotted, "")
+        stripped.append(StrippedSecret(name, dotted, store is not None))
     return stripped
 
 
-def contains_secret(doc: TOMLDocument) -> bool:
-    """True when the document still carries a secret key (exports refuse such documents)."""
-    return any(get_value(doc, dotted) is not None for _, dotted in SECRETS.values())
+def contains_secret(doc: object) -> bool:
+    """True when the document (tomlkit or plain) still carries a non-empty secret (exports refuse those)."""
+    return any(_secret_text(get_value(doc, dotted)) is not None for _, dotted in SECRETS.values())
+
+
+def scrub_file(path: Path, store: SecretStore | None) -> list[StrippedSecret]:
+    """Strip secrets from a TOML file in place (atomic, formatting kept); nothing is written when it has none.
+    Raises ConfigParseError when the file is not valid TOML."""
+    doc = load(path)
+    stripped = strip_secrets(doc, store)
+    if stripped:
+        save(path, doc)
+    return stripped
+
+
+def redact_plain(data: dict) -> dict:
+    """A copy of a parsed config with every non-empty secret value replaced by ``***`` (for diffs and views)."""
+    out = copy.deepcopy(data)
+    for _, dotted in SECRETS.values():
+        *parents, last = split_key(dotted)
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and _secret_text(node.get(last)) is not None:
+            node[last] = REDACTED
+    return out
+
+
+def scrub_run_copy(path: Path, source: Path) -> list[str]:
+    """Strip secrets from a run folder's copy of a config (the store keeps them); messages for the run's log,
+    naming ``source`` (the user's file, left as it is) and never the value."""
+    stripped = scrub_file(path, SecretStore())
+    return [f"{item.describe(f'the run copy {path.name}')}; remove it from {source} too (the studio reads the "
+            "key from the store or WANDB_API_KEY)" for item in stripped]

@@ -32,10 +32,42 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise ConfigParseError(str(path), 1, 1, f"cannot read the file: {exc}") from exc
 
 
+MAX_DEPTH = 64  # arrays and tables nested deeper than this are refused: no config needs it, recursion would fail
+TOO_DEEP = f"arrays or tables are nested more than {MAX_DEPTH} levels deep; no config needs that, flatten it"
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and tables nest in parsed data (iterative: never recurses)."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _check_depth(text: str, file: str) -> None:
+    """ConfigParseError when ``text`` nests too deeply (a bad-syntax text is left to the caller's parser)."""
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigParseError(file, 1, 1, TOO_DEEP) from None
+    except (tomllib.TOMLDecodeError, ValueError):
+        return
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigParseError(file, 1, 1, TOO_DEEP)
+
+
 def loads(text: str, file: str = "<text>") -> TOMLDocument:
-    """Parse TOML text; raise ConfigParseError with line and column on bad syntax."""
+    """Parse TOML text; raise ConfigParseError with line and column on bad syntax (and on absurd nesting)."""
+    _check_depth(text, file)
     try:
         return tomlkit.parse(text)
+    except RecursionError:
+        raise ConfigParseError(file, 1, 1, TOO_DEEP) from None
     except ParseError as exc:
         message = str(exc).split(" at line ")[0].replace("Unexpected character: '\\x00'", "unexpected end of file")
         raise ConfigParseError(file, exc.line, exc.col + 1, message) from exc  # tomlkit columns are 0-based
@@ -54,13 +86,18 @@ def loads_plain(text: str, file: str = "<text>") -> dict[str, Any]:
     On a syntax error, tomlkit's position is reported when it has one (tomllib often says "end of document").
     """
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigParseError(file, 1, 1, TOO_DEEP) from None
     except tomllib.TOMLDecodeError as exc:
         loads(text, file)  # raises ConfigParseError with tomlkit's line and column when tomlkit also fails
         where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line, column = (int(where.group(1)), int(where.group(2))) if where else (text.count("\n") + 1, 1)
         message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         raise ConfigParseError(file, line, column, message) from exc
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigParseError(file, 1, 1, TOO_DEEP)
+    return data
 
 
 def dumps(doc: TOMLDocument) -> str:

@@ -38,25 +38,28 @@ def validate_texts(main_text: str, dataset_text: str | None, *, main_file: str =
                    dataset_file: str = "dataset.toml",
                    base_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
                    skip_path_checks: bool = False, num_gpus: int | None = 1,
-                   eval_texts: dict[str, str] | None = None, backend: Backend | None = None) -> list[ConfigIssue]:
+                   eval_texts: dict[str, str] | None = None, backend: Backend | None = None,
+                   path_roots: Sequence[Path] | None = None) -> list[ConfigIssue]:
     """All issues of a main TOML and its dataset TOML given as text (the UI's entry point).
 
     ``dataset_text`` None skips the dataset (e.g. while the user edits only the main file). ``base_dir``: the
     folder(s) relative paths resolve against, first match wins (default: cwd). A syntax error is
     returned as one issue with key ``(syntax)`` rather than raised. ``eval_texts`` maps eval config file names
     to their text. ``num_gpus`` None skips the GPU-count rules. ``backend`` None: the main file's
-    ``[studio] backend`` (default auto: native for Chroma, whose refusals are errors, see ``rules_native``).
+    ``[studio] backend`` (default auto: native for Chroma, whose refusals are errors, see ``rules_native``). ``path_roots``: only
+    paths inside these folders are looked up (a remote caller learns nothing about the rest of the disk).
     """
     base = _bases(base_dir)
     try:
         main_data = loads_plain(main_text, main_file)
-        issues = check_main(main_data, main_text, main_file, base, skip_path_checks, num_gpus, backend)
+        issues = check_main(main_data, main_text, main_file, base, skip_path_checks, num_gpus, backend, path_roots)
         model = main_data.get("model") if isinstance(main_data.get("model"), dict) else {}
         native, skip = _native_chroma(main_data, backend), _skips_checks(main_data, backend)
         if dataset_text is not None:
-            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model, native, skip)
+            issues += check_dataset_text(dataset_text, dataset_file, base, skip_path_checks, model, native,
+                                         skip, path_roots)
         for name, text in (eval_texts or {}).items():
-            issues += check_dataset_text(text, name, base, skip_path_checks, model, native, skip)
+            issues += check_dataset_text(text, name, base, skip_path_checks, model, native, skip, path_roots)
     except ConfigParseError as exc:
         return [ConfigIssue(exc.file, exc.line, SYNTAX_KEY, f"column {exc.column}: {exc.message}",
                             "fix the TOML syntax")]
@@ -82,7 +85,8 @@ def _skips_checks(main: dict[str, Any], backend: Backend | None) -> bool:
 
 
 def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
-               num_gpus: int | None, backend: Backend | None = None) -> list[ConfigIssue]:
+               num_gpus: int | None, backend: Backend | None = None,
+               path_roots: Sequence[Path] | None = None) -> list[ConfigIssue]:
     """Issues of a parsed main TOML (``text`` is only used to find line numbers)."""
     report = Reporter(file, text)
     clean = unknown_keys.check_main(data, report)
@@ -93,19 +97,30 @@ def check_main(data: dict[str, Any], text: str, file: str, base_dir: list[Path],
     rules.check_main(clean, report, num_gpus)
     if rules_native.runs_natively(clean, backend):
         rules_native.check_main(clean, report)
+        _native_adapter(clean, report)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
-        paths_check.check_paths(paths_check.main_paths(clean), base_dir, report)
-        rules_lora.check_loras(clean, base_dir, report)
+        paths_check.check_paths(paths_check.main_paths(clean), base_dir, report, path_roots)
+        if path_roots is None:  # LoRA headers are read only for local callers
+            rules_lora.check_loras(clean, base_dir, report)
     return report.issues
 
 
+def _native_adapter(data: dict[str, Any], report: Reporter) -> None:
+    """The native trainer trains LoRAs only: a Chroma config without ``[adapter]`` (diffusion-pipe's full
+    fine-tune) cannot start there."""
+    if rules_native.trains_chroma(data) and not isinstance(data.get("adapter"), dict):
+        report.error("adapter", "the native trainer trains LoRAs only, and without an [adapter] table this is a "
+                     "full fine-tune", "add [adapter] with type = 'lora' and rank = 32, or set [studio] backend = "
+                     "'diffusion-pipe' for a full fine-tune")
+
+
 def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_checks: bool,
-                       model: dict[str, Any] | None = None, native: bool = False,
-                       skip_checks: bool = False) -> list[ConfigIssue]:
+                       model: dict[str, Any] | None = None, native: bool = False, skip_checks: bool = False,
+                       path_roots: Sequence[Path] | None = None) -> list[ConfigIssue]:
     """Issues of a dataset TOML; ``model`` (the main file's [model] table) enables model-specific rules,
     ``native`` the native trainer's refusals (a Chroma pair that runs natively), ``skip_checks`` that
-    diffusion-pipe runs with --i_know_what_i_am_doing."""
+    diffusion-pipe runs it with --i_know_what_i_am_doing, and ``path_roots`` limits path look-ups."""
     data = loads_plain(text, file)
     report = Reporter(file, text)
     clean = unknown_keys.check_dataset(data, report)
@@ -121,7 +136,7 @@ def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_che
         rules_native.check_dataset(clean, report)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
-        paths_check.check_paths(paths_check.dataset_paths(clean), base_dir, report)
+        paths_check.check_paths(paths_check.dataset_paths(clean), base_dir, report, path_roots)
     return report.issues
 
 
@@ -145,7 +160,7 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
         issues += _dataset_file(dataset, "dataset", main_path, base, main_text, skip_path_checks, model, flags)
     for index, entry in enumerate(main_data.get("eval_datasets") or []):
         config = entry.get("config") if isinstance(entry, dict) else None
-        if isinstance(config, str) and config and paths_check.resolve(config, base).is_file():
+        if isinstance(config, str) and config and paths_check.is_there(paths_check.resolve(config, base), "file"):
             issues += _dataset_file(config, f"eval_datasets[{index}].config", main_path, base, main_text,
                                     skip_path_checks, model, flags)
     return issues
@@ -154,15 +169,19 @@ def validate_files(main_path: str | os.PathLike[str], *, skip_path_checks: bool 
 def _dataset_file(value: str, key: str, main_path: Path, base: list[Path], main_text: str,
                   skip_path_checks: bool, model: dict[str, Any], flags: tuple[bool, bool]) -> list[ConfigIssue]:
     path = paths_check.resolve(value, base)
-    if not path.is_file():
+    if not paths_check.is_there(path, "file"):
         if not skip_path_checks:
             return []  # check_main's path checks already reported it
         report = Reporter(str(main_path), main_text)
-        report.error(key, f"dataset file not found: {path}",
+        report.error(key, f"dataset file not found: {_short(str(path))}",
                      f"check the path (relative paths are resolved against {' or '.join(map(str, base))})")
         return report.issues
     text = read_text(path)
     return check_dataset_text(text, str(path), base, skip_path_checks, model, *flags)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} characters)"
 
 
 def is_valid(issues: list[ConfigIssue]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trainers.config.secrets import redact_plain
 from trainers.config.toml_io import loads, to_plain, walk_leaves
 from trainers.profiles.store import ProfileStore, ProfileTexts
 
@@ -34,7 +35,8 @@ def diff_texts(left: ProfileTexts, right: ProfileTexts) -> list[DiffEntry]:
     out: list[DiffEntry] = []
     for file, a, b in (("main", left.main_text, right.main_text), ("dataset", left.dataset_text,
                                                                   right.dataset_text)):
-        out += _diff_docs(file, dict(walk_leaves(to_plain(loads(a)))), dict(walk_leaves(to_plain(loads(b)))))
+        out += _diff_docs(file, dict(walk_leaves(redact_plain(to_plain(loads(a))))),
+                          dict(walk_leaves(redact_plain(to_plain(loads(b))))))
     return out
 
 
