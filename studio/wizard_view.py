@@ -10,6 +10,7 @@ from PIL import Image
 from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
 from trainers.config import toml_io
 from trainers.dataset_scan import IMAGE_SUFFIXES, scan_folder
+from trainers.paths import user_path
 from trainers.profiles.store import ProfileStore, ProfileTexts
 from trainers.vram import VramSettings, advice, estimate
 
@@ -28,14 +29,14 @@ def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]
         lines.append("✗ **diffusers_path** is empty: pick the FLUX.1 diffusers folder (VAE and T5 come from it).")
         ok = False
     else:
-        problems = check_flux_folder(Path(diffusers_path).expanduser())
+        problems = check_flux_folder(user_path(diffusers_path))
         ok &= not problems
         lines += [f"✗ {p}" for p in problems] or [f"✓ Flux folder `{diffusers_path}` has vae/, text_encoder_2/, "
                                                  "tokenizer_2/."]
     if not transformer_path.strip():
         return "\n\n".join([*lines, "✗ **transformer_path** is empty: pick the Chroma .safetensors file."]), False
     try:
-        probe = probe_transformer_path(Path(transformer_path).expanduser())
+        probe = probe_transformer_path(user_path(transformer_path))
     except ProbeError as exc:
         return "\n\n".join([*lines, f"✗ {exc}"]), False
     if not probe.is_chroma:
@@ -51,7 +52,7 @@ def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]
 
 def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
     """Counts of images and captions in the dataset folder, and images smaller than the training size."""
-    path = Path(folder).expanduser()
+    path = user_path(folder)
     if not folder.strip() or not path.is_dir():
         return f"✗ `{folder}` is not a folder: pick the folder with your images and their .txt captions.", False
     items = scan_folder(path)

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from trainers.files import atomic_write_text
 from trainers.native import data
+from trainers.paths import user_path
 from trainers.runs import resolve_config_path
 
 DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
@@ -208,7 +209,7 @@ def estimate_tokens(caption: str) -> int:
 def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
             global_batch: int = 1, seed: int = 0) -> DatasetReport:
     """Read a dataset folder (buckets for ``resolution``) or a dataset TOML (its own settings) and check it."""
-    source = Path(str(source)).expanduser()
+    source = user_path(str(source))
     if global_batch < 1:
         raise DatasetReportError(f"global batch {global_batch} must be at least 1 (micro batch × accumulation)")
     dataset, settings_text = _dataset_for(source, resolution, ar_buckets)

@@ -33,3 +33,13 @@ def secrets_file() -> Path:
 def default_runs_root() -> Path:
     """Folder the demo writes its runs into (profiles name their own ``output_dir``)."""
     return studio_home() / "runs"
+
+
+def user_path(text: str | os.PathLike[str]) -> Path:
+    """A path a user typed, ``~`` expanded; ``~name`` of a user this machine does not know stays as written
+    (``Path.expanduser`` raises RuntimeError there), so the caller reports it as a missing path."""
+    path = Path(text)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path

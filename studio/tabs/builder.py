@@ -275,10 +275,12 @@ def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None) -> 
         return tuple(gr.skip() for _ in range(REFRESH_HEAD + len(bf.form_pool())))
     set_value(main_doc, "model.type", model_type)
     message = f"Model type set to {model_type}: the form shows the keys it reads."
-    if model_type != "chroma" and runs_natively(main_doc):
-        # The native trainer trains Chroma only: every other type runs on the user's diffusion-pipe checkout.
-        set_value(main_doc, "studio.backend", "diffusion-pipe")
-        message += " It trains with your diffusion-pipe checkout ([studio] backend = 'diffusion-pipe')."
+    # The backend follows the type (auto: native where the native trainer supports it); a backend the user
+    # wrote by hand stays, and the message says so.
+    chosen = (main_doc.get("studio") or {}).get("backend") if isinstance(main_doc.get("studio"), dict) else None
+    trainer = "the native trainer" if runs_natively(main_doc) else "your diffusion-pipe checkout"
+    message += f" It trains with {trainer}" + (f" ([studio] backend = '{chosen}', set by hand)." if chosen
+                                               else " (backend auto).")
     return refresh({**texts, "main": dumps(main_doc)}, pair, dir_index, editors=True, values=False, message=message)
 
 

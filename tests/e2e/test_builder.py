@@ -45,7 +45,10 @@ def test_pick_type_fill_field_and_see_the_toml_change(page, builder_app):
     page.locator("#builder-type input").fill("flux")
     page.get_by_role("option", name="Flux (flux)", exact=True).click()
     editor_has(page, "type = 'flux'")
-    editor_has(page, "diffusion-pipe")  # only Chroma trains natively: [studio] backend switches
+    # The backend follows the type (auto): no [studio] backend is written, the message says which trainer runs it.
+    page.wait_for_function("(document.querySelector('#builder-message')?.innerText ?? '').includes("
+                           "'diffusion-pipe checkout (backend auto)')", timeout=15_000)
+    assert "backend" not in page.locator(MAIN).inner_text()
     page.locator("#field-main-model-guidance").wait_for(state="visible")  # a key only flux reads
     epochs = field(page, "field-main-epochs")
     epochs.fill("")
@@ -55,6 +58,12 @@ def test_pick_type_fill_field_and_see_the_toml_change(page, builder_app):
     assert "# a comment that must survive the copy" in text and "\nepochs = 1\n" not in text
     assert "dataset = 'ds.toml'" in text  # the rest of the file is as it was
     shot(page, "builder-form-to-toml")
+    page.locator("#builder-type input").fill("chroma")  # back to Chroma: nothing left behind to undo
+    page.get_by_role("option", name="Chroma (chroma)", exact=True).click()
+    editor_has(page, "type = 'chroma'")
+    page.wait_for_function("(document.querySelector('#builder-message')?.innerText ?? '').includes("
+                           "'native trainer (backend auto)')", timeout=15_000)
+    assert "backend" not in page.locator(MAIN).inner_text()
 
 
 def test_edit_toml_updates_the_form(page, builder_app):

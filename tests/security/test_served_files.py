@@ -57,7 +57,11 @@ def test_files_outside_what_a_page_showed_are_unreachable(world, manager, studio
     run_id = manager.start(main)
     run_dir = manager.run_dir(run_id)
     sample = _wait_for_sample(run_dir)
-    frames = list(monitor.stream(Services(manager=manager, demo_main=main), run_id, (0.9, False, "all", "", None)))
+    views = monitor.MonitorViews()
+    views.update("s", run_id=run_id)
+    deadline = time.monotonic() + 60
+    frames = monitor.stream(Services(manager=manager, demo_main=main), views, "s",
+                            still_wanted=lambda: time.monotonic() < deadline)
     gallery = next(frame[6] for frame in frames if isinstance(frame[6], gr.Gallery) and frame[6].value)
     shown = [Path(item["image"]["path"]) for item in gallery.value]  # what the page receives
     assert shown and all(served.served_dir() in p.parents for p in shown)

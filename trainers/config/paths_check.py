@@ -100,13 +100,13 @@ def config_base(main_path: Path, data: dict[str, Any], cwd: Path | None = None) 
     if here == home:
         return home
     dataset = data.get("dataset")
-    if isinstance(dataset, str) and dataset and not Path(dataset).expanduser().is_absolute():
-        if (home / dataset).is_file() or (here / dataset).is_file():
-            return home if (home / dataset).is_file() else here
+    if isinstance(dataset, str) and dataset and not _is_absolute(dataset):
+        if is_there(home / dataset, "file") or is_there(here / dataset, "file"):
+            return home if is_there(home / dataset, "file") else here
     relative = [value for _, value, kind in main_paths(data) if kind != "output" and isinstance(value, str)
-                and value and placeholder_text(value) is None and not Path(value).expanduser().is_absolute()]
-    found_home = sum((home / value).exists() for value in relative)
-    found_here = sum((here / value).exists() for value in relative)
+                and value and placeholder_text(value) is None and not _is_absolute(value)]
+    found_home = sum(is_there(home / value) for value in relative)
+    found_here = sum(is_there(here / value) for value in relative)
     return here if found_here > found_home else home
 
 
@@ -127,6 +127,14 @@ def resolve(value: str, bases: Path | Sequence[Path]) -> Path:
         return path
     bases = [bases] if isinstance(bases, Path) else list(bases)
     return next((base / path for base in bases if is_there(base / path)), bases[0] / path)
+
+
+def _is_absolute(value: str) -> bool:
+    """Whether a config path is absolute once ``~`` is expanded (``~nobody`` of an unknown user: as written)."""
+    try:
+        return Path(value).expanduser().is_absolute()
+    except RuntimeError:
+        return Path(value).is_absolute()
 
 
 def is_there(path: Path, kind: str = "any") -> bool:
