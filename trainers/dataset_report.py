@@ -238,7 +238,11 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             if thumb is None:
                 continue
             thumbs[path] = thumb
-            raw = data.captions_of(path, captions_json)
+            try:
+                raw = data.captions_of(path, captions_json)
+            except data.BadMedia as exc:
+                info.issues.append(f"skipped: {exc.path.name}: {exc.reason}")
+                continue
             info.captions = raw or []
             info.in_json, info.prefix, info.skip_empty = captions_json is not None, prefix, skip_empty
             own = by_path.get(path, [])
@@ -258,10 +262,15 @@ def _open(info: ImageInfo) -> Image.Image | None:
         info.issues.append("video: the native trainer trains Chroma on images only")
         return None
     try:
+        data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
+    except data.BadMedia as exc:
+        info.issues.append(f"skipped: {exc.reason}")
+        return None
+    try:
         with Image.open(info.path) as img:
             info.width, info.height = img.size
             img.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))
-            view = data._rgb(img)
+            view = data.rgb_on_white(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         info.issues.append(f"unreadable: Pillow cannot open it ({exc})")
         return None
@@ -390,7 +399,7 @@ def crop_preview(info: ImageInfo, size: int = 384) -> Image.Image:
     (centre-cropped and resized to its bucket, exactly as the trainer loads it)."""
     with Image.open(info.path) as img:
         img.load()
-        rgb = data._rgb(img)
+        rgb = data.rgb_on_white(img)
     shown = rgb.copy()
     shown.thumbnail((size, size))
     if info.crop is None or not info.buckets:

@@ -183,7 +183,8 @@ class Trainer:
 
     def _cache_dataset(self, dataset: dict, what: str) -> cache_mod.Cache:
         config = self.s.config
-        items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name)
+        items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name,
+                             strict=bool(config.get("studio", {}).get("strict_dataset", False)))
         self._set_phase("caching", f"{len(items)} examples of the {what} set", total=len(items))
         started = time.time()
         cache = cache_mod.build_cache(
