@@ -176,7 +176,8 @@ _STUDIO = _honoured(
     "backend", "sample_prompts", "sample_negative_prompt", "sample_seeds", "sample_every_n_steps", "sample_at_start",
     "sample_width", "sample_height", "sample_steps", "sample_guidance", "notes", "diffusion_pipe_path",
     "deepspeed_command", "dp_num_gpus", "dp_master_port", "dp_disable_nccl_p2p_ib", "dp_expandable_segments",
-    "dp_extra_args", "dp_stop_grace_s", "seed", "nonfinite_loss", "strict_dataset")
+    "dp_extra_args", "dp_stop_grace_s", "seed", "nonfinite_loss", "strict_dataset",
+    "epoch_order")
 
 # Dataset keys a [[directory]] may override: the same support at both levels.
 _DATASET_SHARED = {

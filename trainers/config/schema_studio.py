@@ -33,6 +33,9 @@ class StudioConfig(BaseModel):
     strict_dataset: bool = Field(
         False, description="Stop on a bad dataset file (corrupt or truncated image, animated WebP, caption that is "
         "not UTF-8, symlink loop) instead of skipping it with a warning.")
+    epoch_order: Literal["fixed", "reshuffle"] = Field(
+        "fixed", description="'fixed' (diffusion-pipe's): one example order for every epoch, so the same leftover "
+        "examples and the same subsample_ratio steps are dropped each epoch; 'reshuffle': a new order per epoch.")
     # The diffusion-pipe backend (trainers/diffusion_pipe): where the user's checkout is and how to launch it.
     diffusion_pipe_path: str | None = Field(None, description="Folder of your diffusion-pipe checkout "
                                             "(else env DP_STUDIO_DIFFUSION_PIPE).")

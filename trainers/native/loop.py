@@ -278,8 +278,10 @@ class Trainer:
             self.epoch, self.steps_into_epoch = self.epoch + 1, 0
         for epoch in range(self.epoch, self.s.epochs + 1):
             self.epoch = epoch
-            batches = cache_mod.epoch_batches(self.cache, self.micro_batch, self.s.grad_accum, self.s.seed, epoch,
-                                              subsample_ratio=self.subsample, start=self.steps_into_epoch)
+            batches = cache_mod.epoch_batches(
+                self.cache, self.micro_batch, self.s.grad_accum, self.s.seed, epoch, subsample_ratio=self.subsample,
+                start=self.steps_into_epoch,
+                reshuffle=self.s.config.get("studio", {}).get("epoch_order", "fixed") == "reshuffle")
             for micro_batches in batches:
                 if self._handle_commands():
                     return "stopped"
