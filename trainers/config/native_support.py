@@ -82,15 +82,11 @@ def _partitioning(value: Any) -> bool:
     return isinstance(value, str) and (value in ("uniform", "manual") or value.startswith("type:"))
 
 
-def _video_frames(value: Any) -> bool:
-    """frame_buckets with a video length (> 1 frame)."""
-    return isinstance(value, list) and any(_is_int(frames) and frames > 1 for frames in value)
-
-
-def _video_sizes(value: Any) -> bool:
-    """size_buckets with a [width, height, frames] entry of more than one frame."""
-    return isinstance(value, list) and any(isinstance(entry, list) and len(entry) == 3 and _is_int(entry[2])
-                                           and entry[2] > 1 for entry in value)
+def _no_image_sizes(value: Any) -> bool:
+    """size_buckets without a [width, height, 1] entry: images train only in those (diffusion-pipe
+    utils/dataset.py _find_closest_size_bucket), so such a dataset has nothing to train on."""
+    return isinstance(value, list) and bool(value) and not any(
+        isinstance(entry, list) and len(entry) == 3 and entry[2] == 1 for entry in value)
 
 
 HONOURED = KeySupport("honoured")
@@ -183,11 +179,10 @@ _STUDIO = _honoured(
 _DATASET_SHARED = {
     **_honoured("resolutions", "enable_ar_bucket", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets", "num_repeats",
                 "caption_prefix", "shuffle_tags", "cache_shuffle_num", "cache_shuffle_delimiter",
-                "skip_empty_caption", "shuffle_metadata", "online_captions"),
-    "frame_buckets": KeySupport("conditional", "Chroma trains on images", "use frame_buckets = [1] (or remove it)",
-                                "[1]", _video_frames),
-    "size_buckets": KeySupport("conditional", "Chroma trains on images", "set the frames of every entry to 1",
-                               "[width, height, 1] entries", _video_sizes),
+                "skip_empty_caption", "shuffle_metadata", "online_captions", "frame_buckets"),
+    "size_buckets": KeySupport("conditional", "Chroma trains on images, which use only the [width, height, 1] "
+                               "entries", "add [width, height, 1] entries", "lists with a [width, height, 1] entry",
+                               _no_image_sizes),
 }
 
 # Section -> key -> support. A section is a dotted path; "[]" marks the entries of an array of tables.

@@ -133,23 +133,28 @@ def bucket_size(side: float, aspect: float, multiple: int = SIDE_MULTIPLE) -> tu
 
 
 def _size_buckets(settings: dict, multiple: int) -> list[BucketSpec]:
+    """The ``[width, height, 1]`` entries: images train only in frame-1 buckets, entries of more frames are
+    for videos (diffusion-pipe utils/dataset.py _find_closest_size_bucket)."""
     specs = []
     for entry in settings["size_buckets"]:
         if not isinstance(entry, list | tuple) or len(entry) != 3:
             raise ValueError(f"size_buckets entry {entry!r} must be [width, height, frames]")
         width, height, frames = entry
-        if frames != 1:
-            raise ValueError(f"size_buckets entry {list(entry)!r}: frames must be 1 for image models")
-        size = (round_side(width, multiple), round_side(height, multiple))
-        specs.append(BucketSpec(round(width / height, ROUND_DIGITS), size))
+        if frames == 1:
+            size = (round_side(width, multiple), round_side(height, multiple))
+            specs.append(BucketSpec(round(width / height, ROUND_DIGITS), size))
+    if not specs:
+        raise ValueError(f"size_buckets = {settings['size_buckets']!r} has no [width, height, 1] entry, so no image "
+                         "can train; add one per image size (entries of more frames are for videos)")
     return specs
 
 
 def _check_frame_buckets(settings: dict) -> None:
+    """Any list of frame counts: images always train at frame 1 (diffusion-pipe adds 1 when it is missing,
+    utils/dataset.py DirectoryDataset.__init__); longer ones only serve videos, which are skipped here."""
     frames = settings.get("frame_buckets", [1])
-    if not isinstance(frames, list) or set(frames) != {1}:
-        raise ValueError(f"frame_buckets = {frames!r}: only [1] (images) is supported by the native trainer; "
-                         "remove the key or use the diffusion-pipe backend for video")
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, int) and f >= 1 for f in frames):
+        raise ValueError(f"frame_buckets = {frames!r} must be a list of frame counts >= 1, e.g. [1] or [1, 33]")
 
 
 @dataclass(frozen=True)
