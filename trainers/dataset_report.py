@@ -240,7 +240,7 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             thumbs[path] = thumb
             try:
                 raw = data.captions_of(path, captions_json)
-            except data.BadMedia as exc:
+            except data.BadMedia as exc:  # a caption file the trainer skips its image for
                 info.issues.append(f"skipped: {exc.path.name}: {exc.reason}")
                 continue
             info.captions = raw or []
@@ -263,14 +263,13 @@ def _open(info: ImageInfo) -> Image.Image | None:
         return None
     try:
         data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
-    except data.BadMedia as exc:
-        info.issues.append(f"skipped: {exc.reason}")
-        return None
-    try:
-        with Image.open(info.path) as img:
+        with data.open_image(info.path) as img:
             info.width, info.height = img.size
             img.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))
             view = data.rgb_on_white(img)
+    except data.BadMedia as exc:
+        info.issues.append(f"skipped: {exc.reason}")
+        return None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         info.issues.append(f"unreadable: Pillow cannot open it ({exc})")
         return None
@@ -397,7 +396,7 @@ def _tags(infos: list[ImageInfo], dataset: dict) -> list[tuple[str, int]]:
 def crop_preview(info: ImageInfo, size: int = 384) -> Image.Image:
     """The picture with what the crop cuts away dimmed and the kept part outlined, beside the training view
     (centre-cropped and resized to its bucket, exactly as the trainer loads it)."""
-    with Image.open(info.path) as img:
+    with data.open_image(info.path) as img:
         img.load()
         rgb = data.rgb_on_white(img)
     shown = rgb.copy()

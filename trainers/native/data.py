@@ -26,7 +26,8 @@ from trainers.native.media import (
     CAPTIONS_JSON,
     BadMedia,
     captions_of,
-    link_problem,
+    media_files,
+    open_image,
     probe_image,
     read_captions,
     rgb_on_white,
@@ -34,7 +35,6 @@ from trainers.native.media import (
 
 log = logging.getLogger(__name__)
 
-SKIP_SUFFIXES = {".txt", ".npz", ".json", ".parquet", ".bak", ".db"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets",
                "frame_buckets", "size_buckets", "num_repeats", "caption_prefix", "shuffle_tags",
@@ -211,13 +211,6 @@ def shuffled_captions(caption: str, count: int, delimiter: str, rng: random.Rand
     return variants
 
 
-def media_files(folder: Path) -> list[Path]:
-    """Candidate media files of a folder (not recursive), sorted by name; a broken or looping symlink is one
-    too, so that it is reported rather than silently left out."""
-    return sorted(p for p in folder.iterdir() if (p.is_file() or link_problem(p))
-                  and p.suffix.lower() not in SKIP_SUFFIXES)
-
-
 def subsample_ratio(dataset: dict) -> float | None:
     """The top-level ``subsample_ratio`` (fraction of optimizer steps kept per epoch), checked."""
     for directory in dataset.get("directory", []):
@@ -379,7 +372,7 @@ def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model:
 def load_pixels(item: Item) -> Image.Image:
     """The item's image, transparent parts on white, centre-cropped and resized to its bucket."""
     try:
-        with Image.open(item.path) as img:
+        with open_image(item.path) as img:
             img.load()
             rgb = rgb_on_white(img)
     except BAD_IMAGE_ERRORS as exc:  # changed or damaged since the scan: still name the file

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainers.native import archive as tar
+
 CAPTIONS_JSON = "captions.json"
+SKIP_SUFFIXES = {".txt", ".npz", ".json", ".parquet", ".bak", ".db"}  # never media (as in diffusion-pipe)
 
 
 class BadMedia(ValueError):
@@ -46,14 +49,23 @@ def link_problem(path: Path) -> str | None:
     return None
 
 
+def open_image(path: Path) -> Image.Image:
+    """Pillow's lazy image of a file or of a ``.tar`` member (``<archive>.tar/<member>``)."""
+    if path.exists() or tar.split(path) is None:
+        return Image.open(path)
+    return Image.open(tar.open_binary(path))
+
+
 def probe_image(path: Path) -> tuple[int, int]:
     """The (width, height) of an image after decoding all of it (JPEGs at 1/8 scale, which still reads every
     byte), so a corrupt or truncated file is found while scanning, not mid-run. Raises BadMedia naming it."""
     link = link_problem(path)
     if link:
         raise BadMedia(path, link)
+    if path.suffix == tar.ARCHIVE_SUFFIX and path.is_file():  # listed only when its index could not be read
+        raise BadMedia(path, "not a readable tar archive; re-create it with `tar -cf` or remove it")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             frames = getattr(img, "n_frames", 1)
             if path.suffix.lower() == ".webp" and frames > 1:
                 raise BadMedia(path, f"animated WebP ({frames} frames): only still images are trained; save one "
@@ -111,14 +123,35 @@ def read_captions(folder: Path) -> dict[str, list[str]] | None:
 
 
 def captions_of(path: Path, folder_captions: dict[str, list[str]] | None) -> list[str] | None:
-    """The captions of a file: its folder's ``captions.json`` entry when the folder has one, else its ``.txt``;
-    None when it has none."""
-    if folder_captions is not None:
-        return folder_captions.get(path.name)
+    """The captions of a file: its folder's ``captions.json`` entry when the folder has one, else its ``.txt``
+    (for a ``.tar`` member, the same-stem ``.txt`` member); None when it has none."""
+    inside = tar.split(path)
+    if folder_captions is not None:  # an archive member's key is its full member name, as in diffusion-pipe
+        return folder_captions.get(inside[1] if inside else path.name)
     txt = path.with_suffix(".txt")
-    if not txt.is_file():
+    if inside is None and not txt.is_file():
+        return None
+    if inside is not None and str(Path(inside[1]).with_suffix(".txt")) not in tar.index_of(inside[0]):
         return None
     try:
-        return [txt.read_text(encoding="utf-8").strip()]
+        return [tar.read_bytes(txt).decode("utf-8").strip()]
     except UnicodeDecodeError as exc:
         raise BadMedia(txt, f"the caption is not valid UTF-8 ({_utf8_problem(exc)}); re-save it as UTF-8") from None
+
+
+def media_files(folder: Path) -> list[Path]:
+    """Candidate media files of a folder (not recursive), sorted by name; a broken or looping symlink is one
+    too, so that it is reported rather than silently left out. A ``.tar`` archive stands for its members
+    (``<archive>.tar/<member>``, in archive order); an unreadable one stays listed, to be reported."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if not (p.is_file() or link_problem(p)) or p.suffix.lower() in SKIP_SUFFIXES:
+            continue
+        if p.suffix == tar.ARCHIVE_SUFFIX and p.is_file():
+            try:
+                found.extend(m for m in tar.members(p) if m.suffix.lower() not in SKIP_SUFFIXES)
+                continue
+            except OSError:
+                pass
+        found.append(p)
+    return found
