@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from trainers.files import atomic_write_text
-from trainers.native import data
+from trainers.native import archive, data
 from trainers.runs import resolve_config_path
 
 DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
@@ -320,6 +320,9 @@ def save_captions(report: DatasetReport, info: ImageInfo, captions: list[str]) -
     captions = [c.strip() for c in captions if c.strip()]
     if not captions:
         raise DatasetReportError("the caption is empty: type one (an image without a caption is skipped)")
+    if inside := archive.split(info.path):
+        raise DatasetReportError(f"{info.path.name} is inside {inside[0].name}, which is not edited here: change "
+                                 f"the archive, or give it a captions.json entry {inside[1]!r} beside the archive")
     if info.in_json:
         target = info.path.parent / data.CAPTIONS_JSON
         entries = data.read_captions(info.path.parent) or {}

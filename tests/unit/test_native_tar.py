@@ -88,3 +88,13 @@ def test_the_dataset_report_lists_archive_members(tmp_path):
     red, nocap = report.find("red.png"), report.find("nocap.png")
     assert red.trained and red.captions == ["a red box"] and (red.width, red.height) == (64, 32)
     assert not nocap.trained and any(issue.startswith("no caption") for issue in nocap.issues)
+
+
+def test_a_member_caption_is_not_written_into_a_fake_folder(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _tar(folder / "shard.tar", {"red.png": _png("red"), "red.txt": b"a red box"})
+    report = dataset_report.analyse(folder, resolution=32)
+    with pytest.raises(dataset_report.DatasetReportError, match="inside shard.tar.*'red.png'"):
+        dataset_report.save_captions(report, report.find("red.png"), ["new"])
+    assert not [p.name for p in folder.iterdir() if p.suffix in (".txt", ".json")]
