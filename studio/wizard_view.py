@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from trainers import dataset_report
 from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
 from trainers.config import toml_io
-from trainers.dataset_scan import IMAGE_SUFFIXES, scan_folder
 from trainers.paths import user_path
 from trainers.profiles.store import ProfileStore, ProfileTexts
 from trainers.vram import VramSettings, advice, estimate
@@ -50,29 +48,38 @@ def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]
     return "\n\n".join(lines), ok
 
 
+def _names(names: list[str]) -> str:
+    return f"{', '.join(names[:5])}{'…' if len(names) > 5 else ''}"
+
+
 def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
-    """Counts of images and captions in the dataset folder, and images smaller than the training size."""
+    """Images and captions of the dataset folder as the trainer reads them (the dataset browser's reader and
+    report): counts, files it skips and why, images smaller than the training size. Never raises."""
     path = user_path(folder)
     if not folder.strip() or not path.is_dir():
         return f"✗ `{folder}` is not a folder: pick the folder with your images and their .txt captions.", False
-    items = scan_folder(path)
-    images = [item.path for item in items]
-    if not images:
-        return f"✗ `{folder}` holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).", False
-    uncaptioned = [item.path.name for item in items if item.caption is None]
-    small = []
-    for p in images:
-        with Image.open(p) as im:
-            if im.width * im.height < resolution * resolution:
-                small.append(p.name)
-    lines = [f"✓ {len(images)} images in `{folder}`."]
+    try:
+        report = dataset_report.analyse(path, resolution=resolution, ar_buckets=True)
+    except (dataset_report.DatasetReportError, OSError) as exc:
+        return f"✗ {exc}", False
+    if not report.images:
+        return f"✗ `{folder}` holds no images.", False
+    bad = [i for i in report.images if any(issue.startswith(("skipped:", "unreadable:", "video:"))
+                                           for issue in i.issues)]
+    readable = [i for i in report.images if i not in bad]
+    uncaptioned = [i.path.name for i in readable if not i.captions and any(
+        issue.startswith("no caption") for issue in i.issues)]
+    small = [i.path.name for i in readable if i.width * i.height < resolution * resolution]
+    trained = sum(1 for i in report.images if i.trained)
+    lines = [f"✓ {len(readable)} images in `{folder}` ({trained} trained)."]
+    if bad:
+        lines.append(f"⚠ {len(bad)} skipped (unreadable or unsupported; Browse shows why): "
+                     f"{_names([i.path.name for i in bad])}")
     if uncaptioned:
-        lines.append(f"⚠ {len(uncaptioned)} without a .txt caption (skipped by default): "
-                     f"{', '.join(uncaptioned[:5])}{'…' if len(uncaptioned) > 5 else ''}")
+        lines.append(f"⚠ {len(uncaptioned)} without a .txt caption (skipped by default): {_names(uncaptioned)}")
     if small:
-        lines.append(f"⚠ {len(small)} smaller than {resolution}² px (they are upscaled): "
-                     f"{', '.join(small[:5])}{'…' if len(small) > 5 else ''}")
-    return "\n\n".join(lines), len(uncaptioned) < len(images)
+        lines.append(f"⚠ {len(small)} smaller than {resolution}² px (they are upscaled): {_names(small)}")
+    return "\n\n".join(lines), trained > 0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from trainers.files import atomic_write_text
-from trainers.native import data
+from trainers.native import archive, data
 from trainers.paths import user_path
 from trainers.runs import resolve_config_path
 
@@ -239,7 +239,11 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             if thumb is None:
                 continue
             thumbs[path] = thumb
-            raw = data.captions_of(path, captions_json)
+            try:
+                raw = data.captions_of(path, captions_json)
+            except data.BadMedia as exc:  # a caption file the trainer skips its image for
+                info.issues.append(f"skipped: {exc.path.name}: {exc.reason}")
+                continue
             info.captions = raw or []
             info.in_json, info.prefix, info.skip_empty = captions_json is not None, prefix, skip_empty
             own = by_path.get(path, [])
@@ -259,10 +263,14 @@ def _open(info: ImageInfo) -> Image.Image | None:
         info.issues.append("video: the native trainer trains Chroma on images only")
         return None
     try:
-        with Image.open(info.path) as img:
+        data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
+        with data.open_image(info.path) as img:
             info.width, info.height = img.size
             img.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))
-            view = data._rgb(img)
+            view = data.rgb_on_white(img)
+    except data.BadMedia as exc:
+        info.issues.append(f"skipped: {exc.reason}")
+        return None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         info.issues.append(f"unreadable: Pillow cannot open it ({exc})")
         return None
@@ -313,6 +321,9 @@ def save_captions(report: DatasetReport, info: ImageInfo, captions: list[str]) -
     captions = [c.strip() for c in captions if c.strip()]
     if not captions:
         raise DatasetReportError("the caption is empty: type one (an image without a caption is skipped)")
+    if inside := archive.split(info.path):
+        raise DatasetReportError(f"{info.path.name} is inside {inside[0].name}, which is not edited here: change "
+                                 f"the archive, or give it a captions.json entry {inside[1]!r} beside the archive")
     if info.in_json:
         target = info.path.parent / data.CAPTIONS_JSON
         entries = data.read_captions(info.path.parent) or {}
@@ -389,9 +400,9 @@ def _tags(infos: list[ImageInfo], dataset: dict) -> list[tuple[str, int]]:
 def crop_preview(info: ImageInfo, size: int = 384) -> Image.Image:
     """The picture with what the crop cuts away dimmed and the kept part outlined, beside the training view
     (centre-cropped and resized to its bucket, exactly as the trainer loads it)."""
-    with Image.open(info.path) as img:
+    with data.open_image(info.path) as img:
         img.load()
-        rgb = data._rgb(img)
+        rgb = data.rgb_on_white(img)
     shown = rgb.copy()
     shown.thumbnail((size, size))
     if info.crop is None or not info.buckets:

@@ -95,9 +95,9 @@ def test_every_entry_says_why_and_how_to_fix() -> None:
                                             "Prodigy"],
      ["AdamW8bitKahan", "adamw8bitkahan", "offload", "automagic", "genericoptim"]),
     (ns.MAIN_SUPPORT, "optimizer", "gradient_release", [False], [True]),
-    (ns.DATASET_SUPPORT, "", "frame_buckets", [[1]], [[1, 33], [33]]),
-    (ns.DATASET_SUPPORT, "directory[]", "frame_buckets", [[1]], [[1, 33]]),
-    (ns.DATASET_SUPPORT, "", "size_buckets", [[[512, 512, 1], [768, 512, 1]]], [[[512, 512, 1], [512, 512, 33]]]),
+    # images train only in [w, h, 1] entries (diffusion-pipe utils/dataset.py:862-866); longer ones are for videos
+    (ns.DATASET_SUPPORT, "", "size_buckets", [[[512, 512, 1], [768, 512, 1]], [[512, 512, 1], [512, 512, 33]]],
+     [[[512, 512, 33]], [[512, 512, 33], [768, 512, 9]]]),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_values_honoured_only_where_decided(support: dict, section: str, key: str, fine: list,
                                             refused: list) -> None:
@@ -177,8 +177,6 @@ NATIVE_ONLY = [
     ({"optimizer": {"type": "automagic", "lr": 1e-4}}, {}, {}, 1, {"optimizer.type"}),
     ({"optimizer.gradient_release": True, "gradient_clipping": 0.0}, {}, {}, 1, {"optimizer.gradient_release"}),
     ({"optimizer.beta2_half_life": 1000.0}, {}, {}, 1, {"optimizer.beta2_half_life"}),
-    ({}, {"frame_buckets": [1, 33]}, {}, 1, {"frame_buckets"}),
-    ({}, {}, {"frame_buckets": [1, 33]}, 1, {"directory[0].frame_buckets"}),
     ({}, {"size_buckets": [[512, 512, 33]]}, {}, 1, {"size_buckets"}),
     # control_path on Chroma is an error for diffusion-pipe too (models/chroma.py:186 takes no control images):
     # test_config_fidelity.py
@@ -226,8 +224,16 @@ def test_backend_argument_beats_the_studio_table() -> None:
 
 def test_eval_dataset_files_get_the_native_dataset_checks() -> None:
     issues = validate_texts(BASE_MAIN, BASE_DATASET, skip_path_checks=True,
-                            eval_texts={"eval.toml": _dataset({"frame_buckets": [1, 33]})})
-    assert [(i.file, i.key) for i in issues if i.is_error] == [("eval.toml", "frame_buckets")]
+                            eval_texts={"eval.toml": _dataset({"size_buckets": [[512, 512, 33]]})})
+    assert [(i.file, i.key) for i in issues if i.is_error] == [("eval.toml", "size_buckets")]
+
+
+def test_video_frame_buckets_are_fine_natively() -> None:
+    # diffusion-pipe's own examples/dataset.toml has frame_buckets = [1, 33]; it adds 1 when missing
+    # (utils/dataset.py:509-511), so images always train at frame 1 and the longer buckets only serve videos
+    for frames in ([1, 33], [33], [1, 17, 33]):
+        assert _errors(BASE_MAIN, _dataset({"frame_buckets": frames}, {"frame_buckets": frames})) == {}
+    assert ns.DATASET_SUPPORT[""]["frame_buckets"].status == "honoured"
 
 
 def test_wrong_values_are_reported_once_by_the_schema() -> None:

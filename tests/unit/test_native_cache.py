@@ -51,11 +51,11 @@ def test_batches_stay_in_one_bucket_and_follow_accumulation():
     assert sorted(first_bucket) == list(range(8))
 
 
-def test_order_is_seeded_per_epoch_and_can_start_mid_epoch():
+def test_order_is_seeded_and_can_start_mid_epoch():
     cache = _cache({(64, 64): 16, (32, 32): 8})
     a = list(epoch_batches(cache, 4, 1, seed=3, epoch=1))
     assert a == list(epoch_batches(cache, 4, 1, seed=3, epoch=1))
-    assert a != list(epoch_batches(cache, 4, 1, seed=3, epoch=2))
+    assert a != list(epoch_batches(cache, 4, 1, seed=4, epoch=1))
     assert list(epoch_batches(cache, 4, 1, seed=3, epoch=1, start=4)) == a[4:]
     assert list(epoch_batches(cache, 4, 1, seed=3, epoch=1, start=len(a))) == []
 
@@ -67,6 +67,34 @@ def test_subsample_ratio_keeps_a_fraction_of_the_steps():
     assert half == full[:6] and steps_per_epoch(cache, 2, subsample_ratio=0.5) == 6
     assert steps_per_epoch(cache, 2, subsample_ratio=0.3) == len(list(
         epoch_batches(cache, 2, 1, seed=0, epoch=1, subsample_ratio=0.3))) == 3
+
+
+def _rows(steps) -> set[tuple[int, int]]:
+    return {(b.bucket, r) for step in steps for b in step for r in b.rows}
+
+
+def test_one_order_for_every_epoch_as_in_diffusion_pipe():
+    # diffusion-pipe shuffles once, with fixed seeds (utils/dataset.py:211-212 per size bucket, :287 the caption
+    # order, :355 and :974 the batch order, all shuffle_with_seed(..., constant)), truncates each bucket to a
+    # multiple of its global batch once (:392-394), keeps the first int(len * subsample_ratio) batches once
+    # (:985-987), and its DataLoader has no shuffling sampler (train.py's PipelineDataLoader, utils/dataset.py
+    # _create_dataloader: sampler=None): every epoch is the same batches in the same order.
+    cache = _cache({(64, 64): 11, (32, 32): 7})  # 1 and 3 leftover examples at global batch 2 / 4
+    for micro, accum in ((2, 1), (2, 2)):
+        first = list(epoch_batches(cache, micro, accum, seed=5, epoch=1, subsample_ratio=0.5))
+        for epoch in (2, 3, 7):
+            assert list(epoch_batches(cache, micro, accum, seed=5, epoch=epoch, subsample_ratio=0.5)) == first
+    full = _rows(epoch_batches(cache, 2, 1, seed=5, epoch=1))
+    assert len(full) == 10 + 6 and all(_rows(epoch_batches(cache, 2, 1, seed=5, epoch=e)) == full for e in (2, 9))
+
+
+def test_reshuffle_draws_a_new_order_and_new_leftovers_per_epoch():
+    cache = _cache({(64, 64): 11, (32, 32): 7})
+    epochs = [list(epoch_batches(cache, 2, 1, seed=5, epoch=e, reshuffle=True)) for e in range(1, 6)]
+    assert all(len(steps) == len(epochs[0]) for steps in epochs)
+    assert len({tuple(tuple(b.rows for b in step) for step in steps) for steps in epochs}) == 5
+    assert len({frozenset(_rows(steps)) for steps in epochs}) > 1  # a different example is left over
+    assert epochs[1] == list(epoch_batches(cache, 2, 1, seed=5, epoch=2, reshuffle=True))  # resumable
 
 
 def test_per_bucket_micro_batch_from_resolution_pairs(caplog):

@@ -92,10 +92,19 @@ def test_images_go_to_the_nearest_ratio_in_log_space_first_on_ties():
 
 def test_bucket_settings_errors_name_the_key():
     with pytest.raises(ValueError, match="frame_buckets"):
-        bucket_table({"resolutions": [64], "frame_buckets": [1, 33]})
-    assert bucket_table({"resolutions": [64], "frame_buckets": [1]}) == [(64, 64)]
-    with pytest.raises(ValueError, match="frames must be 1"):
+        bucket_table({"resolutions": [64], "frame_buckets": [0]})
+    with pytest.raises(ValueError, match=r"no \[width, height, 1\] entry"):
         bucket_table({"size_buckets": [[64, 64, 33]]})
+
+
+def test_video_frame_buckets_leave_images_at_frame_one():
+    # diffusion-pipe utils/dataset.py:509-511 adds frame 1 when missing; images (frames = 1) take the frame-1
+    # bucket (:838-852) and, with size_buckets, only a [w, h, 1] entry (:862-866)
+    settings = {"resolutions": [64], "enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 3}
+    for frames in ([1, 33], [33], [1, 17, 33]):
+        assert bucket_table({**settings, "frame_buckets": frames}) == bucket_table(settings)
+    mixed = {"size_buckets": [[64, 64, 33], [64, 64, 1], [96, 48, 1], [96, 48, 17]]}
+    assert bucket_table(mixed) == [(64, 64), (96, 48)]
     with pytest.raises(ValueError, match="min_ar, max_ar, num_ar_buckets"):
         bucket_table({"resolutions": [64], "enable_ar_bucket": True})
     with pytest.raises(ValueError, match="resolutions"):

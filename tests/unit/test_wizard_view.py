@@ -68,3 +68,21 @@ def test_build_pair_fills_the_preset_and_validates(tmp_path):
     assert (settings.resolution, settings.batch, settings.blocks_to_swap) == (1024, 1, 8)
     text = wv.vram_markdown(settings, 24)
     assert "Estimated peak VRAM" in text and "24 GB card" in text
+
+
+def test_dataset_check_survives_bad_files_and_names_them(tmp_path):
+    from tests.fixtures import bad_media
+
+    folder = _dataset(tmp_path, captioned=2, bare=0)
+    (folder / "junk.png").write_bytes(b"not an image at all")  # Image.open raises UnidentifiedImageError
+    (folder / "junk.txt").write_text("junk")
+    bad_media.latin1_caption(bad_media.good_png(folder / "latin.png", caption=None))
+    bad_media.corrupt_jpeg(folder / "corrupt.jpg").with_suffix(".txt").write_text("x")
+    text, ok = wv.check_dataset(str(folder), 512)
+    assert ok and "✓ 2 images" in text and "(2 trained)" in text
+    assert "3 skipped" in text and all(name in text for name in ("junk.png", "latin.png", "corrupt.jpg"))
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    bad_media.corrupt_jpeg(bad_only / "corrupt.jpg").with_suffix(".txt").write_text("x")
+    text, ok = wv.check_dataset(str(bad_only), 512)
+    assert not ok and "1 skipped" in text and "corrupt.jpg" in text

@@ -84,15 +84,11 @@ def _partitioning(value: Any) -> bool:
     return isinstance(value, str) and (value in ("uniform", "manual") or value.startswith("type:"))
 
 
-def _video_frames(value: Any) -> bool:
-    """frame_buckets with a video length (> 1 frame)."""
-    return isinstance(value, list) and any(_is_int(frames) and frames > 1 for frames in value)
-
-
-def _video_sizes(value: Any) -> bool:
-    """size_buckets with a [width, height, frames] entry of more than one frame."""
-    return isinstance(value, list) and any(isinstance(entry, list) and len(entry) == 3 and _is_int(entry[2])
-                                           and entry[2] > 1 for entry in value)
+def _no_image_sizes(value: Any) -> bool:
+    """size_buckets without a [width, height, 1] entry: images train only in those (diffusion-pipe
+    utils/dataset.py _find_closest_size_bucket), so such a dataset has nothing to train on."""
+    return isinstance(value, list) and bool(value) and not any(
+        isinstance(entry, list) and len(entry) == 3 and entry[2] == 1 for entry in value)
 
 
 HONOURED = KeySupport("honoured")
@@ -178,17 +174,17 @@ _STUDIO = _honoured(
     "backend", "sample_prompts", "sample_negative_prompt", "sample_seeds", "sample_every_n_steps", "sample_at_start",
     "sample_width", "sample_height", "sample_steps", "sample_guidance", "notes", "diffusion_pipe_path",
     "deepspeed_command", "dp_num_gpus", "dp_master_port", "dp_disable_nccl_p2p_ib", "dp_expandable_segments",
-    "dp_extra_args", "dp_stop_grace_s", "seed", "nonfinite_loss", "i_know_what_i_am_doing")
+    "dp_extra_args", "dp_stop_grace_s", "seed", "nonfinite_loss", "i_know_what_i_am_doing", "strict_dataset",
+    "epoch_order")
 
 # Dataset keys a [[directory]] may override: the same support at both levels.
 _DATASET_SHARED = {
     **_honoured("resolutions", "enable_ar_bucket", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets", "num_repeats",
                 "caption_prefix", "shuffle_tags", "cache_shuffle_num", "cache_shuffle_delimiter",
-                "skip_empty_caption", "shuffle_metadata", "online_captions"),
-    "frame_buckets": KeySupport("conditional", "Chroma trains on images", "use frame_buckets = [1] (or remove it)",
-                                "[1]", _video_frames),
-    "size_buckets": KeySupport("conditional", "Chroma trains on images", "set the frames of every entry to 1",
-                               "[width, height, 1] entries", _video_sizes),
+                "skip_empty_caption", "shuffle_metadata", "online_captions", "frame_buckets"),
+    "size_buckets": KeySupport("conditional", "Chroma trains on images, which use only the [width, height, 1] "
+                               "entries", "add [width, height, 1] entries", "lists with a [width, height, 1] entry",
+                               _no_image_sizes),
 }
 
 # Section -> key -> support. A section is a dotted path; "[]" marks the entries of an array of tables.

@@ -46,6 +46,29 @@ def _check_directory(top: dict[str, Any], directory: dict[str, Any], prefix: str
                        "buckets; both are set", "remove one of them")
     if _effective(top, directory, "enable_ar_bucket") is True and sizes is None:
         _check_ar(top, directory, prefix, report)
+    if isinstance(sizes, list):
+        _check_size_order(sizes, _where(top, directory, prefix, "size_buckets"), report)
+
+
+def _check_size_order(sizes: list, where: str, report: Reporter) -> None:
+    """diffusion-pipe sorts size_buckets by frames (longest first, utils/dataset.py:464), takes their ratios
+    de-duplicated and sorted (:496, :506) and indexes the entries by that sorted list (:857): unless the ratios
+    already rise strictly in that order, images land in the wrong bucket and some buckets stay empty."""
+    entries = [e for e in sizes if isinstance(e, list) and len(e) == 3 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in e)]
+    if len(entries) != len(sizes):
+        return  # the schema reports malformed entries
+    ordered = sorted(entries, key=lambda e: e[2], reverse=True)
+    ratios = [round(w / h, 3) for w, h, _ in ordered]
+    if len(set(ratios)) < len(ratios):
+        report.error(where, "two entries have the same aspect ratio (w/h to 3 decimals): diffusion-pipe keeps one "
+                     "ratio for them, so images go to the wrong bucket and a bucket stays empty",
+                     "keep one [width, height, frames] entry per aspect ratio")
+    elif ratios != sorted(ratios):
+        fix = ", ".join(str(e) for e in sorted(ordered, key=lambda e: (-e[2], e[0] / e[1])))
+        report.error(where, "entries are not sorted by aspect ratio (w/h, rising; longest frames first): "
+                     "diffusion-pipe matches images against the sorted ratios, so they land in the wrong bucket",
+                     f"order them as [{fix}]")
 
 
 def _check_ar(top: dict[str, Any], directory: dict[str, Any], prefix: str, report: Reporter) -> None:
@@ -57,11 +80,7 @@ def _check_ar(top: dict[str, Any], directory: dict[str, Any], prefix: str, repor
             where = f"{prefix}.{key}" if enabled_here else key
             report.error(where, "required when enable_ar_bucket = true and no ar_buckets are given",
                          "add min_ar = 0.5, max_ar = 2.0, num_ar_buckets = 7 (or ar_buckets = [...])")
-    low = _effective(top, directory, "min_ar")
-    high = _effective(top, directory, "max_ar")
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
-        report.error(_where(top, directory, prefix, "max_ar"), f"max_ar ({high}) is below min_ar ({low})",
-                     "swap them")
+    # min_ar > max_ar is accepted: diffusion-pipe sorts the geomspace ratios (utils/dataset.py:505-506), same buckets
 
 
 def _check_for_model(top: dict[str, Any], directory: dict[str, Any], prefix: str, report: Reporter,

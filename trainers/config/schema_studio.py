@@ -31,6 +31,12 @@ class StudioConfig(BaseModel):
     nonfinite_loss: Literal["stop", "skip"] = Field(
         "stop", description="On a NaN/inf loss: 'stop' saves the last good LoRA and state and stops; 'skip' drops "
         "the step (20 in a row still stop).")
+    strict_dataset: bool = Field(
+        False, description="Stop on a bad dataset file (corrupt or truncated image, animated WebP, caption that is "
+        "not UTF-8, symlink loop) instead of skipping it with a warning.")
+    epoch_order: Literal["fixed", "reshuffle"] = Field(
+        "fixed", description="'fixed' (diffusion-pipe's): one example order for every epoch, so the same leftover "
+        "examples and the same subsample_ratio steps are dropped each epoch; 'reshuffle': a new order per epoch.")
     # The diffusion-pipe backend (trainers/diffusion_pipe): where the user's checkout is and how to launch it.
     diffusion_pipe_path: str | None = Field(None, description="Folder of your diffusion-pipe checkout "
                                             "(else env DP_STUDIO_DIFFUSION_PIPE).")

@@ -193,8 +193,9 @@ class Batch:
     rows: tuple[int, ...]
 
 
-def _epoch_steps(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: int, epoch: int) -> list[list[Batch]]:
-    rng = random.Random(seed * 1000 + epoch)
+def _epoch_steps(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: int, epoch: int,
+                 reshuffle: bool) -> list[list[Batch]]:
+    rng = random.Random(seed * 1000 + (epoch if reshuffle else 0))
     size_of = _size_fn(micro_batch)
     steps: list[list[Batch]] = []
     for b, bucket in enumerate(cache.buckets):
@@ -211,10 +212,13 @@ def _epoch_steps(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: in
 
 
 def epoch_batches(cache: Cache, micro_batch: BatchSize, grad_accum: int, seed: int, epoch: int, *,
-                  subsample_ratio: float | None = None, start: int = 0) -> Iterator[list[Batch]]:
-    """The optimizer steps of ``epoch``, each a list of ``grad_accum`` micro-batches, in an order fixed by
-    (seed, epoch); ``micro_batch`` may differ per bucket size; ``start`` skips the epoch's first steps (resume)."""
-    steps = _epoch_steps(cache, micro_batch, grad_accum, seed, epoch)
+                  subsample_ratio: float | None = None, start: int = 0,
+                  reshuffle: bool = False) -> Iterator[list[Batch]]:
+    """The optimizer steps of ``epoch``, each a list of ``grad_accum`` micro-batches; ``micro_batch`` may differ
+    per bucket size; ``start`` skips the epoch's first steps (resume). As in diffusion-pipe the order is fixed by
+    the seed alone, the same every epoch, so each epoch drops the same leftover examples and keeps the same
+    ``subsample_ratio`` steps; ``reshuffle`` (``[studio] epoch_order = "reshuffle"``) draws a new order per epoch."""
+    steps = _epoch_steps(cache, micro_batch, grad_accum, seed, epoch, reshuffle)
     if subsample_ratio is not None:
         steps = steps[:int(len(steps) * subsample_ratio)]
     yield from steps[start:]

@@ -21,9 +21,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from trainers.native.media import (
+    BAD_IMAGE_ERRORS,
+    CAPTIONS_JSON,
+    BadMedia,
+    captions_of,
+    media_files,
+    open_image,
+    probe_image,
+    read_captions,
+    rgb_on_white,
+)
+
 log = logging.getLogger(__name__)
 
-SKIP_SUFFIXES = {".txt", ".npz", ".json", ".parquet", ".bak", ".db"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets",
                "frame_buckets", "size_buckets", "num_repeats", "caption_prefix", "shuffle_tags",
@@ -31,7 +42,6 @@ OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_bu
                "online_captions")
 SIDE_MULTIPLE = 16
 ROUND_DIGITS = 3  # diffusion-pipe rounds resolutions and aspect ratios to 3 decimals before de-duplicating
-CAPTIONS_JSON = "captions.json"
 
 
 @dataclass(frozen=True)
@@ -123,23 +133,28 @@ def bucket_size(side: float, aspect: float, multiple: int = SIDE_MULTIPLE) -> tu
 
 
 def _size_buckets(settings: dict, multiple: int) -> list[BucketSpec]:
+    """The ``[width, height, 1]`` entries: images train only in frame-1 buckets, entries of more frames are
+    for videos (diffusion-pipe utils/dataset.py _find_closest_size_bucket)."""
     specs = []
     for entry in settings["size_buckets"]:
         if not isinstance(entry, list | tuple) or len(entry) != 3:
             raise ValueError(f"size_buckets entry {entry!r} must be [width, height, frames]")
         width, height, frames = entry
-        if frames != 1:
-            raise ValueError(f"size_buckets entry {list(entry)!r}: frames must be 1 for image models")
-        size = (round_side(width, multiple), round_side(height, multiple))
-        specs.append(BucketSpec(round(width / height, ROUND_DIGITS), size))
+        if frames == 1:
+            size = (round_side(width, multiple), round_side(height, multiple))
+            specs.append(BucketSpec(round(width / height, ROUND_DIGITS), size))
+    if not specs:
+        raise ValueError(f"size_buckets = {settings['size_buckets']!r} has no [width, height, 1] entry, so no image "
+                         "can train; add one per image size (entries of more frames are for videos)")
     return specs
 
 
 def _check_frame_buckets(settings: dict) -> None:
+    """Any list of frame counts: images always train at frame 1 (diffusion-pipe adds 1 when it is missing,
+    utils/dataset.py DirectoryDataset.__init__); longer ones only serve videos, which are skipped here."""
     frames = settings.get("frame_buckets", [1])
-    if not isinstance(frames, list) or set(frames) != {1}:
-        raise ValueError(f"frame_buckets = {frames!r}: only [1] (images) is supported by the native trainer; "
-                         "remove the key or use the diffusion-pipe backend for video")
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, int) and f >= 1 for f in frames):
+        raise ValueError(f"frame_buckets = {frames!r} must be a list of frame counts >= 1, e.g. [1] or [1, 33]")
 
 
 @dataclass(frozen=True)
@@ -194,28 +209,6 @@ def shuffled_captions(caption: str, count: int, delimiter: str, rng: random.Rand
         rng.shuffle(tags)
         variants.append(delimiter.join(tags))
     return variants
-
-
-def read_captions(folder: Path) -> dict[str, list[str]] | None:
-    """``captions.json`` of a folder (file name -> list of captions), or None when there is none."""
-    path = folder / CAPTIONS_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must be a JSON object: file name -> list of captions")
-    for name, caps in data.items():
-        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise ValueError(f"{path}: the entry {name!r} must be a list of captions (strings), e.g. [\"a cat\"]")
-    return data
-
-
-def media_files(folder: Path) -> list[Path]:
-    """Candidate media files of a folder (not recursive), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in SKIP_SUFFIXES)
 
 
 def subsample_ratio(dataset: dict) -> float | None:
@@ -296,21 +289,9 @@ def _read_directory(directory: dict, settings: dict, seed: int, multiple: int, m
 
 def _image_size(path: Path) -> tuple[int, int] | None:
     try:
-        with Image.open(path) as img:
-            if path.suffix.lower() == ".webp" and getattr(img, "n_frames", 1) > 1:
-                raise ValueError(f"{path}: animated WebP is not supported (as in diffusion-pipe); convert or remove it")
-            return img.size
-    except (OSError, Image.DecompressionBombError):
+        return probe_image(path)
+    except BadMedia:
         return None
-
-
-def captions_of(path: Path, folder_captions: dict[str, list[str]] | None) -> list[str] | None:
-    """The captions of a file: its folder's ``captions.json`` entry when the folder has one, else its ``.txt``;
-    None when it has none."""
-    if folder_captions is not None:
-        return folder_captions.get(path.name)
-    txt = path.with_suffix(".txt")
-    return [txt.read_text(encoding="utf-8").strip()] if txt.is_file() else None
 
 
 def _mask_for(path: Path, size: tuple[int, int], d: _Directory) -> Path | None:
@@ -328,15 +309,23 @@ def _mask_for(path: Path, size: tuple[int, int], d: _Directory) -> Path | None:
     return mask
 
 
-def _items_for(path: Path, d: _Directory) -> list[Item]:
+def _skip_or_raise(exc: BadMedia, strict: bool) -> list[Item]:
+    if strict:
+        raise ValueError(f"{exc} ([studio] strict_dataset = true stops on any bad file; set it to false to skip "
+                         "bad files with a warning)") from None
+    log.warning("skipping %s: %s", exc.path, exc.reason)
+    return []
+
+
+def _items_for(path: Path, d: _Directory, strict: bool = False) -> list[Item]:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         log.warning("skipping %s: videos are not supported by the native trainer", path.name)
         return []
-    size = _image_size(path)
-    if size is None:
-        log.warning("skipping %s: not an image Pillow can open", path.name)
-        return []
-    captions = captions_of(path, d.captions)
+    try:
+        size = probe_image(path)
+        captions = captions_of(path, d.captions)
+    except BadMedia as exc:
+        return _skip_or_raise(exc, strict)
     if captions is None:
         if d.skip_empty:
             log.warning("skipping %s: no caption (skip_empty_caption = true)", path.name)
@@ -355,40 +344,39 @@ def _items_for(path: Path, d: _Directory) -> list[Item]:
 
 
 def scan_directory(directory: dict, settings: dict, seed: int, multiple: int = SIDE_MULTIPLE,
-                   model: str = "chroma") -> list[Item]:
-    """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio."""
+                   model: str = "chroma", strict: bool = False) -> list[Item]:
+    """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio. A bad
+    file (corrupt, truncated, animated WebP, undecodable caption, symlink loop) is skipped with a warning naming
+    it, or stops the scan when ``strict``."""
     d = _read_directory(directory, settings, seed, multiple, model)
-    return [item for path in media_files(d.folder) for item in _items_for(path, d)]
+    return [item for path in media_files(d.folder) for item in _items_for(path, d, strict)]
 
 
-def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma") -> list[Item]:
-    """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple."""
+def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma",
+                 strict: bool = False) -> list[Item]:
+    """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple; ``strict``
+    (``[studio] strict_dataset``) turns a skipped bad file into an error."""
     directories = dataset.get("directory", [])
     if not directories:
         raise ValueError("the dataset config has no [[directory]] table")
     subsample_ratio(dataset)
     items: list[Item] = []
     for directory in directories:
-        items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model))
+        items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model,
+                                    strict))
     if not items:
         raise RuntimeError("the dataset is empty: no image with a caption was found")
     return items
 
 
-def _rgb(img: Image.Image) -> Image.Image:
-    """Transparent parts composited on white, as diffusion-pipe does."""
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
 def load_pixels(item: Item) -> Image.Image:
     """The item's image, transparent parts on white, centre-cropped and resized to its bucket."""
-    with Image.open(item.path) as img:
-        img.load()
-        rgb = _rgb(img)
+    try:
+        with open_image(item.path) as img:
+            img.load()
+            rgb = rgb_on_white(img)
+    except BAD_IMAGE_ERRORS as exc:  # changed or damaged since the scan: still name the file
+        raise BadMedia(item.path, f"not a readable image: Pillow fails to decode it ({exc})") from None
     return ImageOps.fit(rgb, item.size)
 
 

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from trainers.files import atomic_write_bytes, atomic_write_json
+from trainers.native import archive as tar
 from trainers.native.data import Item, load_mask, load_pixels
 from trainers.native.families.base import Family, TextBatch
 
@@ -213,6 +214,10 @@ class Entry:
 
 
 def _file_id(path: Path) -> tuple[str, int, int]:
+    inside = None if path.exists() else tar.split(path)
+    if inside is not None:  # a .tar member: the archive's version, the member's name
+        stat = inside[0].stat()
+        return f"{inside[0].resolve()}/{inside[1]}", stat.st_size, stat.st_mtime_ns
     stat = path.stat()
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 

@@ -196,7 +196,8 @@ class Trainer:
 
     def _cache_dataset(self, dataset: dict, what: str) -> cache_mod.Cache:
         config = self.s.config
-        items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name)
+        items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name,
+                             strict=bool(config.get("studio", {}).get("strict_dataset", False)))
         self._set_phase("caching", f"{len(items)} examples of the {what} set", total=len(items))
         started = time.time()
         cache = cache_mod.build_cache(
@@ -290,8 +291,10 @@ class Trainer:
             self.epoch, self.steps_into_epoch = self.epoch + 1, 0
         for epoch in range(self.epoch, self.s.epochs + 1):
             self.epoch = epoch
-            batches = cache_mod.epoch_batches(self.cache, self.micro_batch, self.s.grad_accum, self.s.seed, epoch,
-                                              subsample_ratio=self.subsample, start=self.steps_into_epoch)
+            batches = cache_mod.epoch_batches(
+                self.cache, self.micro_batch, self.s.grad_accum, self.s.seed, epoch, subsample_ratio=self.subsample,
+                start=self.steps_into_epoch,
+                reshuffle=self.s.config.get("studio", {}).get("epoch_order", "fixed") == "reshuffle")
             for micro_batches in batches:
                 if self._handle_commands():
                     return "stopped"

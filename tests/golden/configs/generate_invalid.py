@@ -118,7 +118,6 @@ DATASET_CASES = [
     ("directory_ar_bucket_without_count", "directory[0].num_ar_buckets",
      [("del", "num_ar_buckets"), ("set", "enable_ar_bucket", False),
       ("set", "directory[0].enable_ar_bucket", True)], ""),
-    ("min_ar_above_max_ar", "max_ar", [("set", "min_ar", 2.0), ("set", "max_ar", 0.5)], ""),
     ("no_resolutions", "resolutions", [("del", "resolutions")], ""),
     ("cosmos_without_size_buckets", "size_buckets", [], "# main-model: cosmos\n"),
     ("directory_without_path", "directory[0].path", [("del", "directory[0].path")], ""),
