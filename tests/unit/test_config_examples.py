@@ -79,6 +79,9 @@ def test_every_main_example_passes_validate_from_its_checkout(tmp_path: Path, mo
         assert code == 0, out
 
 
+REFUSED_ON_PURPOSE = {"cosmos_dataset.toml": "size_buckets"}
+
+
 @needs_mirror
 @pytest.mark.parametrize("name", sorted(DATASET_EXAMPLES))
 def test_every_dataset_example_passes_with_a_main_of_its_type(name: str) -> None:
@@ -86,4 +89,11 @@ def test_every_dataset_example_passes_with_a_main_of_its_type(name: str) -> None
     main_text = (GOLDEN / DATASET_EXAMPLES[name]).read_text()
     assert not STUDIO_TABLE.search(main_text)
     issues = validate_texts(main_text, EXAMPLES[name], skip_path_checks=True)
-    assert [issue.format() for issue in issues if issue.is_error] == []
+    errors = [issue for issue in issues if issue.is_error]
+    if name in REFUSED_ON_PURPOSE:
+        # diffusion-pipe's own cosmos example lists 960x960 before wider buckets: there images land in the bucket
+        # at their ratio's sorted position, not the nearest (utils/dataset.py:464, :496), so we refuse it by name
+        # (docs/native-trainer.md, "Where we differ from diffusion-pipe, on purpose").
+        assert {issue.key for issue in errors} == {REFUSED_ON_PURPOSE[name]}, [i.format() for i in errors]
+        return
+    assert [issue.format() for issue in errors] == []
