@@ -32,7 +32,7 @@ def claim(run_dir: Path, pid: int) -> bool:
     """True for the one caller that gets to explain ``pid``'s end; False for every later one."""
     try:
         fd = os.open(marker(run_dir, pid), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):  # explained already, or the run folder was deleted meanwhile
         return False
     os.close(fd)
     return True
