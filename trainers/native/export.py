@@ -1,9 +1,9 @@
 """Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files.
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
-names), never a secret. The diffusers export splits each fused Linear exactly: the saved A matrices are the
-parts' A matrices stacked, and B is block-diagonal, so the parts come back unchanged (a LoRA trained on the fused
-Linear itself gives every part the shared A and its rows of B).
+names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
+(diffusion-pipe's and this trainer's) gives every part the shared A and its rows of B; the stacked files of earlier
+studio versions (A matrices stacked, B block-diagonal) give the parts back unchanged.
 
 diffusers' ``ChromaPipeline.load_lora_weights`` cannot read the saved ComfyUI layout itself (0.42's Flux/Chroma
 loader converts only kohya, XLabs, BFL-control and fal layouts, and silently loads nothing from
@@ -104,7 +104,7 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
             except KeyError:
                 raise ExportError(f"{module} is not a Linear of a Chroma transformer") from None
         for name, pa, pb in pieces:
-            out[f"transformer.{name}.lora_A.weight"] = pa.contiguous()
+            out[f"transformer.{name}.lora_A.weight"] = pa.clone()  # parts of a fused Linear share one A: a copy each
             out[f"transformer.{name}.lora_B.weight"] = pb.contiguous()
     return out
 

@@ -183,6 +183,8 @@ class Trainer:
             self.params = self.family.init_from_existing(table["init_from_existing"], self.rank, self.dropout, dtype,
                                                          table.get("exclude_modules"))
             self._log(f"LoRA starts from {table['init_from_existing']}")
+        elif hasattr(self.family, "attach_new_lora"):  # a family whose LoRA is not peft's on every target
+            self.params = self.family.attach_new_lora(self.rank, self.dropout, dtype, table.get("exclude_modules"))
         else:
             self.params = attach_lora(self.family.transformer, self.family.lora_targets(), self.rank, self.dropout,
                                       dtype, table.get("exclude_modules"))
@@ -246,6 +248,7 @@ class Trainer:
             raise ValueError(f"--resume {name!r}: the native trainer resumes from a {STATE_PREFIX}<N> folder; "
                              "a saved LoRA (epochN/stepN) starts a new run with [adapter] init_from_existing")
         loaded = state_mod.load_state(self.s.run_dir / name)
+        state_mod.check_layout(name, loaded.meta, getattr(self.family, "lora_layout", "peft"), self.s.run_dir)
         params = dict(self.params)
         if set(loaded.lora) != set(params):
             missing = sorted(set(params) ^ set(loaded.lora))[:5]
@@ -531,7 +534,8 @@ class Trainer:
         self._set_phase("saving", f"{STATE_PREFIX}{self.step}")
         position = state_mod.Position(self.step, self.epoch, self.steps_into_epoch, self.examples)
         folder = state_mod.save_state(self.s.run_dir, position, dict(self.params), self.optimizer,
-                                      rng or state_mod.rng_states(self.rng, self.generator))
+                                      rng or state_mod.rng_states(self.rng, self.generator),
+                                      {"lora_layout": getattr(self.family, "lora_layout", "peft")})
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=folder.name, what="state"))
         self.last_state_step, self.last_state_time = self.step, time.time()
         if self.metrics is not None:

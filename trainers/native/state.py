@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -145,3 +146,20 @@ def load_state(folder: Path) -> LoadedState:
     position = Position(step=int(meta["step"]), epoch=int(meta["epoch"]),
                         steps_into_epoch=int(meta["steps_into_epoch"]), examples=int(meta.get("examples", 0)))
     return LoadedState(position, data["lora"], data["optimizer"], data["rng"], meta)
+
+
+def check_layout(name: str, meta: dict, layout: str, run_dir: Path) -> None:
+    """Refuse a checkpoint whose LoRA has another parametrisation than this trainer's: its weights and optimizer
+    state have other shapes and meanings. Checkpoints saved before the layout was recorded were ``split`` (a LoRA
+    per diffusers Linear, from earlier studio versions)."""
+    saved = meta.get("lora_layout", "split")
+    if saved == layout:
+        return
+    loras = [(int(m[2]), p.name) for p in run_dir.iterdir()
+             if (m := re.fullmatch(r"(epoch|step)(\d+)", p.name)) and (p / "adapter_model.safetensors").is_file()]
+    epochs = [name for _, name in sorted(loras)]
+    start = f"'{run_dir / epochs[-1]}'" if epochs else "one of this run's saved LoRAs"
+    raise ValueError(f"{name} holds a LoRA of the '{saved}' layout (an earlier version trained a LoRA per q/k/v "
+                     f"part) but this trainer trains diffusion-pipe's '{layout}' layout (one LoRA per fused Linear), so its "
+                     f"optimizer state cannot continue. Start a new run from the saved weights instead: set "
+                     f"[adapter] init_from_existing = {start}, or pick that saved LoRA as the resume point")

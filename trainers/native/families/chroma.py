@@ -40,6 +40,7 @@ from trainers.native.families.chroma_keys import (
     to_original_lora,
     transformer_config,
 )
+from trainers.native.families.chroma_lora import all_shared, shared_weights, tie_fused_lora
 from trainers.native.lora_io import LoraPair, attach_lora, lora_pairs, read_adapter
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ChromaFamily:
     """Chroma LoRA training and sampling on diffusers components."""
 
     name = "chroma"
+    lora_layout = "fused"  # diffusion-pipe's: one A per fused original Linear (chroma_lora.py); in checkpoints
     pixel_multiple = 16  # diffusion-pipe rounds Chroma image sides to 16 px (VAE factor 8 x 2x2 packing)
 
     def __init__(self, vae: AutoencoderKL, text_encoder: T5EncoderModel, tokenizer, transformer:
@@ -97,6 +99,7 @@ class ChromaFamily:
         self.max_sequence_length = min(MAX_T5_TOKENS, int(tokenizer.model_max_length))
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self._checkpoint_hooks: list = []
+        self._exclude: str | list[str] | None = None  # [adapter] exclude_modules of the attached LoRA
         self._timestep: torch.Tensor | None = None  # float32 t of the predict() in progress
         transformer.time_text_embed.register_forward_pre_hook(self._float32_timestep)
         transformer.time_text_embed.register_forward_hook(self._to_compute_dtype)
@@ -242,10 +245,18 @@ class ChromaFamily:
         return out.images[0]
 
     def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-        """PEFT (diffusers names) -> ``diffusion_model.`` keys in original Chroma names, ComfyUI-loadable."""
-        out_features = {name: m.out_features for name, m in self.transformer.named_modules()
-                        if isinstance(m, torch.nn.Linear)}
-        return to_original_lora(state_dict, out_features)
+        """PEFT (diffusers names) -> ``diffusion_model.`` keys in original Chroma names, ComfyUI-loadable, and the
+        adapter_config fields diffusion-pipe's peft config has: every block Linear in ``target_modules`` (by its
+        full original name, models/base.py:262-270) and ``exclude_modules`` as the config gave it."""
+        out_features, targets = {}, set()
+        for name, m in self.transformer.named_modules():
+            if isinstance(m, torch.nn.Linear) and ".lora_" not in name:
+                name = name.removesuffix(".base_layer")
+                out_features[name] = m.out_features
+                if name.split(".")[0] in BLOCK_LISTS:
+                    targets.add(original_name(name)[0])
+        tensors, extra = to_original_lora(state_dict, out_features)
+        return tensors, {**extra, "target_modules": sorted(targets), "exclude_modules": self._exclude}
 
     # ----- LoRAs from files ----------------------------------------------------------------------------
     def _name_table(self) -> dict[str, str]:
@@ -391,13 +402,22 @@ class ChromaFamily:
                              f"rank = {saved_rank}, or start from a LoRA of rank {rank}")
         return self._attach_weights(weights, rank, True, dtype, dropout, exclude)
 
+    def attach_new_lora(self, rank: int, dropout: float, dtype: torch.dtype | None = None,
+                        exclude: str | list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """A new trainable LoRA in diffusion-pipe's parametrisation (one A per fused original Linear)."""
+        return self._attach_weights({}, rank, True, dtype, dropout, exclude)
+
     def _attach_weights(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int, trainable: bool,
                         dtype: torch.dtype | None, dropout: float, exclude: list[str] | None,
                         ) -> list[tuple[str, torch.nn.Parameter]]:
         if getattr(self.transformer, "_hf_peft_config_loaded", False):
             self.transformer.unload_lora()
-        named = attach_lora(self.transformer, self.lora_targets(), rank, dropout, dtype or self.dtype, exclude)
+        attach_lora(self.transformer, self.lora_targets(), rank, dropout, dtype or self.dtype, exclude)
+        self._exclude = exclude
         modules = dict(self.transformer.named_modules())
+        shared = trainable or not weights or all_shared(weights, modules)
+        if shared and weights:
+            weights = shared_weights(weights, modules, rank)
         with torch.no_grad():
             for module, (a, b) in weights.items():
                 layer = modules.get(module)
@@ -409,6 +429,9 @@ class ChromaFamily:
                         raise ValueError(f"{module}: saved LoRA shape {list(value.shape)} does not fit "
                                          f"{list(param.shape)} (a LoRA for another model size?)")
                     param.copy_(value)
+        if shared:  # a LoRA saved per q/k/v part (older files) stays as it is when only sampled or checked
+            tie_fused_lora(self.transformer)
+        named = [(n, p) for n, p in self.transformer.named_parameters() if ".lora_" in n]
         for _, param in named:
             param.requires_grad_(trainable)
         return named

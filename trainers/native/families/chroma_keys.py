@@ -6,11 +6,10 @@ state dicts both ways, and :func:`transformer_config` reads a ``ChromaTransforme
 shapes (diffusers' own converter assumes the full-size model's widths, so it cannot read small checkpoints).
 
 LoRAs: diffusion-pipe saves Chroma LoRAs as ``diffusion_model.<original module>.lora_A/.lora_B.weight`` with
-alpha equal to rank (no alpha tensors, so the scale is 1). A LoRA on the separate diffusers Linears is exactly a
-LoRA on the fused Linear whose A matrices are stacked and whose B matrices form a block diagonal: its rank is the
-sum of the parts' ranks, and ``rank_pattern`` in adapter_config.json records that per module.
-:func:`split_fused_lora` is the exact inverse, and also splits a LoRA trained on the fused Linear itself (one A
-shared by every part).
+alpha equal to rank (no alpha tensors, so the scale is 1), one A and one B per fused Linear; the native trainer
+trains exactly that (see chroma_lora.py). Earlier studio versions trained a LoRA per diffusers part, saved as a
+stacked A with a block-diagonal B (its rank, the sum of the parts', in ``rank_pattern``).
+:func:`split_fused_lora` splits both forms into the parts' LoRAs exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from trainers.chroma_names import (  # noqa: F401 - the name tables are part of 
     fused_parts,
     original_name,
 )
+from trainers.native.families.chroma_lora import fused_pair
 
 
 def diffusers_name(original_module: str) -> str:
@@ -213,23 +213,26 @@ def to_original_lora(state_dict: dict[str, torch.Tensor],
                      out_features: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
     """Convert PEFT LoRA weights (diffusers names, adapter name stripped) to diffusion-pipe's Chroma layout.
 
-    Returns the tensors to save and the adapter_config fields that depend on the layout
-    (``target_modules``, ``rank_pattern``, ``alpha_pattern``; alpha always equals rank).
+    A fused Linear whose parts share one A (this trainer's LoRA, diffusion-pipe's parametrisation) is saved as
+    diffusion-pipe saves it: that A ``[r, in]`` and the parts' B rows ``[sum(out), r]``. Parts with their own A
+    (LoRAs of earlier studio versions) are stacked: A ``[n*r, in]`` and a block-diagonal B, their rank recorded
+    in ``rank_pattern``/``alpha_pattern`` (alpha always equals rank). Returns the tensors and those two fields.
     """
     tensors: dict[str, torch.Tensor] = {}
     rank_pattern: dict[str, int] = {}
     for target, parts in sorted(_group(state_dict).items()):
-        if fused_parts(target):
-            a, b = _fuse(target, parts, out_features)
-            rank_pattern[target] = a.shape[0]
+        names = fused_parts(target)
+        if names:
+            pair = fused_pair(parts, names)
+            a, b = pair if pair is not None else _fuse(target, parts, out_features)
+            if pair is None:
+                rank_pattern[target] = a.shape[0]
         else:
             (only,) = parts.values()
             a, b = only["A"], only["B"]
         tensors[f"{PREFIX}{target}.lora_A.weight"] = a.contiguous()
         tensors[f"{PREFIX}{target}.lora_B.weight"] = b.contiguous()
-    modules = sorted({t.split(".", 2)[2] for t in _group(state_dict)})
-    extra = {"target_modules": modules, "rank_pattern": rank_pattern, "alpha_pattern": dict(rank_pattern)}
-    return tensors, extra
+    return tensors, {"rank_pattern": rank_pattern, "alpha_pattern": dict(rank_pattern)}
 
 
 def _block_diagonal(rows: list[torch.Tensor], chosen: tuple[int, ...], rank: int) -> bool:
