@@ -1,4 +1,5 @@
-"""The ``dp-studio`` command line: one sub-command per job, each registered by a small function."""
+"""The ``dp-studio`` command line: one sub-command per job the studio's page does, each registered by a small
+function. ``EXIT_CODES`` (printed by ``dp-studio --help``) is the contract every sub-command keeps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from trainers import cli_doctor, cli_runs
 from trainers.config.cli_commands import add_profile, add_validate
 from trainers.lora_check import add_check_lora
 from trainers.train_cli import add_train
@@ -52,12 +54,19 @@ def _prepare_demo(args: argparse.Namespace) -> int:
 
 
 # Sub-command registrars; other modules append theirs here (validate, profile, train ...).
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_prepare_demo, add_validate,
-                                                                  add_profile, add_train, add_check_lora]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_serve, add_validate, add_train, *cli_runs.REGISTRARS, *cli_doctor.REGISTRARS, add_profile, add_check_lora,
+    _add_prepare_demo]
+
+EXIT_CODES = """exit codes:
+  0  done: valid, trained to the end, exported, no problem found
+  1  problems found or the job refused/failed (the message names the file or field and the fix)
+  2  usage error, or a file that cannot be read or parsed (check-lora: not a LoRA)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dp-studio", description="dp-studio: a training studio for LoRAs.")
+    parser = argparse.ArgumentParser(prog="dp-studio", description="dp-studio: a training studio for LoRAs.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(sub)
