@@ -20,6 +20,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860, env GRADIO_SERVER_PORT)")
     p.add_argument("--auth", default=None, help="USER:PASSWORD, required to bind beyond localhost")
+    p.add_argument("--auth-file", default=None, help="a file holding USER:PASSWORD (a Docker secret; env "
+                                                      "DP_STUDIO_AUTH_FILE)")
     p.set_defaults(handler=_serve)
 
 
@@ -37,6 +39,8 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--port", str(args.port)]
     if args.auth:
         argv += ["--auth", args.auth]
+    if args.auth_file:
+        argv += ["--auth-file", args.auth_file]
     return argv
 
 
