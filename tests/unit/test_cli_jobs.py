@@ -122,3 +122,38 @@ def test_demo_prepare_only_writes_the_profile(capsys):
     assert cli.main(["demo", "--prepare-only"]) == 0
     path = Path(capsys.readouterr().out.split("demo profile ready: ")[1].strip())
     assert path.is_file() and path.suffix == ".toml"
+
+
+def test_samples_shows_progress_and_reports_the_renderers_reason(tmp_path, capsys, monkeypatch):
+    manager, run_id = _finished_run(tmp_path)
+    root = str(manager.run_dir(run_id).parent)
+    seen = {}
+
+    def fake_render(info, folder, prompts=(), seeds=(), python=None):  # the sidecar is tested in test_run_library
+        seen.update(folder=folder, prompts=list(prompts), seeds=list(seeds))
+        yield "rendering 1/2"
+        yield "rendering 2/2"
+
+    monkeypatch.setattr(run_library, "render_samples", fake_render)
+    code = cli.main(["samples", run_id, "epoch1", "--prompt", "a zxq cat", "--seed", "7", "--root", root])
+    out = capsys.readouterr()
+    assert code == 0 and seen == {"folder": "epoch1", "prompts": ["a zxq cat"], "seeds": [7]}
+    assert "samples of epoch1: 2line" in out.out  # the bar counted both lines
+    assert f"samples written to {manager.run_dir(run_id) / 'samples'}" in out.out
+
+    def failing(*args, **kwargs):
+        raise run_library.RunError("no GPU memory left: close other programs")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(run_library, "render_samples", failing)
+    assert cli.main(["samples", run_id, "epoch1", "--root", root]) == 1
+    assert "no GPU memory left" in capsys.readouterr().err
+
+
+def test_demo_trains_the_prepared_profile(capsys, monkeypatch):
+    from trainers import train_cli
+
+    started = {}
+    monkeypatch.setattr(train_cli, "train", lambda args: started.update(vars(args)) or 0)
+    assert cli.main(["demo", "--max-steps", "5"]) == 0
+    assert started["max_steps"] == 5 and started["name"] == "demo" and Path(started["main"]).is_file()
