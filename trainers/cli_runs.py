@@ -41,9 +41,8 @@ def add_runs(sub: argparse._SubParsersAction) -> None:
 
 
 def _runs(args: argparse.Namespace, manager: RunManager | None = None) -> int:
-    manager = manager or _manager(args)
     try:
-        return {"list": _list, "show": _show, "delete": _delete}[args.verb](manager, args)
+        return {"list": _list, "show": _show, "delete": _delete}[args.verb](manager or _manager(args), args)
     except (RunError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -111,8 +110,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace, manager: RunManager | None = None) -> int:
     from trainers.run_library import export_lora
 
-    manager = manager or _manager(args)
     try:
+        manager = manager or _manager(args)
         info = manager.info(args.run_id)
         print(f"exporting {args.folder} of {info.run_id} as {args.format} ...", flush=True)
         made = export_lora(info, args.folder, args.format)
@@ -161,8 +160,8 @@ def _samples(args: argparse.Namespace, manager: RunManager | None = None) -> int
 
     from trainers.run_library import render_samples
 
-    manager = manager or _manager(args)
     try:
+        manager = manager or _manager(args)
         info = manager.info(args.run_id)
         with tqdm(desc=f"samples of {args.folder}", unit="line", file=sys.stdout) as bar:
             for line in render_samples(info, args.folder, args.prompt, args.seed):

@@ -60,6 +60,8 @@ def test_runs_list_show_and_delete(tmp_path, capsys):
     assert cli.main(["runs", "delete", run_id, "--confirm", run_id, "--root", root]) == 0
     assert not run_dir.exists()
     assert cli.main(["runs", "show", "../etc", "--root", root]) == 1  # refused by safe_paths, not a traceback
+    assert cli.main(["runs", "list", "--root", "/"]) == 1  # not an output folder: said, not a traceback
+    assert "error: " in capsys.readouterr().err
 
 
 def test_export_copies_the_file_and_writes_the_comfyui_workflow(tmp_path, capsys, monkeypatch):
