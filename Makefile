@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 7860
 PYTEST_ARGS ?=
 
-.PHONY: studio test venv chromium demo-assets lint bench clean-venv
+.PHONY: studio test venv chromium demo-assets lint bench clean-venv docs-screenshots docker hadolint
 
 studio: venv  ## create the venv if missing, install, prepare the demo, serve on http://127.0.0.1:7860
 	$(PY) -m trainers.cli prepare-demo
@@ -36,6 +36,15 @@ demo-assets: venv  ## rebuild the embedded demo model and dataset from scratch (
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+docs-screenshots: venv chromium  ## regenerate docs/images/*.png from the browser tests (never edit them by hand)
+	DP_STUDIO_DOC_SHOTS=1 $(PY) -m pytest -q tests/e2e/test_docs_and_layout.py
+
+docker:  ## build the CUDA image (needs Docker); `docker compose up -d` serves it (see README)
+	docker build -t dp-studio:latest .
+
+hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
+	hadolint --config .hadolint.yaml Dockerfile
 
 bench: venv
 	$(PY) bench/run_all.py

@@ -24,6 +24,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)))
     p.add_argument("--auth", default=os.environ.get("DP_STUDIO_AUTH"),
                    help="USER:PASSWORD; required when --host is not a loopback address")
+    p.add_argument("--auth-file", default=None,
+                   help="a file holding USER:PASSWORD (a Docker secret; env DP_STUDIO_AUTH_FILE)")
     return p.parse_args(argv)
 
 
@@ -93,9 +95,14 @@ def launch(blocks, host: str, port: int, auth: tuple[str, str] | None, *, block:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import studio
+    from trainers.hosting import HostingError, apply_space_defaults, resolve_auth
 
     args = parse_args(argv)
-    auth = check_exposure(args.host, args.auth)
+    apply_space_defaults()  # a Hugging Face Space keeps the studio's data in its persistent /data
+    try:
+        auth = check_exposure(args.host, resolve_auth(args.auth, args.auth_file))
+    except HostingError as exc:
+        raise SystemExit(str(exc)) from None
     blocks, _services = build()
     studio.freeze_startup_objects()
     print(f"dp-studio on http://{url_host(args.host)}:{args.port}", flush=True)

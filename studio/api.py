@@ -1,5 +1,6 @@
 """Named API endpoints (for ``gradio_client`` and scripts): start, watch, command, list and queue runs; the runs
-library's diff, best save, export, LoRA key check, sidecar sampling, resume and delete.
+library's diff, best save, export (and its ComfyUI workflow), LoRA key check, sidecar sampling, resume and delete.
+Only events given an ``api_name`` are public: :func:`hide_unnamed` makes the page's own plumbing private.
 
 Each is a typed method registered with ``gr.api``; they call the same RunManager as the UI. Events
 travel as their events.jsonl lines (see trainers/events.py; ``parse_event`` reads them back). An export comes
@@ -145,6 +146,16 @@ class RunsApi:
         """Export a saved LoRA as 'comfyui', 'diffusers' or 'kohya'; the client receives the file."""
         return _file(run_library.export_lora(self.manager.info(run_id), folder, layout), self.manager.roots)
 
+    def export_workflow(self, run_id: str, folder: str) -> dict:
+        """Export a saved LoRA as 'comfyui' and write a ComfyUI API-format workflow for it (the run's base model,
+        the LoRA, its sample prompts, seeds, size, steps and guidance); the client receives the workflow JSON,
+        which names the LoRA file that export_lora(run_id, folder, 'comfyui') gives."""
+        from trainers.comfyui_workflow import workflow_path, write_workflow
+
+        info = self.manager.info(run_id)
+        lora = run_library.export_lora(info, folder, "comfyui")
+        return _file(write_workflow(info, lora, workflow_path(lora)), self.manager.roots)
+
     def check_lora(self, run_id: str, folder: str) -> dict:
         """Check a saved LoRA's keys and shapes against the run's base model (headers only): ``ok``, a one-line
         ``summary``, the lists of ``unmatched`` keys, ``mismatched`` shapes and ``half_pairs``, the coverage
@@ -198,11 +209,50 @@ def guard_all(blocks: gr.Blocks) -> None:
             block_fn.fn._studio_guarded = True
 
 
+def record_explicit_names(blocks: gr.Blocks) -> set[int]:
+    """Start noting which events of ``blocks`` their code names with an ``api_name`` (call before building the
+    page); returns the set of their ids that :func:`hide_unnamed` keeps public. Gradio names every other event
+    after its function, which would publish the page's plumbing as API endpoints."""
+    config = blocks.default_config
+    named: set[int] = set()
+    original = config.set_event_trigger
+
+    @functools.wraps(original)
+    def recording(*args, **kwargs):
+        dep, dep_index = original(*args, **kwargs)
+        api_name = kwargs.get("api_name")
+        if isinstance(api_name, str) and api_name.strip():
+            named.add(dep._id)
+        return dep, dep_index
+
+    config.set_event_trigger = recording  # this page's config only; gradio itself is left as it is
+    return named
+
+
+def hide_unnamed(blocks: gr.Blocks, named: set[int]) -> list[str]:
+    """Make every event of ``blocks`` that its code did not name private (not in the API page, not callable by
+    client libraries; the page itself still runs it, so guard_all still covers it). Returns the public endpoint
+    names, sorted."""
+    config = blocks.default_config
+    config.__dict__.pop("set_event_trigger", None)  # stop recording
+    for block_fn in blocks.fns.values():
+        if block_fn._id not in named and block_fn.api_visibility != "private":
+            block_fn.api_visibility = "private"
+            block_fn.studio_plumbing = True  # still callable by the page itself: tests/security probes these too
+    return public_endpoints(blocks)
+
+
+def public_endpoints(blocks: gr.Blocks) -> list[str]:
+    """The endpoint names a client sees on the API page."""
+    return sorted(fn.api_name for fn in blocks.fns.values()
+                  if fn.fn is not None and fn.api_visibility == "public" and isinstance(fn.api_name, str))
+
+
 def register(services: Services) -> None:
     """Register the endpoints on the Blocks being built (call inside its ``with`` block)."""
     api = RunsApi(services.manager)
     for fn in (api.start_run, api.list_runs, api.run_info, api.send_command, api.cancel_queued, api.saved_folders,
-               api.diff_runs, api.mark_best, api.export_lora, api.check_lora, api.render_samples, api.resume_points,
-               api.resume_run, api.delete_run):
+               api.diff_runs, api.mark_best, api.export_lora, api.export_workflow, api.check_lora,
+               api.render_samples, api.resume_points, api.resume_run, api.delete_run):
         gr.api(_guard(fn), api_name=fn.__name__)
     gr.api(_guard(api.watch_events), api_name="watch_events", concurrency_limit=None)

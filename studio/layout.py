@@ -25,6 +25,7 @@ def build_app(services: Services) -> gr.Blocks:
     served.prune()
     gr.set_static_paths([str(served.served_dir())])
     with gr.Blocks(title="dp-studio") as demo:
+        named = api.record_explicit_names(demo)  # events given an api_name stay public; hide_unnamed hides the rest
         gr.Markdown("# dp-studio\nTrain LoRAs for Chroma and every diffusion-pipe model, and watch them learn.",
                     elem_id="dp-header")
         current_run = gr.State(None)
@@ -62,4 +63,5 @@ def build_app(services: Services) -> gr.Blocks:
                                                                 api_visibility="private")
         api.register(services)
     api.guard_all(demo)
+    api.hide_unnamed(demo, named)
     return demo

@@ -1,4 +1,5 @@
-"""The ``dp-studio`` command line: one sub-command per job, each registered by a small function."""
+"""The ``dp-studio`` command line: one sub-command per job the studio's page does, each registered by a small
+function. ``EXIT_CODES`` (printed by ``dp-studio --help``) is the contract every sub-command keeps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from trainers import cli_doctor, cli_runs
 from trainers.config.cli_commands import add_profile, add_validate
 from trainers.lora_check import add_check_lora
 from trainers.train_cli import add_train
@@ -18,6 +20,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860, env GRADIO_SERVER_PORT)")
     p.add_argument("--auth", default=None, help="USER:PASSWORD, required to bind beyond localhost")
+    p.add_argument("--auth-file", default=None, help="a file holding USER:PASSWORD (a Docker secret; env "
+                                                      "DP_STUDIO_AUTH_FILE)")
     p.set_defaults(handler=_serve)
 
 
@@ -35,6 +39,8 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--port", str(args.port)]
     if args.auth:
         argv += ["--auth", args.auth]
+    if args.auth_file:
+        argv += ["--auth-file", args.auth_file]
     return argv
 
 
@@ -52,12 +58,19 @@ def _prepare_demo(args: argparse.Namespace) -> int:
 
 
 # Sub-command registrars; other modules append theirs here (validate, profile, train ...).
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_prepare_demo, add_validate,
-                                                                  add_profile, add_train, add_check_lora]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_serve, add_validate, add_train, *cli_runs.REGISTRARS, *cli_doctor.REGISTRARS, add_profile, add_check_lora,
+    _add_prepare_demo]
+
+EXIT_CODES = """exit codes:
+  0  done: valid, trained to the end, exported, no problem found
+  1  problems found or the job refused/failed (the message names the file or field and the fix)
+  2  usage error, or a file that cannot be read or parsed (check-lora: not a LoRA)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dp-studio", description="dp-studio: a training studio for LoRAs.")
+    parser = argparse.ArgumentParser(prog="dp-studio", description="dp-studio: a training studio for LoRAs.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(sub)

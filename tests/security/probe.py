@@ -23,9 +23,11 @@ class Outcome:
 
 
 def named_endpoints(blocks: gr.Blocks) -> dict[str, object]:
-    """Every endpoint a client can call by name (``api_visibility`` other than private), by api name."""
+    """Every endpoint a client can call by name (``api_visibility`` other than private), and the page's plumbing
+    that studio.api.hide_unnamed made private (a browser still calls it by index), by api name."""
     return {fn.api_name: fn for fn in blocks.fns.values()
-            if fn.fn is not None and isinstance(fn.api_name, str) and fn.api_visibility != "private"}
+            if fn.fn is not None and isinstance(fn.api_name, str)
+            and (fn.api_visibility != "private" or getattr(fn, "studio_plumbing", False))}
 
 
 def _request(remote: bool) -> gr.Request:
