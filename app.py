@@ -81,12 +81,12 @@ def build(roots=None):
 def launch(blocks, host: str, port: int, auth: tuple[str, str] | None, *, block: bool = True) -> str:
     """Serve ``blocks`` on ``host``:``port``; returns the local URL (``block`` False returns at once, for tests)."""
     from studio.api import MAX_THREADS, QUEUE_SETTINGS
-    from studio.layout import CSS
+    from studio.layout import CSS, theme
 
     host = url_host(host)
     # No allowed_paths: the pages' files are published one by one into the served folder (studio/served.py).
     blocks.queue(**QUEUE_SETTINGS).launch(
-        server_name=host, server_port=port, auth=auth, share=False, css=CSS, max_threads=MAX_THREADS,
+        server_name=host, server_port=port, auth=auth, share=False, css=CSS, theme=theme(), max_threads=MAX_THREADS,
         footer_links=["api"], quiet=True,
         show_error=True, prevent_thread_lock=not block,
     )

@@ -13,7 +13,22 @@ CSS = """
 #dp-status {min-height: 2.5em}
 .dp-bar {height: 8px; background: #e5e7eb; border-radius: 4px; margin-top: 4px; overflow: hidden}
 .dp-fill {height: 100%; background: #f97316; transition: width 0.4s}
+button[role="tab"][aria-selected="true"] {color: var(--body-text-color)}
 """ + builder.CSS
+
+
+
+def theme() -> gr.themes.Base:
+    """Gradio's default theme with text and button colours that reach WCAG AA contrast (4.5:1) in light and dark
+    mode: the default orange buttons, red stop buttons and grey hint text do not (axe-core's color-contrast)."""
+    red = gr.themes.colors.red
+    return gr.themes.Default().set(
+        button_primary_background_fill="*primary_700", button_primary_background_fill_dark="*primary_700",
+        button_primary_background_fill_hover="*primary_800", button_primary_background_fill_hover_dark="*primary_800",
+        button_cancel_background_fill=red.c700, button_cancel_background_fill_dark=red.c700,
+        button_cancel_background_fill_hover=red.c800, button_cancel_background_fill_hover_dark=red.c800,
+        body_text_color_subdued="*neutral_600", body_text_color_subdued_dark="*neutral_400")
+
 
 TAB_WIZARD, TAB_BUILDER, TAB_DATASETS, TAB_MONITOR, TAB_RUNS = "wizard", "builder", "datasets", "monitor", "runs"
 TAB_PROFILES = "profiles"
@@ -38,7 +53,7 @@ def build_app(services: Services) -> gr.Blocks:
                 prof = profiles.render(services)
             with gr.Tab("Dataset browser", id=TAB_DATASETS):
                 data = datasets.render(services)
-            with gr.Tab("Live monitor", id=TAB_MONITOR):
+            with gr.Tab("Live monitor", id=TAB_MONITOR) as monitor_tab:
                 mon = monitor.render(services)
             with gr.Tab("Runs library", id=TAB_RUNS) as runs_tab:
                 lib = runs.render(services)
@@ -53,7 +68,7 @@ def build_app(services: Services) -> gr.Blocks:
         runs_tab.select(lambda: runs.refresh_all(services),
                         outputs=[lib.table, lib.compare, lib.diff_a, lib.diff_b, lib.grid_run, lib.queue_table,
                                  lib.queue_pick])
-        monitor.wire(mon, services, current_run, demo, tokens)
+        monitor.wire(mon, services, current_run, demo, tokens, monitor_tab)
         wizard.wire(wiz, services, current_run, tabs, TAB_MONITOR, mon, tokens)
         # The wizard's dataset, opened in the dataset browser at the preset's resolution.
         wiz.browse_dataset.click(lambda folder, preset: (gr.Tabs(selected=TAB_DATASETS), folder,

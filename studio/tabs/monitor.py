@@ -76,6 +76,8 @@ class ViewRequest:
     query: str = ""
     scrub: int = 0
     version: int = 0  # bumped by every change: the stream redraws when it sees a new one
+    redraw: int = 0  # bumped when the tab is shown: the stream sends every output again (a chart drawn while its
+    # tab was hidden has no size in the browser, and unchanged outputs are otherwise skipped)
 
     @property
     def options(self) -> tuple:
@@ -213,10 +215,14 @@ def _stream_run(services: Services, views: MonitorViews, session: str, run_id: s
     """Frames of one run until the session asks for another run (or the stream is no longer wanted)."""
     state, sent = view.MonitorState(), {}  # sent: what this stream has sent, unchanged outputs are skipped
     res_text, res_at, drawn_at, dirty, shown = "", 0.0, 0.0, False, -1
+    redrawn = views.get(session).redraw
     for batch in _batches(services, run_id, state):
         request = views.get(session)
         if not still_wanted() or request.run_id != run_id:
             return
+        if request.redraw != redrawn:
+            sent.clear()
+            redrawn = request.redraw
         if batch:
             view.fold(batch, services.manager.run_dir(run_id), state)
             dirty = True
@@ -383,7 +389,7 @@ def _commander(services: Services, views: MonitorViews, command: Command, done: 
 
 
 def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.Blocks,
-         views: MonitorViews) -> None:
+         views: MonitorViews, tab: gr.Tab | None = None) -> None:
     quick = {"queue": False, "show_progress": "hidden", "api_visibility": "private", "trigger_mode": "always_last"}
 
     def on_load(request: gr.Request):
@@ -400,6 +406,12 @@ def wire(h: MonitorHandles, services: Services, current_run: gr.State, demo: gr.
             views.update(session_of(request), run_id=run_id)
         return command_buttons(services, run_id)
 
+    def on_show(request: gr.Request):
+        session = session_of(request)
+        views.update(session, redraw=views.get(session).redraw + 1)
+
+    if tab is not None:
+        tab.select(on_show, **quick)
     h.refresh.click(lambda r: gr.Dropdown(choices=run_choices(services), value=r), inputs=current_run,
                     outputs=h.picker, api_visibility="private")
     # Another run, or the same one again: the session's stream switches within POLL_S; no new stream.

@@ -65,6 +65,8 @@ class RunsHandles:
     queue_up: gr.Button
     queue_front: gr.Button
     queue_cancel: gr.Button
+    workflow: gr.Button
+    workflow_download: gr.DownloadButton
 
 
 def render(services: Services) -> RunsHandles:
@@ -111,6 +113,10 @@ def render(services: Services) -> RunsHandles:
                                    "kohya: lora_unet_* with alpha")
             export = gr.Button("Export LoRA", elem_id="runs-export")
             download = gr.DownloadButton("Download", visible=False, elem_id="runs-download")
+        with gr.Row():
+            workflow = gr.Button("ComfyUI workflow", size="sm", elem_id="runs-workflow")
+            workflow_download = gr.DownloadButton("Download workflow", visible=False, size="sm",
+                                                  elem_id="runs-workflow-download")
         check = gr.Button("Check LoRA keys against the base model", size="sm", elem_id="runs-check")
         check_report = gr.Markdown("", elem_id="runs-check-report")
     with gr.Accordion("Resume training", open=False):
@@ -126,7 +132,7 @@ def render(services: Services) -> RunsHandles:
                        grid_run, grid_prompt, grid, saved, best, sidecar_prompts, sidecar_seeds, render_button,
                        render_progress, layout, export, download, check, check_report, resume_point, resume, confirm,
                        delete, message,
-                       queue_table, queue_pick, queue_up, queue_front, queue_cancel)
+                       queue_table, queue_pick, queue_up, queue_front, queue_cancel, workflow, workflow_download)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -261,6 +267,22 @@ def export_and_check(services: Services, run_id: str | None, folder: str | None,
             f"Exported `{path}`. Key check: {report.summary()}", report.markdown())
 
 
+def export_workflow(services: Services, run_id: str | None, folder: str | None) -> tuple:
+    """Export the saved LoRA for ComfyUI and write a ComfyUI API-format workflow that loads it (the run's base
+    model, its sample prompts, seeds, size, steps and guidance); offer the workflow for download."""
+    from trainers.comfyui_workflow import workflow_path, write_workflow
+
+    if not run_id or not folder:
+        raise RunError("pick a run and one of its saved epochs first")
+    info = services.manager.info(run_id)
+    lora = export_lora(info, folder, "comfyui")
+    path = write_workflow(info, lora, workflow_path(lora))
+    shown = served.publish(path, services.manager.roots)
+    return (gr.DownloadButton(f"Download {path.name}", value=str(shown), visible=True),
+            f"Wrote the ComfyUI workflow `{path.name}` for `{lora.name}`: put the LoRA in ComfyUI's `models/loras/`, "
+            "and queue the workflow (ComfyUI's API format, as its `/prompt` endpoint takes it).")
+
+
 def check_report(services: Services, run_id: str | None, folder: str | None) -> str:
     """The key check of a saved LoRA against the run's base model, as Markdown."""
     if not run_id or not folder:
@@ -319,6 +341,8 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
     h.export.click(guarded(lambda r, f, lay: export_and_check(services, r, f, lay)),
                    inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message, h.check_report],
                    api_visibility="private")
+    h.workflow.click(guarded(lambda r, f: export_workflow(services, r, f)), inputs=[h.grid_run, h.saved],
+                     outputs=[h.workflow_download, h.message], api_visibility="private")
     h.check.click(guarded(lambda r, f: check_report(services, r, f)), inputs=[h.grid_run, h.saved],
                   outputs=h.check_report, api_visibility="private")
     h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_visibility="private").then(

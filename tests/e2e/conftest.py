@@ -29,12 +29,12 @@ def serve(services):
     """Launch the studio for ``services`` on a free loopback port; returns (blocks, url)."""
     import studio
     from studio.api import MAX_THREADS, QUEUE_SETTINGS
-    from studio.layout import CSS
+    from studio.layout import CSS, theme
 
     blocks = studio.build_app(services)
     port = _free_port()
     blocks.queue(**QUEUE_SETTINGS).launch(  # the limits app.py serves with
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True, css=CSS,
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True, css=CSS, theme=theme(),
         max_threads=int(os.environ.get("DP_STUDIO_BENCH_MAX_THREADS", MAX_THREADS)),
         allowed_paths=[str(p) for p in services.allowed_roots])
     return blocks, f"http://127.0.0.1:{port}/"

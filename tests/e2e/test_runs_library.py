@@ -4,6 +4,9 @@ saved epoch, the resume picker, export + download, best save, delete."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import tomlkit
 from safetensors import safe_open
@@ -101,6 +104,17 @@ def test_two_real_runs_compared_sampled_resumable_and_exported(page, two_runs, t
     with safe_open(str(saved), framework="np") as fh:
         keys = list(fh.keys())
     assert keys and all(k.startswith("transformer.") for k in keys)
+
+    # The ComfyUI workflow of that epoch: an API-format graph that loads the exported ComfyUI-layout LoRA.
+    page.locator("#runs-workflow").click()
+    page.locator("#runs-message").get_by_text("Wrote the ComfyUI workflow").wait_for(timeout=120_000)
+    with page.expect_download() as download:
+        page.locator("#runs-workflow-download").click()
+    assert download.value.suggested_filename.endswith("_epoch1_comfyui.workflow.json")
+    graph = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    loras = [n for n in graph.values() if n["class_type"] == "LoraLoaderModelOnly"]
+    assert len(loras) == 1 and loras[0]["inputs"]["lora_name"].endswith("_epoch1_comfyui.safetensors")
+    assert any(n["class_type"] == "KSampler" for n in graph.values())
 
     # Resume picker: both kinds are labelled; a LoRA-only point starts a new run and the monitor follows it.
     page.get_by_role("button", name="Resume training").click()
