@@ -111,6 +111,8 @@ class MonitorState:
                       if (kept_points := [p for p in points if p.step <= cut])}
         self.samples = [s for s in self.samples if s.step <= cut]
         self.epoch = ev.epoch
+        # A new leg: the previous leg's end ("stopped", "failed: ...") no longer describes the run.
+        self.outcome, self.phase, self.eta_s = None, "resuming", None
         self._log("info", f"resumed from {getattr(ev, 'checkpoint', '') or 'a checkpoint'} at step {cut}")
 
     def _on_log(self, ev, run_dir: Path) -> None:

@@ -159,7 +159,9 @@ class MonitorLink:
 
 
 def run_label(info: RunInfo) -> str:
-    return f"{info.run_id} · {info.name} · {info.status}"
+    """The picker's label: id and name only. (A status in it would be the one at the last refresh: a run picked
+    as "running" stays labelled so after Stop; the status line under the picker is the live one.)"""
+    return f"{info.run_id} · {info.name}"
 
 
 def run_choices(services: Services) -> list[tuple[str, str]]:

@@ -253,3 +253,16 @@ def test_a_stream_skips_outputs_that_did_not_change():
     assert sampled[6] != skip and sampled[7] != skip and sampled[2] == skip
     # Without a memo (a one-off frame) everything is built.
     assert all(out != skip for out in _frame(state, "r", options, ""))
+
+
+def test_a_resumed_leg_is_not_described_by_the_previous_legs_end():
+    """Stopped at step 2, resumed in place: the status is the new leg's (training, with an ETA), not "stopped"."""
+    first = [StepEvent(step=s, epoch=1, loss=1.0, lr=1e-4, total_steps=9, eta_s=90) for s in (1, 2)]
+    first.append(FinishedEvent(step=2, epoch=1, reason="stopped"))
+    stopped = view.fold(first, Path("/r"))
+    assert "**stopped**" in view.status_markdown(stopped, "r") and "ETA" not in view.status_markdown(stopped, "r")
+    state = view.fold([_resumed(2, 1), PhaseEvent(phase="training"),
+                       StepEvent(step=3, epoch=1, loss=0.9, lr=1e-4, total_steps=9, eta_s=60)], Path("/r"), stopped)
+    line = view.status_markdown(state, "r")
+    assert "**training**" in line and "stopped" not in line and "step 3/9" in line and "ETA 1:00" in line
+    assert 'data-phase="training"' in view.progress_html(state)
