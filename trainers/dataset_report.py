@@ -39,6 +39,10 @@ DUPLICATE_DISTANCE = 4  # of 64 bits of a perceptual hash
 BLUR_RATIO = 0.35  # sharpness below this share of the dataset's median is an outlier
 SHARPNESS_SIDE = 512  # sharpness is measured near this size (JPEGs decode at it directly)
 HEAVY_CROP = 0.8  # less of the picture kept than this is worth a look
+UPSCALE_WARN = 1.25  # smaller upscales are listed in the table's scale column only (×1.06 is not visible)
+# The health list's groups, most harmful first (a kind not listed goes last).
+SEVERITY = ("unreadable", "skipped", "video", "no caption", "empty caption", "upscaled", "blurry", "near-duplicate",
+            "heavy crop", "no trigger", "long caption")
 T5_TOKENS = 512  # Chroma's T5 sequence length
 _PATH_KEYS = ("path", "mask_path", "default_mask_file")
 
@@ -109,15 +113,17 @@ class DatasetReport:
         return head + f"\n\n⚠ {listed} (see the Health list and the table)"
 
     def health_markdown(self) -> str:
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[tuple[float, str]]] = {}
         for info in self.images:
-            for issue in info.issues:
-                groups.setdefault(kind(issue), []).append(f"`{info.path.name}`: {issue}")
+            for issue in info.issues:  # within a group the largest upscale first
+                order = -info.scale if kind(issue) == "upscaled" else 0.0
+                groups.setdefault(kind(issue), []).append((order, f"`{info.path.name}`: {issue}"))
         dropped = [b for b in self.buckets if b.dropped]
         if not groups and not dropped:
             return "✓ Every image has a caption, fits its bucket and looks distinct."
-        parts = [f"**{name}** ({len(lines)})\n" + "\n".join(f"- {line}" for line in lines[:50])
-                 for name, lines in groups.items()]
+        ranked = sorted(groups.items(), key=lambda item: SEVERITY.index(item[0]) if item[0] in SEVERITY else 99)
+        parts = [f"**{name}** ({len(lines)})\n" + "\n".join(f"- {line}" for _, line in sorted(lines, key=_first)[:50])
+                 for name, lines in ranked]
         if dropped:
             parts.append("**buckets dropped** (fewer examples than one global batch, as diffusion-pipe does)\n" +
                          "\n".join(f"- {b.size[0]}×{b.size[1]}: {_count(b.examples, 'example')}" for b in dropped))
@@ -144,6 +150,10 @@ class DatasetReport:
 
 TABLE_HEADERS = ["file", "size", "bucket", "crop keeps", "scale", "examples", "caption", "issues"]
 BUCKET_HEADERS = ["bucket", "aspect", "images", "examples", "steps/epoch", "note"]
+
+
+def _first(entry: tuple[float, str]) -> float:
+    return entry[0]
 
 
 def _count(n: int, noun: str) -> str:
@@ -304,7 +314,7 @@ def _crop_issues(info: ImageInfo) -> None:
     left, top, right, bottom = info.crop
     info.kept = (right - left) * (bottom - top) / (info.width * info.height)
     info.scale = w / (right - left)
-    if info.scale > 1.05:
+    if info.scale >= UPSCALE_WARN:
         info.issues.append(f"upscaled: ×{info.scale:.1f} to its {w}×{h} bucket (the picture is below the training "
                            "resolution; it will look soft)")
     if info.kept < HEAVY_CROP:
