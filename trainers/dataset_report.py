@@ -28,6 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from trainers.datasets import check_cache
 from trainers.files import atomic_write_text
 from trainers.native import archive, data
 from trainers.paths import user_path
@@ -268,10 +269,15 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
 
 
 def _open(info: ImageInfo) -> Image.Image | None:
-    """Read the size and sharpness of the picture; its thumbnail, or None (with the issue noted)."""
+    """Read the size and sharpness of the picture (or recall them by file fingerprint); its thumbnail, or None
+    (with the issue noted)."""
     if info.path.suffix.lower() in data.VIDEO_SUFFIXES:
         info.issues.append("video: the native trainer trains Chroma on images only")
         return None
+    cached = check_cache.load(info.path)
+    if cached is not None:  # measured before, file unchanged (path, size, mtime_ns)
+        info.width, info.height, info.sharpness = cached.width, cached.height, cached.sharpness
+        return cached.thumb
     try:
         data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
         with data.open_image(info.path) as img:
@@ -289,6 +295,7 @@ def _open(info: ImageInfo) -> Image.Image | None:
         view = view.reduce(factor)  # a box filter by a whole factor: fast, and it keeps edges honest
     info.sharpness = sharpness(np.asarray(view.convert("L")))
     view.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
+    check_cache.store(info.path, check_cache.Facts(info.width, info.height, info.sharpness, view))
     return view
 
 
