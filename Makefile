@@ -39,6 +39,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+	$(PY) bench/dataset_scan.py --images 10000
 
 clean-venv:
 	rm -rf $(VENV)
