@@ -64,6 +64,7 @@ class ImageInfo:
     kept: float = 1.0  # share of the picture the crop keeps
     scale: float = 1.0  # bucket width / crop width: > 1 means upscaled
     sharpness: float = 0.0
+    phash: bytes = b""  # 64-bit perceptual hash of its thumbnail, packed (8 bytes)
     issues: list[str] = field(default_factory=list)
     in_json: bool = False  # its folder has captions.json (which wins over .txt files, as in training)
     prefix: str = ""  # caption_prefix of its directory
@@ -276,7 +277,8 @@ def _open(info: ImageInfo) -> Image.Image | None:
         return None
     cached = check_cache.load(info.path)
     if cached is not None:  # measured before, file unchanged (path, size, mtime_ns)
-        info.width, info.height, info.sharpness = cached.width, cached.height, cached.sharpness
+        info.width, info.height, info.sharpness, info.phash = cached.width, cached.height, cached.sharpness, \
+            cached.phash
         return cached.thumb
     try:
         data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
@@ -295,7 +297,8 @@ def _open(info: ImageInfo) -> Image.Image | None:
         view = view.reduce(factor)  # a box filter by a whole factor: fast, and it keeps edges honest
     info.sharpness = sharpness(np.asarray(view.convert("L")))
     view.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
-    check_cache.store(info.path, check_cache.Facts(info.width, info.height, info.sharpness, view))
+    info.phash = np.packbits(imagehash.phash(view).hash.ravel()).tobytes()
+    check_cache.store(info.path, check_cache.Facts(info.width, info.height, info.sharpness, info.phash, view))
     return view
 
 
@@ -379,7 +382,8 @@ def _duplicates(thumbs: dict[Path, Image.Image], infos: list[ImageInfo]) -> list
     paths = list(thumbs)
     if len(paths) < 2:
         return []
-    bits = np.stack([np.packbits(imagehash.phash(thumbs[p]).hash.ravel()) for p in paths])  # (n, 8) bytes
+    by_path = {info.path: info for info in infos}
+    bits = np.stack([np.frombuffer(by_path[p].phash, dtype=np.uint8) for p in paths])  # (n, 8) bytes
     pairs = []
     for i in range(len(paths) - 1):
         distances = _POPCOUNT[np.bitwise_xor(bits[i + 1:], bits[i])].sum(axis=1)

@@ -27,6 +27,7 @@ def test_a_second_open_reads_no_picture_and_reports_the_same(tmp_path, monkeypat
     def no_decoding(path):
         raise AssertionError(f"{path.name} decoded although cached")
     monkeypatch.setattr(dataset_report.data, "open_image", no_decoding)
+    monkeypatch.setattr(dataset_report.imagehash, "phash", no_decoding)  # the hash is cached too
     second = analyse(folder, resolution=512, trigger="zxq")
     assert _facts(second) == _facts(first)
     assert second.duplicates == first.duplicates

@@ -1,4 +1,4 @@
-"""What the dataset check learned about each picture (size, sharpness, thumbnail), kept by file fingerprint.
+"""What the dataset check learned about each picture (size, sharpness, perceptual hash, thumbnail), kept by file fingerprint.
 
 A picture's fingerprint is its resolved path, size and ``mtime_ns``: a file edited, replaced or touched is read
 again. Each entry is one PNG thumbnail (lossless, so near-duplicate hashes match an uncached read) with the facts
@@ -22,7 +22,7 @@ from trainers.files import atomic_write_bytes
 from trainers.paths import studio_home
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # bump when what is measured changes, so old entries are not reused
+FORMAT = 2  # bump when what is measured changes, so old entries are not reused
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Facts:
     width: int
     height: int
     sharpness: float
+    phash: bytes  # the 64-bit perceptual hash of the thumbnail, packed
     thumb: Image.Image
 
 
@@ -63,7 +64,8 @@ def load(path: Path) -> Facts | None:
             facts = json.loads(img.text["facts"])
             if facts.get("key") != key:
                 return None
-            return Facts(int(facts["width"]), int(facts["height"]), float(facts["sharpness"]), img.copy())
+            return Facts(int(facts["width"]), int(facts["height"]), float(facts["sharpness"]),
+                         bytes.fromhex(facts["phash"]), img.copy())
     except (OSError, ValueError, KeyError, SyntaxError) as exc:
         log.info("dataset cache entry %s unreadable (%s): measuring %s again", entry, exc, path.name)
         return None
@@ -75,7 +77,7 @@ def store(path: Path, facts: Facts) -> None:
         return
     info = PngImagePlugin.PngInfo()
     info.add_text("facts", json.dumps({"key": key, "width": facts.width, "height": facts.height,
-                                       "sharpness": facts.sharpness}))
+                                       "sharpness": facts.sharpness, "phash": facts.phash.hex()}))
     buffer = io.BytesIO()
     facts.thumb.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     try:
