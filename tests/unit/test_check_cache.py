@@ -22,7 +22,7 @@ def test_a_second_open_reads_no_picture_and_reports_the_same(tmp_path, monkeypat
     before = set(folder.rglob("*"))
     first = analyse(folder, resolution=512, trigger="zxq")
     assert set(folder.rglob("*")) == before  # the cache lives under the studio home only
-    assert any(check_cache.cache_root().rglob("*.png"))
+    assert any(check_cache.cache_root().rglob("*.jpg"))
 
     def no_decoding(path):
         raise AssertionError(f"{path.name} decoded although cached")
@@ -50,6 +50,6 @@ def test_an_edited_picture_is_measured_again(tmp_path, monkeypatch):
 def test_a_damaged_entry_is_measured_again(tmp_path, damage):
     folder = flawed_dataset(tmp_path / "ds")
     first = analyse(folder, resolution=512)
-    for entry in check_cache.cache_root().rglob("*.png"):
+    for entry in check_cache.cache_root().rglob("*.jpg"):
         entry.write_bytes(damage)
     assert _facts(analyse(folder, resolution=512)) == _facts(first)

@@ -1,8 +1,8 @@
 """What the dataset check learned about each picture (size, sharpness, perceptual hash, thumbnail), kept by file fingerprint.
 
 A picture's fingerprint is its resolved path, size and ``mtime_ns``: a file edited, replaced or touched is read
-again. Each entry is one PNG thumbnail (lossless, so near-duplicate hashes match an uncached read) with the facts
-in a text chunk, under ``<studio home>/dataset-cache/`` (``$DP_STUDIO_HOME``): nothing is written into the
+again. Each entry is one JPEG thumbnail (quality 90, for the gallery; the hash is stored, not re-taken from it)
+with the facts as JSON in its comment, under ``<studio home>/dataset-cache/`` (``$DP_STUDIO_HOME``): nothing is written into the
 dataset folder. Pictures inside tar archives are not cached. Entries are written atomically; a cache that cannot
 be written only costs the next open its speed.
 """
@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from trainers.files import atomic_write_bytes
 from trainers.paths import studio_home
 
 log = logging.getLogger(__name__)
-FORMAT = 2  # bump when what is measured changes, so old entries are not reused
+FORMAT = 3  # bump when what is measured changes, so old entries are not reused
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def fingerprint(path: Path) -> str | None:
 
 def _entry(key: str) -> Path:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    return cache_root() / digest[:2] / f"{digest}.png"
+    return cache_root() / digest[:2] / f"{digest}.jpg"
 
 
 def load(path: Path) -> Facts | None:
@@ -61,7 +61,7 @@ def load(path: Path) -> Facts | None:
     try:
         with Image.open(entry) as img:
             img.load()
-            facts = json.loads(img.text["facts"])
+            facts = json.loads(img.info["comment"])
             if facts.get("key") != key:
                 return None
             return Facts(int(facts["width"]), int(facts["height"]), float(facts["sharpness"]),
@@ -75,11 +75,10 @@ def store(path: Path, facts: Facts) -> None:
     key = fingerprint(path)
     if key is None:
         return
-    info = PngImagePlugin.PngInfo()
-    info.add_text("facts", json.dumps({"key": key, "width": facts.width, "height": facts.height,
-                                       "sharpness": facts.sharpness, "phash": facts.phash.hex()}))
+    comment = json.dumps({"key": key, "width": facts.width, "height": facts.height,
+                          "sharpness": facts.sharpness, "phash": facts.phash.hex()})
     buffer = io.BytesIO()
-    facts.thumb.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+    facts.thumb.save(buffer, format="JPEG", quality=90, comment=comment.encode("utf-8"))
     try:
         atomic_write_bytes(_entry(key), buffer.getvalue())
     except OSError as exc:
