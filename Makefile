@@ -48,6 +48,7 @@ hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
 
 bench: venv
 	$(PY) bench/run_all.py
+	$(PY) bench/dataset_scan.py --images 10000
 
 clean-venv:
 	rm -rf $(VENV)

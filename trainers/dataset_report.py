@@ -28,6 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from trainers.datasets import check_cache
 from trainers.files import atomic_write_text
 from trainers.native import archive, data
 from trainers.paths import user_path
@@ -39,6 +40,10 @@ DUPLICATE_DISTANCE = 4  # of 64 bits of a perceptual hash
 BLUR_RATIO = 0.35  # sharpness below this share of the dataset's median is an outlier
 SHARPNESS_SIDE = 512  # sharpness is measured near this size (JPEGs decode at it directly)
 HEAVY_CROP = 0.8  # less of the picture kept than this is worth a look
+UPSCALE_WARN = 1.25  # smaller upscales are listed in the table's scale column only (×1.06 is not visible)
+# The health list's groups, most harmful first (a kind not listed goes last).
+SEVERITY = ("unreadable", "skipped", "video", "no caption", "empty caption", "upscaled", "blurry", "near-duplicate",
+            "heavy crop", "no trigger", "long caption")
 T5_TOKENS = 512  # Chroma's T5 sequence length
 _PATH_KEYS = ("path", "mask_path", "default_mask_file")
 
@@ -59,6 +64,7 @@ class ImageInfo:
     kept: float = 1.0  # share of the picture the crop keeps
     scale: float = 1.0  # bucket width / crop width: > 1 means upscaled
     sharpness: float = 0.0
+    phash: bytes = b""  # 64-bit perceptual hash of its thumbnail, packed (8 bytes)
     issues: list[str] = field(default_factory=list)
     in_json: bool = False  # its folder has captions.json (which wins over .txt files, as in training)
     prefix: str = ""  # caption_prefix of its directory
@@ -109,15 +115,17 @@ class DatasetReport:
         return head + f"\n\n⚠ {listed} (see the Health list and the table)"
 
     def health_markdown(self) -> str:
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[tuple[float, str]]] = {}
         for info in self.images:
-            for issue in info.issues:
-                groups.setdefault(kind(issue), []).append(f"`{info.path.name}`: {issue}")
+            for issue in info.issues:  # within a group the largest upscale first
+                order = -info.scale if kind(issue) == "upscaled" else 0.0
+                groups.setdefault(kind(issue), []).append((order, f"`{info.path.name}`: {issue}"))
         dropped = [b for b in self.buckets if b.dropped]
         if not groups and not dropped:
             return "✓ Every image has a caption, fits its bucket and looks distinct."
-        parts = [f"**{name}** ({len(lines)})\n" + "\n".join(f"- {line}" for line in lines[:50])
-                 for name, lines in groups.items()]
+        ranked = sorted(groups.items(), key=lambda item: SEVERITY.index(item[0]) if item[0] in SEVERITY else 99)
+        parts = [f"**{name}** ({len(lines)})\n" + "\n".join(f"- {line}" for _, line in sorted(lines, key=_first)[:50])
+                 for name, lines in ranked]
         if dropped:
             parts.append("**buckets dropped** (fewer examples than one global batch, as diffusion-pipe does)\n" +
                          "\n".join(f"- {b.size[0]}×{b.size[1]}: {_count(b.examples, 'example')}" for b in dropped))
@@ -144,6 +152,10 @@ class DatasetReport:
 
 TABLE_HEADERS = ["file", "size", "bucket", "crop keeps", "scale", "examples", "caption", "issues"]
 BUCKET_HEADERS = ["bucket", "aspect", "images", "examples", "steps/epoch", "note"]
+
+
+def _first(entry: tuple[float, str]) -> float:
+    return entry[0]
 
 
 def _count(n: int, noun: str) -> str:
@@ -258,10 +270,16 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
 
 
 def _open(info: ImageInfo) -> Image.Image | None:
-    """Read the size and sharpness of the picture; its thumbnail, or None (with the issue noted)."""
+    """Read the size and sharpness of the picture (or recall them by file fingerprint); its thumbnail, or None
+    (with the issue noted)."""
     if info.path.suffix.lower() in data.VIDEO_SUFFIXES:
         info.issues.append("video: the native trainer trains Chroma on images only")
         return None
+    cached = check_cache.load(info.path)
+    if cached is not None:  # measured before, file unchanged (path, size, mtime_ns)
+        info.width, info.height, info.sharpness, info.phash = cached.width, cached.height, cached.sharpness, \
+            cached.phash
+        return cached.thumb
     try:
         data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
         with data.open_image(info.path) as img:
@@ -279,6 +297,8 @@ def _open(info: ImageInfo) -> Image.Image | None:
         view = view.reduce(factor)  # a box filter by a whole factor: fast, and it keeps edges honest
     info.sharpness = sharpness(np.asarray(view.convert("L")))
     view.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
+    info.phash = np.packbits(imagehash.phash(view).hash.ravel()).tobytes()
+    check_cache.store(info.path, check_cache.Facts(info.width, info.height, info.sharpness, info.phash, view))
     return view
 
 
@@ -304,7 +324,7 @@ def _crop_issues(info: ImageInfo) -> None:
     left, top, right, bottom = info.crop
     info.kept = (right - left) * (bottom - top) / (info.width * info.height)
     info.scale = w / (right - left)
-    if info.scale > 1.05:
+    if info.scale >= UPSCALE_WARN:
         info.issues.append(f"upscaled: ×{info.scale:.1f} to its {w}×{h} bucket (the picture is below the training "
                            "resolution; it will look soft)")
     if info.kept < HEAVY_CROP:
@@ -362,7 +382,8 @@ def _duplicates(thumbs: dict[Path, Image.Image], infos: list[ImageInfo]) -> list
     paths = list(thumbs)
     if len(paths) < 2:
         return []
-    bits = np.stack([np.packbits(imagehash.phash(thumbs[p]).hash.ravel()) for p in paths])  # (n, 8) bytes
+    by_path = {info.path: info for info in infos}
+    bits = np.stack([np.frombuffer(by_path[p].phash, dtype=np.uint8) for p in paths])  # (n, 8) bytes
     pairs = []
     for i in range(len(paths) - 1):
         distances = _POPCOUNT[np.bitwise_xor(bits[i + 1:], bits[i])].sum(axis=1)

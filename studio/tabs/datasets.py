@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from studio.services import Services
+from studio.tabs import dataset_bulk
 from trainers.dataset_report import (
     BUCKET_HEADERS,
     TABLE_HEADERS,
@@ -27,6 +28,7 @@ from trainers.dataset_report import (
 
 GALLERY_LIMIT = 300  # thumbnails sent to the page; the table lists every image
 RESOLUTIONS = [256, 512, 768, 1024, 1280, 1536]
+TABLE_WIDTHS = ["12%", "7%", "8%", "6%", "6%", "6%", "25%", "30%"]  # the issues column gets room to wrap
 
 
 @dataclass
@@ -50,6 +52,7 @@ class DatasetHandles:
     caption: gr.Textbox
     save_caption: gr.Button
     caption_message: gr.Markdown
+    bulk: dataset_bulk.BulkHandles
 
 
 def render(services: Services) -> DatasetHandles:
@@ -80,16 +83,18 @@ def render(services: Services) -> DatasetHandles:
             caption_message = gr.Markdown("", elem_id="datasets-caption-message")
     with gr.Tabs():
         with gr.Tab("Images"):
-            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="datasets-table")
+            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="datasets-table",
+                                 column_widths=TABLE_WIDTHS)
         with gr.Tab("Buckets"):
             buckets = gr.Dataframe(headers=BUCKET_HEADERS, interactive=False, elem_id="datasets-buckets")
         with gr.Tab("Tags"):
             tags = gr.Dataframe(headers=["tag", "images"], interactive=False, elem_id="datasets-tags")
         with gr.Tab("Health"):
             health = gr.Markdown("", elem_id="datasets-health")
+    bulk = dataset_bulk.render()
     return DatasetHandles(folder, resolution, ar_buckets, trigger, batch, load, summary, gallery, preview, detail,
                           table, buckets, tags, health, gr.State(None), gr.State(""), caption, save_caption,
-                          caption_message)
+                          caption_message, bulk)
 
 
 def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1):
@@ -194,3 +199,4 @@ def wire(h: DatasetHandles, services: Services) -> None:
     h.table.select(on_row, inputs=h.report, outputs=picked, api_visibility="private")
     h.save_caption.click(save_caption, inputs=[h.report, h.selected, h.caption],
                          outputs=[h.caption_message, h.detail, h.table, h.summary, h.health], api_visibility="private")
+    dataset_bulk.wire(h.bulk, h.report)

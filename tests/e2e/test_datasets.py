@@ -86,3 +86,38 @@ def test_the_wizard_opens_its_dataset_in_the_browser(page, studio):
     page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
     assert "24 upscaled" in page.locator("#datasets-summary").inner_text()
     assert page.locator("#datasets-folder textarea, #datasets-folder input").first.input_value().endswith("dataset")
+
+
+def test_bulk_caption_edit_preview_apply_undo(page, studio, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    for name, caption in [("one", "a cat"), ("two", "a dog"), ("three", "a bird")]:
+        Image.new("RGB", (64, 64), (90, 60, 30)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(caption + "\n")
+    page.goto(studio)
+    page.get_by_role("tab", name="Dataset browser").click()
+    _type(page, "datasets-folder", str(folder))
+    _type(page, "datasets-resolution", "64")
+    page.locator("#datasets-resolution input").press("Enter")
+    page.locator("#datasets-load").click()
+    page.wait_for_function(f"{_text('datasets-summary')}.includes('3 images')")
+    page.locator("#bulk-accordion").get_by_text("Bulk caption edit").click()
+    _type(page, "bulk-text", "zxq, ")  # the default operation: add prefix, to every image
+    page.locator("#bulk-preview").click()
+    page.wait_for_function(f"{_text('bulk-message')}.includes('3 caption(s) would change')")
+    assert "zxq, a bird" in page.locator("#bulk-table").inner_text()
+    assert (folder / "one.txt").read_text() == "a cat\n"  # the preview wrote nothing
+    (folder / "two.txt").write_text("a dog by hand\n")  # edited on disk after the preview
+    page.locator("#bulk-apply").click()
+    page.wait_for_function(f"{_text('bulk-message')}.includes('Applied')")
+    assert "two.txt: changed on disk" in page.locator("#bulk-message").inner_text()
+    assert (folder / "one.txt").read_text() == "zxq, a cat\n"
+    assert (folder / "three.txt").read_text() == "zxq, a bird\n"
+    assert (folder / "two.txt").read_text() == "a dog by hand\n"
+    page.locator("#bulk-undo").click()
+    page.wait_for_function(f"{_text('bulk-message')}.includes('Undone')")
+    assert (folder / "one.txt").read_text() == "a cat\n"
+    assert (folder / "three.txt").read_text() == "a bird\n"
+    assert (folder / "two.txt").read_text() == "a dog by hand\n"

@@ -125,3 +125,18 @@ def test_the_browser_names_a_bad_resolution_or_batch():
     assert browse(folder, "big")[0] == "⚠ resolution 'big' is not a number: type a side in pixels such as 512 or 1024"
     assert "global batch 0 must be a whole number" in browse(folder, 64, True, "", 0)[0]
     assert browse(folder, "64", True, "", 2.0)[0].startswith("**24 images**")
+
+
+def test_small_upscales_are_not_listed_and_the_largest_upscale_leads_the_health_list(tmp_path):
+    folder = tmp_path / "ups"
+    folder.mkdir()
+    for name, side in [("slight", 480), ("double", 256), ("tiny", 32)]:  # ×1.07, ×2, ×16 to 512
+        Image.new("RGB", (side, side), (120, 80, 40)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("a square\n")
+    Image.new("RGB", (512, 512)).save(folder / "zbare.png")  # no caption: a worse problem than upscaling
+    report = analyse(folder, resolution=512)
+    assert not any(i.startswith("upscaled") for i in report.find("slight.png").issues)
+    assert report.table()[[r[0] for r in report.table()].index("slight.png")][4] == "×1.07"  # still shown
+    health = report.health_markdown()
+    assert health.index("no caption") < health.index("**upscaled** (2)")
+    assert health.index("tiny.png") < health.index("double.png")

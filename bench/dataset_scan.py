@@ -1,0 +1,105 @@
+"""The dataset check at scale: cheap scan, full check, second open and peak memory on generated JPEGs.
+
+Method: N 1024×1024 JPEG "photos" (gradients plus blocky noise, see bench/dataset_report.py) with .txt captions
+are written to a temporary folder. Each measurement runs in a fresh Python process (so its peak RSS is its own)
+with the files in the page cache (warm):
+
+- reference: a minimal pass, Pillow's header (``Image.open(...).size``) plus the caption file, per image;
+- cheap scan: the native trainer's dataset reader (``trainers.native.data.scan_dataset``: headers, captions,
+  buckets), which the browser's check starts with;
+- full check: ``trainers.dataset_report.analyse`` (everything above plus decode, sharpness, thumbnails,
+  near-duplicates) with an empty cache;
+- second open: ``analyse`` again, the cache filled by the full check.
+
+Goals (issue 14): cheap scan <= 1.1× the reference; full check <= 30 s and <= 500 MiB for 10,000 images on
+2 cores; second open <= 2 s. The script prints each figure and whether it meets its goal.
+
+Usage: python bench/dataset_scan.py [--images 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOALS = {"cheap_ratio": 1.1, "full_s": 30.0, "full_mib": 500.0, "second_s": 2.0}  # at 10,000 images
+
+
+def reference(folder: Path) -> None:
+    from PIL import Image
+
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - the header read is the point
+        path.with_suffix(".txt").read_text(encoding="utf-8")
+
+
+def cheap(folder: Path) -> None:
+    from trainers.native import data
+
+    data.scan_dataset({"resolutions": [1024], "enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0,
+                       "num_ar_buckets": 7, "directory": [{"path": str(folder)}]}, 0)
+
+
+def full(folder: Path) -> None:
+    from trainers.dataset_report import analyse
+
+    analyse(folder, resolution=1024, trigger="zxq", global_batch=4)
+
+
+def measure(which: str, folder: Path) -> None:
+    """Child process: time one pass, print seconds and peak RSS as JSON."""
+    fn = {"reference": reference, "cheap": cheap, "full": full, "second": full}[which]
+    import trainers.dataset_report  # noqa: F401 - module imports are not the pass being timed
+    started = time.perf_counter()
+    fn(folder)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"s": seconds, "mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _run(which: str, folder: Path, home: Path) -> dict:
+    env = {**os.environ, "DP_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, __file__, "--measure", which, str(folder)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--measure", nargs=2, metavar=("PASS", "FOLDER"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        measure(args.measure[0], Path(args.measure[1]))
+        return
+    from bench.dataset_report import write_photos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, home = Path(tmp) / "photos", Path(tmp) / "home"
+        folder.mkdir()
+        write_photos(folder, args.images)
+        _run("reference", folder, home)  # warm the page cache
+        ref, low = _run("reference", folder, home), _run("cheap", folder, home)
+        first, second = _run("full", folder, home), _run("second", folder, home)
+    scale = 10_000 / args.images
+    print(f"{args.images} images, {os.cpu_count()} CPUs")
+    print(f"reference pass {ref['s']:.2f} s; cheap scan {low['s']:.2f} s = {low['s'] / ref['s']:.2f}× "
+          f"(goal <= {GOALS['cheap_ratio']}×)")
+    print(f"full check {first['s']:.2f} s (×{scale:g} = {first['s'] * scale:.0f} s at 10,000; goal <= "
+          f"{GOALS['full_s']:.0f} s), peak {first['mib']:.0f} MiB (goal <= {GOALS['full_mib']:.0f} MiB at 10,000)")
+    print(f"second open {second['s']:.2f} s (×{scale:g} = {second['s'] * scale:.1f} s at 10,000; goal <= "
+          f"{GOALS['second_s']:.0f} s), peak {second['mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
