@@ -46,8 +46,7 @@ docker:  ## build the CUDA image (needs Docker); `docker compose up -d` serves i
 hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
 	hadolint --config .hadolint.yaml Dockerfile
 
-bench: venv
-	$(PY) bench/run_all.py
+bench: venv  ## speed and memory measurements (method and results in docs/benchmarks.md)
 	$(PY) bench/dataset_scan.py --images 10000
 
 clean-venv:
