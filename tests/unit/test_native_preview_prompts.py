@@ -48,3 +48,18 @@ def test_cached_encodings_render_what_the_pipeline_renders_from_text(family, gui
         family.sample([r])  # fills the cache
         (got,) = family.sample([r])
     assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_previews_rendered_together_match_each_rendered_alone(family):
+    """One batched pipeline call per size/steps/guidance; each image keeps its own seed and prompt."""
+    calls = [0]
+    family.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    rs = [SampleRequest(p, s, 32, 32, 2, 3.0, "noise") for p in ("a red circle", "zxq") for s in (1, 2)]
+    with one_thread():
+        alone = [family.sample([r])[0] for r in rs]
+        calls[0] = 0
+        together = family.sample(rs)
+    assert calls[0] == 2 * 2  # 2 denoising steps x (conditional + unconditional), for all four images at once
+    for a, b in zip(alone, together, strict=True):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1  # last-bit BLAS differences
+    assert not np.array_equal(np.asarray(together[0]), np.asarray(together[1]))  # seeds differ

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # T5 sequence length Chroma trains and samples with (the tokenizer's own limit when it is shorter).
 MAX_T5_TOKENS = 512
+PREVIEW_BATCH = 4  # previews rendered per pipeline call (inference without gradients: far below a training step)
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 # diffusion-pipe keeps parameters whose original name holds one of these in ``dtype`` when ``transformer_dtype``
 # is lower: in diffusers names the norms, every bias, x_embedder, context_embedder, the approximator and proj_out.
@@ -237,17 +238,27 @@ class ChromaFamily:
         """Render previews with ChromaPipeline on the live modules (the adapter is used as trained)."""
         was_training = self.transformer.training
         self.transformer.eval()  # LoRA dropout off while sampling
+        images: dict[int, Image.Image] = {}
+        groups: dict[tuple, list[int]] = {}  # requests that differ only in prompt and seed render as one batch
+        for i, r in enumerate(requests):
+            self.check_size(r.width, r.height)
+            group = groups.setdefault((r.width, r.height, r.steps, r.guidance, i // PREVIEW_BATCH), [])
+            group.append(i)
         try:
-            return [self._sample_one(r) for r in requests]
+            for indices in groups.values():
+                images |= zip(indices, self._sample_batch([requests[i] for i in indices]))
+            return [images[i] for i in range(len(requests))]
         finally:
             self.transformer.train(was_training)
 
-    def _sample_one(self, r: SampleRequest) -> Image.Image:
-        self.check_size(r.width, r.height)
-        generator = torch.Generator(device="cpu").manual_seed(r.seed)
-        out = self.pipe(**self.prompt_inputs(r), height=r.height, width=r.width, num_inference_steps=r.steps,
-                        guidance_scale=r.guidance, generator=generator)
-        return out.images[0]
+    def _sample_batch(self, rs: list[SampleRequest]) -> list[Image.Image]:
+        """One pipeline call for the batch; each image has its own seeded generator, as if rendered alone."""
+        inputs = [self.prompt_inputs(r) for r in rs]
+        batched = {key: torch.cat([i[key] for i in inputs]) for key in inputs[0]}
+        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rs]
+        out = self.pipe(**batched, height=rs[0].height, width=rs[0].width, num_inference_steps=rs[0].steps,
+                        guidance_scale=rs[0].guidance, generator=generators)
+        return out.images
 
     @torch.no_grad()
     def prompt_inputs(self, r: SampleRequest) -> dict[str, torch.Tensor]:
