@@ -37,8 +37,10 @@ demo-assets: venv  ## rebuild the embedded demo model and dataset from scratch (
 lint: venv
 	$(VENV)/bin/ruff check .
 
-bench: venv
-	$(PY) bench/run_all.py
+bench: venv  ## speed measurements (docs/benchmarks.md): trainer overhead, preview cost, cold start
+	$(PY) bench/overhead.py
+	$(PY) bench/preview_cost.py
+	$(PY) bench/cold_start.py
 
 clean-venv:
 	rm -rf $(VENV)
