@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import tomlkit
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,10 +53,11 @@ def quiet_run(root: Path) -> Path:
     return run_dir
 
 
-def studio_side(run_dir: Path) -> tuple[Trainer, object]:
+def ready_trainer(run_dir: Path) -> Trainer:
+    """A trainer with its model, LoRA, cache and optimizer set up (either side takes its parts from one)."""
     trainer = Trainer(load_run(run_dir), EventWriter(run_dir))
     trainer.setup()
-    return trainer, iter(())
+    return trainer
 
 
 def studio_steps(trainer: Trainer, state: dict, steps: int) -> None:
@@ -123,8 +124,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        studio, _ = studio_side(quiet_run(Path(tmp) / "a"))
-        bare, _ = studio_side(quiet_run(Path(tmp) / "b"))
+        studio = ready_trainer(quiet_run(Path(tmp) / "a"))
+        bare = ready_trainer(quiet_run(Path(tmp) / "b"))
         data, s_state, b_state = bare_batches(bare), {"batches": iter(())}, {"i": 0}
         run_a = lambda: studio_steps(studio, s_state, args.steps)  # noqa: E731
         run_b = lambda: bare_steps(bare, data, b_state, args.steps)  # noqa: E731

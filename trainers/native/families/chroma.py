@@ -246,7 +246,7 @@ class ChromaFamily:
             group.append(i)
         try:
             for indices in groups.values():
-                images |= zip(indices, self._sample_batch([requests[i] for i in indices]))
+                images |= zip(indices, self._sample_batch([requests[i] for i in indices]), strict=True)
             return [images[i] for i in range(len(requests))]
         finally:
             self.transformer.train(was_training)
