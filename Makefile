@@ -47,6 +47,9 @@ hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
 	hadolint --config .hadolint.yaml Dockerfile
 
 bench: venv  ## speed and memory measurements (method and results in docs/benchmarks.md)
+	$(PY) bench/overhead.py
+	$(PY) bench/preview_cost.py
+	$(PY) bench/cold_start.py
 	$(PY) bench/dataset_scan.py --images 10000
 
 clean-venv:

@@ -1,7 +1,8 @@
 """One reader per run, many watchers: tails a run's events.jsonl once and wakes every watcher.
 
 Twenty browser tabs watching one run cost one poll loop, not twenty, and a new event reaches every
-watcher within one poll interval (20 ms; an idle poll is one ``stat``), instead of each watcher sleeping on its
+watcher within one poll interval (20 ms; an idle poll is one ``stat``, and whether the writer still lives is asked
+at most every ``ALIVE_CHECK_S``, as that reads run.json and the process table), instead of each watcher sleeping on its
 own schedule. Memory stays flat however long the run: the tail keeps only the newest events in memory; a
 watcher that starts from an older index (a page reload) reads those from the file.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from trainers.events import EVENTS_FILE, TERMINAL_KINDS, Event, read_events
 
 POLL_S = 0.02
+ALIVE_CHECK_S = 0.5  # idle polls between two liveness checks cost one stat each
 IDLE_RELEASE_S = 30.0  # a tail nobody watched for this long stops and is dropped
 WINDOW = 4096  # events kept in memory per watched run (older ones are read back from the file)
 
@@ -32,6 +34,7 @@ class RunTail:
         self._cond = threading.Condition()
         self._watchers = 0
         self._last_watch = time.monotonic()
+        self._alive_checked = time.monotonic()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tail-{run_dir.name}")
         self._read_once()
         if not self.done:
@@ -57,9 +60,17 @@ class RunTail:
                 self._cond.notify_all()
             return bool(batch)
 
+    def _writer_gone(self) -> bool:
+        """Whether the writer is gone, asked at most every ``ALIVE_CHECK_S`` (False in between)."""
+        now = time.monotonic()
+        if now - self._alive_checked < ALIVE_CHECK_S:
+            return False
+        self._alive_checked = now
+        return not self._alive()
+
     def _loop(self) -> None:
         while not self.done:
-            if not self._read_once() and not self._alive():
+            if not self._read_once() and self._writer_gone():
                 self._read_once()  # last lines written just before the writer died
                 with self._cond:
                     self.done = True

@@ -118,6 +118,10 @@ def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
 write_json_atomic = atomic_write_json  # the name the backends import
 
 
+def _waits_in_queue(meta: dict) -> bool:
+    return bool(meta.get("queued") and not meta.get("cancelled") and not meta.get("pid"))
+
+
 def _pid_alive(pid: int | None, create_time: float | None) -> bool:
     if not pid:
         return False
@@ -359,7 +363,7 @@ class RunManager:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return meta if meta.get("queued") and not meta.get("cancelled") and not meta.get("pid") else None
+        return meta if _waits_in_queue(meta) else None
 
     def resume_queue(self) -> None:
         """Make sure queued runs get started (after a server restart too): one background pump thread."""
@@ -560,7 +564,7 @@ class RunManager:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        if self._queued_meta(run_dir) is not None:
+        if _waits_in_queue(meta):
             return True
         if _pid_alive(meta.get("pid"), meta.get("pid_create_time")):
             return True

@@ -43,3 +43,20 @@ def test_a_resumed_run_is_not_done_at_its_first_legs_end(tmp_path):
     writer.emit(FinishedEvent(step=2, epoch=1))
     kinds = [ev.kind for batch in second.watch() for ev in batch]
     assert kinds == ["step", "finished", "resumed", "step", "finished"]
+
+
+def test_idle_polls_ask_whether_the_writer_lives_at_most_every_alive_check_s(tmp_path, monkeypatch):
+    """An idle poll is one stat; liveness (run.json + process table) is asked once per ALIVE_CHECK_S."""
+    clock = [1000.0]
+    monkeypatch.setattr(event_hub.time, "monotonic", lambda: clock[0])
+    EventWriter(tmp_path).emit(StepEvent(step=1, epoch=1, loss=1.0, lr=1e-4))
+    asked = []
+    tail = event_hub.RunTail.__new__(event_hub.RunTail)  # the poll logic alone, without its thread
+    tail._alive, tail._alive_checked = (lambda: asked.append(clock[0]) or True), clock[0]
+    for _ in range(100):  # 100 idle polls, 20 ms apart: 2 s
+        clock[0] += event_hub.POLL_S
+        assert not tail._writer_gone()
+    assert 2.0 / event_hub.ALIVE_CHECK_S - 1 <= len(asked) <= 2.0 / event_hub.ALIVE_CHECK_S
+    tail._alive = lambda: False
+    clock[0] += event_hub.ALIVE_CHECK_S
+    assert tail._writer_gone()  # a dead writer is still noticed

@@ -137,3 +137,15 @@ def test_start_picks_the_backend_auto_by_model_type_unless_named(manager, tmp_pa
     run_id = manager.start(main, max_steps=2)
     assert manager.info(run_id).backend == backend
     _wait(lambda: manager.info(run_id).status == "completed")
+
+
+def test_a_liveness_check_reads_run_json_once(manager, tmp_path, monkeypatch):
+    """The event tail asks this on idle polls: one read of run.json, then the pid (queued runs count as alive)."""
+    from pathlib import Path
+
+    (tmp_path / "run.json").write_text(json.dumps({"queued": True}), encoding="utf-8")
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or real(self, *a, **k))
+    assert manager._alive(tmp_path)
+    assert reads == ["run.json"]

@@ -111,6 +111,7 @@ class Trainer:
         self.last_saved_step = self.last_sampled_step = self.last_state_step = self.last_eval_step = -1
         self.last_state_time = time.time()
         self.step_seconds: float | None = None
+        self.sampling_s, self.training_began = 0.0, time.monotonic()  # the preview cost, reported after each round
         self.epoch_losses: list[float] = []
         self.skipped_in_a_row = 0
         self.space_checked = -SPACE_CHECK_S
@@ -274,6 +275,7 @@ class Trainer:
         """Train until ``epochs`` or ``max_steps`` or a stop; returns "completed" or "stopped"."""
         try:
             self.setup()
+            self.training_began = time.monotonic()
             if not self.resume:
                 if self.eval_sets and self.s.config.get("eval_before_first_step", True):
                     self.eval_now()
@@ -491,11 +493,18 @@ class Trainer:
         if not self.s.studio.prompts or (self.last_sampled_step == self.step and not force):
             return
         self._set_phase("sampling", f"step {self.step}")
-        started = time.time()
+        started = time.monotonic()
         with self._eval_weights():
             paths = render_samples(self.family, self.s.studio, self.s.run_dir, self.step, self.epoch, self.events)
         self.last_sampled_step = self.step
-        print(f"sampled {len(paths)} previews in {time.time() - started:.2f} s", flush=True)
+        self._log(self._preview_cost(len(paths), time.monotonic() - started))
+
+    def _preview_cost(self, images: int, seconds: float) -> str:
+        """What previews cost, so steps, size and cadence can be traded ([studio] sample_every_n_steps, width, height, steps)."""
+        self.sampling_s += seconds
+        share = 100 * self.sampling_s / max(time.monotonic() - self.training_began, 1e-9)
+        return (f"previews at step {self.step}: {images} images in {seconds:.1f} s; previews have taken "
+                f"{self.sampling_s:.1f} s, {share:.0f} % of the run's time so far")
 
     def eval_now(self) -> None:
         """Eval loss of every eval set at diffusion-pipe's fixed timestep quantiles."""

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # T5 sequence length Chroma trains and samples with (the tokenizer's own limit when it is shorter).
 MAX_T5_TOKENS = 512
+PREVIEW_BATCH = 4  # previews rendered per pipeline call (inference without gradients: far below a training step)
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 # diffusion-pipe keeps parameters whose original name holds one of these in ``dtype`` when ``transformer_dtype``
 # is lower: in diffusers names the norms, every bias, x_embedder, context_embedder, the approximator and proj_out.
@@ -94,6 +95,8 @@ class ChromaFamily:
         self._checkpoint_hooks: list = []
         self._exclude: str | list[str] | None = None  # [adapter] exclude_modules of the attached LoRA
         self._timestep: torch.Tensor | None = None  # float32 t of the predict() in progress
+        self._prompt_embeds: dict[tuple, dict[str, torch.Tensor]] = {}  # the fixed preview prompts, encoded once
+        self._transformer_dtype: torch.dtype | None = None  # read once: ModelMixin.dtype walks every module
         transformer.time_text_embed.register_forward_pre_hook(self._float32_timestep)
         transformer.time_text_embed.register_forward_hook(self._to_compute_dtype)
 
@@ -105,7 +108,14 @@ class ChromaFamily:
         return (self._timestep.to(args[0].device, torch.float32) * 1000,)
 
     def _to_compute_dtype(self, _module, _args, output: torch.Tensor) -> torch.Tensor | None:
-        return None if self._timestep is None else output.to(self.transformer.dtype)
+        return None if self._timestep is None else output.to(self.transformer_dtype)
+
+    @property
+    def transformer_dtype(self) -> torch.dtype:
+        """The transformer's dtype, read on first use (after loading, storage casting and the adapter)."""
+        if self._transformer_dtype is None:
+            self._transformer_dtype = self.transformer.dtype
+        return self._transformer_dtype
 
     @classmethod
     def load(cls, model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> ChromaFamily:
@@ -186,7 +196,7 @@ class ChromaFamily:
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: TextBatch) -> torch.Tensor:
         """Velocity prediction in latent layout; inputs are prepared exactly as ChromaPipeline does."""
         b, _, h, w = x_t.shape
-        tdtype = self.transformer.dtype
+        tdtype = self.transformer_dtype
         packed = pack_latents(x_t).to(tdtype)
         # ChromaPipeline._prepare_attention_mask: the text mask followed by ones for every image token.
         mask = torch.cat([text.mask.to(tdtype), torch.ones(b, packed.shape[1], dtype=tdtype, device=x_t.device)],
@@ -224,18 +234,43 @@ class ChromaFamily:
         """Render previews with ChromaPipeline on the live modules (the adapter is used as trained)."""
         was_training = self.transformer.training
         self.transformer.eval()  # LoRA dropout off while sampling
+        images: dict[int, Image.Image] = {}
+        groups: dict[tuple, list[int]] = {}  # requests that differ only in prompt and seed render as one batch
+        for i, r in enumerate(requests):
+            self.check_size(r.width, r.height)
+            group = groups.setdefault((r.width, r.height, r.steps, r.guidance, i // PREVIEW_BATCH), [])
+            group.append(i)
         try:
-            return [self._sample_one(r) for r in requests]
+            for indices in groups.values():
+                images |= zip(indices, self._sample_batch([requests[i] for i in indices]), strict=True)
+            return [images[i] for i in range(len(requests))]
         finally:
             self.transformer.train(was_training)
 
-    def _sample_one(self, r: SampleRequest) -> Image.Image:
-        self.check_size(r.width, r.height)
-        generator = torch.Generator(device="cpu").manual_seed(r.seed)
-        out = self.pipe(prompt=r.prompt, negative_prompt=r.negative_prompt, height=r.height, width=r.width,
-                        num_inference_steps=r.steps, guidance_scale=r.guidance, generator=generator,
-                        max_sequence_length=self.max_sequence_length)
-        return out.images[0]
+    def _sample_batch(self, rs: list[SampleRequest]) -> list[Image.Image]:
+        """One pipeline call for the batch; each image has its own seeded generator, as if rendered alone."""
+        inputs = [self.prompt_inputs(r) for r in rs]
+        batched = {key: torch.cat([i[key] for i in inputs]) for key in inputs[0]}
+        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rs]
+        out = self.pipe(**batched, height=rs[0].height, width=rs[0].width, num_inference_steps=rs[0].steps,
+                        guidance_scale=rs[0].guidance, generator=generators)
+        return out.images
+
+    @torch.no_grad()
+    def prompt_inputs(self, r: SampleRequest) -> dict[str, torch.Tensor]:
+        """T5 embeddings of a preview prompt (and its negative under guidance), encoded once per run: the text
+        encoder is frozen, so every preview round gets the same tensors ChromaPipeline would compute."""
+        guided = r.guidance > 1  # ChromaPipeline.do_classifier_free_guidance
+        key = (r.prompt, r.negative_prompt if guided else None)
+        if key not in self._prompt_embeds:
+            embeds, _, mask, neg, _, neg_mask = self.pipe.encode_prompt(
+                prompt=r.prompt, negative_prompt=r.negative_prompt, do_classifier_free_guidance=guided,
+                device=self.device, max_sequence_length=self.max_sequence_length)
+            inputs = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+            if guided:
+                inputs |= {"negative_prompt_embeds": neg, "negative_prompt_attention_mask": neg_mask}
+            self._prompt_embeds[key] = inputs
+        return self._prompt_embeds[key]
 
     def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
         """PEFT (diffusers names) -> ``diffusion_model.`` keys in original Chroma names, ComfyUI-loadable, and the
