@@ -110,3 +110,31 @@ def test_diffusers_export_of_a_lora_trained_on_the_fused_linears(tmp_path):
     assert torch.equal(out["transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight"], proj_b)
     with pytest.raises(ExportError, match="does not split into rank-3 parts"):
         to_diffusers(tensors, {"r": 3})
+
+
+def test_diffusers_export_file_of_a_lora_trained_on_the_fused_linears(tmp_path):
+    """The parts of a fused Linear share its A; the written file still holds one A per part (safetensors
+    refuses tensors that share memory, so the export copies the shared A)."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 32, generator=gen), torch.randn(96, 2, generator=gen)
+    folder = tmp_path / "epoch1"
+    folder.mkdir()
+    save_file({"diffusion_model.double_blocks.0.txt_attn.qkv.lora_A.weight": a,
+               "diffusion_model.double_blocks.0.txt_attn.qkv.lora_B.weight": b}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    out = export(folder, "diffusers", tmp_path / "out.safetensors")
+    with safe_open(str(out), framework="pt") as fh:
+        for i, part in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
+            key = f"transformer.transformer_blocks.0.attn.{part}.lora_"
+            assert torch.equal(fh.get_tensor(key + "A.weight"), a)
+            assert torch.equal(fh.get_tensor(key + "B.weight"), b[32 * i:32 * (i + 1)])
+
+
+def test_export_module_does_not_import_peft():
+    """The studio runs each export in a child process; importing peft there cost seconds (bench/lora_export.py)."""
+    import subprocess
+    import sys
+
+    code = "import sys, trainers.native.export; print('peft' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -103,7 +103,11 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
                 pieces = [(diffusers_name(module), a, b)]
             except KeyError:
                 raise ExportError(f"{module} is not a Linear of a Chroma transformer") from None
+        shared: set[int] = set()
         for name, pa, pb in pieces:
+            if pa.data_ptr() in shared:  # a fused Linear's parts share its A; safetensors refuses shared storage
+                pa = pa.clone()
+            shared.add(pa.data_ptr())
             out[f"transformer.{name}.lora_A.weight"] = pa.contiguous()
             out[f"transformer.{name}.lora_B.weight"] = pb.contiguous()
     return out
