@@ -138,3 +138,38 @@ def test_export_module_does_not_import_peft():
     code = "import sys, trainers.native.export; print('peft' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_comfyui_export_is_the_saved_file_with_training_metadata(tmp_path):
+    """The ComfyUI layout is the saved file itself: every tensor unchanged, the header carries the metadata."""
+    _, _, folder = _trained_lora(tmp_path)
+    out = export(folder, "comfyui", tmp_path / "c.safetensors", {"run_id": "r1", "steps": 3})
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as src, \
+            safe_open(str(out), framework="pt") as fh:
+        assert set(fh.keys()) == set(src.keys())
+        for key in src.keys():
+            assert torch.equal(fh.get_tensor(key), src.get_tensor(key))
+        meta = fh.metadata()
+    assert meta["dp_studio.layout"] == "comfyui" and meta["dp_studio.run_id"] == "r1"
+    assert meta["dp_studio.steps"] == "3" and meta["ss_network_dim"] == "2"
+
+
+def test_comfyui_export_refuses_foreign_keys(tmp_path):
+    folder = tmp_path / "epoch1"
+    folder.mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ExportError, match="not a diffusion-pipe Chroma LoRA"):
+        export(folder, "comfyui", tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_comfyui_export_needs_no_torch(tmp_path):
+    """The ComfyUI export copies bytes: a child process doing it never imports torch (bench/lora_export.py)."""
+    import subprocess
+    import sys
+
+    _, _, folder = _trained_lora(tmp_path)
+    code = ("import sys; from trainers.native.export import export; "
+            f"export({str(folder)!r}, 'comfyui', {str(tmp_path / 'c.safetensors')!r}); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
