@@ -173,3 +173,20 @@ def test_comfyui_export_needs_no_torch(tmp_path):
             f"export({str(folder)!r}, 'comfyui', {str(tmp_path / 'c.safetensors')!r}); print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_kohya_export_holds_the_saved_tensors_renamed_with_alpha_equal_to_rank(tmp_path):
+    _, _, folder = _trained_lora(tmp_path)
+    out = export(folder, "kohya", tmp_path / "k.safetensors")
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as src, \
+            safe_open(str(out), framework="pt") as fh:
+        assert len(fh.keys()) == len(src.keys()) * 3 // 2
+        for key in src.keys():
+            module, which = key[len("diffusion_model."):].rsplit(".lora_", 1)
+            name = "lora_unet_" + module.replace(".", "_")
+            saved = src.get_tensor(key)
+            assert torch.equal(fh.get_tensor(f"{name}.lora_{'down' if which[0] == 'A' else 'up'}.weight"), saved)
+            if which[0] == "A":
+                alpha = fh.get_tensor(f"{name}.alpha")
+                assert alpha.dtype == torch.float32 and alpha.shape == () and alpha.item() == saved.shape[0]
+        assert fh.metadata()["dp_studio.layout"] == "kohya"

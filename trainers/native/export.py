@@ -122,19 +122,6 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
     return out
 
 
-def to_kohya(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``lora_unet_<module with _>.lora_down/.lora_up.weight`` + ``.alpha`` (= rank: scale 1, as trained)."""
-    import torch
-
-    out = {}
-    for module, (a, b) in _modules(tensors).items():
-        name = "lora_unet_" + module.replace(".", "_")
-        out[f"{name}.lora_down.weight"] = a.contiguous()
-        out[f"{name}.lora_up.weight"] = b.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(a.shape[0]))
-    return out
-
-
 def metadata(folder: Path, config: dict, layout: str, extra: dict | None = None) -> dict[str, str]:
     """Training facts for the header: strings only, no secrets (the run config never holds the W&B key)."""
     rank = config.get("r")
@@ -153,14 +140,15 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    if layout == "comfyui":
+    if layout in ("comfyui", "kohya"):
         config = _read_config(folder)
-        _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra))
+        _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
+                            kohya=layout == "kohya")
     else:
         from safetensors.torch import save_file
 
         tensors, config = read_saved(folder)
-        converted = to_diffusers(tensors, config) if layout == "diffusers" else to_kohya(tensors)
+        converted = to_diffusers(tensors, config)
         save_file(converted, str(tmp), metadata=metadata(folder, config, layout, extra))
     os.replace(tmp, out)
     return out
@@ -171,11 +159,12 @@ def _read_config(folder: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str]) -> None:
-    """The saved safetensors file with a new header metadata: the tensor bytes are copied unchanged.
+def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False) -> None:
+    """The saved safetensors file under a new header: the tensor bytes are copied unchanged.
 
     safetensors' layout: an 8-byte little-endian header length, the JSON header, then the tensor data (offsets
-    in the header are relative to the data, so a new header length moves nothing).
+    in the header are relative to the data, so a new header length moves nothing). ``kohya`` renames the keys
+    (:func:`kohya_name`) and appends each module's ``.alpha`` (float32 = its rank: scale 1, as trained).
     """
     if not src.is_file():
         raise ExportError(f"{src.parent} has no {ADAPTER_FILE}: pick a saved epoch or step folder")
@@ -186,12 +175,28 @@ def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str]) -> None:
         except (UnicodeDecodeError, ValueError) as exc:
             raise ExportError(f"{src} is not a safetensors file ({exc})") from None
         header.pop("__metadata__", None)
-        _modules(dict.fromkeys(header))  # the same key check as the other layouts
+        modules = _modules(header)  # the same key check as the other layouts
+        tail = b""
+        if kohya:
+            end = src.stat().st_size - 8 - size
+            header = {kohya_name(k): v for k, v in header.items()}
+            for i, (module, (a, _)) in enumerate(modules.items()):
+                span = [end + 4 * i, end + 4 * (i + 1)]
+                header[f"lora_unet_{module.replace('.', '_')}.alpha"] = {"dtype": "F32", "shape": [],
+                                                                          "data_offsets": span}
+                tail += struct.pack("<f", float(a["shape"][0]))
         text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
         with open(dst, "wb") as fout:
             fout.write(struct.pack("<Q", len(text)) + text)
             shutil.copyfileobj(fin, fout, 16 * 2**20)
+            fout.write(tail)
+
+
+def kohya_name(key: str) -> str:
+    """``diffusion_model.<module>.lora_A/B.weight`` -> ``lora_unet_<module with _>.lora_down/up.weight``."""
+    module, which = key[len(PREFIX):].rsplit(".lora_", 1)
+    return f"lora_unet_{module.replace('.', '_')}.lora_{'down' if which[0] == 'A' else 'up'}.weight"
 
 
 def main(argv: list[str] | None = None) -> int:
