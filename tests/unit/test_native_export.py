@@ -110,3 +110,83 @@ def test_diffusers_export_of_a_lora_trained_on_the_fused_linears(tmp_path):
     assert torch.equal(out["transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight"], proj_b)
     with pytest.raises(ExportError, match="does not split into rank-3 parts"):
         to_diffusers(tensors, {"r": 3})
+
+
+def test_diffusers_export_file_of_a_lora_trained_on_the_fused_linears(tmp_path):
+    """The parts of a fused Linear share its A; the written file still holds one A per part (safetensors
+    refuses tensors that share memory, so the export copies the shared A)."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 32, generator=gen), torch.randn(96, 2, generator=gen)
+    folder = tmp_path / "epoch1"
+    folder.mkdir()
+    save_file({"diffusion_model.double_blocks.0.txt_attn.qkv.lora_A.weight": a,
+               "diffusion_model.double_blocks.0.txt_attn.qkv.lora_B.weight": b}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    out = export(folder, "diffusers", tmp_path / "out.safetensors")
+    with safe_open(str(out), framework="pt") as fh:
+        for i, part in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
+            key = f"transformer.transformer_blocks.0.attn.{part}.lora_"
+            assert torch.equal(fh.get_tensor(key + "A.weight"), a)
+            assert torch.equal(fh.get_tensor(key + "B.weight"), b[32 * i:32 * (i + 1)])
+
+
+def test_export_module_does_not_import_peft():
+    """The studio runs each export in a child process; importing peft there cost seconds (bench/lora_export.py)."""
+    import subprocess
+    import sys
+
+    code = "import sys, trainers.native.export; print('peft' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_comfyui_export_is_the_saved_file_with_training_metadata(tmp_path):
+    """The ComfyUI layout is the saved file itself: every tensor unchanged, the header carries the metadata."""
+    _, _, folder = _trained_lora(tmp_path)
+    out = export(folder, "comfyui", tmp_path / "c.safetensors", {"run_id": "r1", "steps": 3})
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as src, \
+            safe_open(str(out), framework="pt") as fh:
+        assert set(fh.keys()) == set(src.keys())
+        for key in src.keys():
+            assert torch.equal(fh.get_tensor(key), src.get_tensor(key))
+        meta = fh.metadata()
+    assert meta["dp_studio.layout"] == "comfyui" and meta["dp_studio.run_id"] == "r1"
+    assert meta["dp_studio.steps"] == "3" and meta["ss_network_dim"] == "2"
+
+
+def test_comfyui_export_refuses_foreign_keys(tmp_path):
+    folder = tmp_path / "epoch1"
+    folder.mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ExportError, match="not a diffusion-pipe Chroma LoRA"):
+        export(folder, "comfyui", tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_comfyui_export_needs_no_torch(tmp_path):
+    """The ComfyUI export copies bytes: a child process doing it never imports torch (bench/lora_export.py)."""
+    import subprocess
+    import sys
+
+    _, _, folder = _trained_lora(tmp_path)
+    code = ("import sys; from trainers.native.export import export; "
+            f"export({str(folder)!r}, 'comfyui', {str(tmp_path / 'c.safetensors')!r}); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_kohya_export_holds_the_saved_tensors_renamed_with_alpha_equal_to_rank(tmp_path):
+    _, _, folder = _trained_lora(tmp_path)
+    out = export(folder, "kohya", tmp_path / "k.safetensors")
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as src, \
+            safe_open(str(out), framework="pt") as fh:
+        assert len(fh.keys()) == len(src.keys()) * 3 // 2
+        for key in src.keys():
+            module, which = key[len("diffusion_model."):].rsplit(".lora_", 1)
+            name = "lora_unet_" + module.replace(".", "_")
+            saved = src.get_tensor(key)
+            assert torch.equal(fh.get_tensor(f"{name}.lora_{'down' if which[0] == 'A' else 'up'}.weight"), saved)
+            if which[0] == "A":
+                alpha = fh.get_tensor(f"{name}.alpha")
+                assert alpha.dtype == torch.float32 and alpha.shape == () and alpha.item() == saved.shape[0]
+        assert fh.metadata()["dp_studio.layout"] == "kohya"

@@ -17,15 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import struct
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from trainers.checkpoints import ADAPTER_FILE
+from trainers.chroma_names import PREFIX, fused_parts
 
-from trainers.native.families.chroma_keys import PREFIX, diffusers_name, fused_parts, split_fused_lora
-from trainers.native.lora_io import ADAPTER_FILE, CONFIG_FILE
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a layout needs it: the ComfyUI export copies the saved bytes and starts in a fraction
+# of the time (the studio runs every export in a child process; bench/lora_export.py measures it).
+CONFIG_FILE = "adapter_config.json"
 
 LAYOUTS = ("comfyui", "diffusers", "kohya")
 
@@ -39,15 +45,15 @@ def read_saved(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(folder) / ADAPTER_FILE
     if not path.is_file():
         raise ExportError(f"{folder} has no {ADAPTER_FILE}: pick a saved epoch or step folder")
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as fh:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    config_path = Path(folder) / CONFIG_FILE
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    return tensors, config
+    return tensors, _read_config(folder)
 
 
 def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """original module name -> (A, B)."""
+    """original module name -> (A, B); raises on a key outside diffusion-pipe's Chroma layout."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
@@ -72,6 +78,7 @@ def lora_rank(modules: dict[str, tuple[torch.Tensor, torch.Tensor]], config: dic
         return plain.pop()
     if plain:
         raise ExportError(f"modules have different ranks {sorted(plain)} and there is no adapter_config.json")
+    from trainers.native.families.chroma_keys import split_fused_lora
     module, (a, b) = next(iter(modules.items()))
     n = len(fused_parts(module) or ())
     try:
@@ -87,6 +94,8 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
     Fused modules are split exactly (:func:`split_fused_lora`): our stacked parts come back unchanged, a LoRA
     trained on the fused Linear gives every part its A and its rows of B.
     """
+    from trainers.native.families.chroma_keys import diffusers_name, split_fused_lora
+
     modules = _modules(tensors)
     rank = lora_rank(modules, config or {})
     out = {}
@@ -103,20 +112,13 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
                 pieces = [(diffusers_name(module), a, b)]
             except KeyError:
                 raise ExportError(f"{module} is not a Linear of a Chroma transformer") from None
+        shared: set[int] = set()
         for name, pa, pb in pieces:
-            out[f"transformer.{name}.lora_A.weight"] = pa.clone()  # parts of a fused Linear share one A: a copy each
+            if pa.data_ptr() in shared:  # a fused Linear's parts share its A; safetensors refuses shared storage
+                pa = pa.clone()
+            shared.add(pa.data_ptr())
+            out[f"transformer.{name}.lora_A.weight"] = pa.contiguous()
             out[f"transformer.{name}.lora_B.weight"] = pb.contiguous()
-    return out
-
-
-def to_kohya(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``lora_unet_<module with _>.lora_down/.lora_up.weight`` + ``.alpha`` (= rank: scale 1, as trained)."""
-    out = {}
-    for module, (a, b) in _modules(tensors).items():
-        name = "lora_unet_" + module.replace(".", "_")
-        out[f"{name}.lora_down.weight"] = a.contiguous()
-        out[f"{name}.lora_up.weight"] = b.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(a.shape[0]))
     return out
 
 
@@ -135,17 +137,66 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
     """Write the saved LoRA of ``folder`` as ``layout`` to ``out`` (atomically); returns ``out``."""
     if layout not in LAYOUTS:
         raise ExportError(f"layout {layout!r} unknown; pick one of {', '.join(LAYOUTS)}")
-    tensors, config = read_saved(folder)
-    if layout == "diffusers":
-        converted = to_diffusers(tensors, config)
-    else:
-        converted = to_kohya(tensors) if layout == "kohya" else dict(tensors)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(converted, str(tmp), metadata=metadata(folder, config, layout, extra))
+    if layout in ("comfyui", "kohya"):
+        config = _read_config(folder)
+        _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
+                            kohya=layout == "kohya")
+    else:
+        from safetensors.torch import save_file
+
+        tensors, config = read_saved(folder)
+        converted = to_diffusers(tensors, config)
+        save_file(converted, str(tmp), metadata=metadata(folder, config, layout, extra))
     os.replace(tmp, out)
     return out
+
+
+def _read_config(folder: Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False) -> None:
+    """The saved safetensors file under a new header: the tensor bytes are copied unchanged.
+
+    safetensors' layout: an 8-byte little-endian header length, the JSON header, then the tensor data (offsets
+    in the header are relative to the data, so a new header length moves nothing). ``kohya`` renames the keys
+    (:func:`kohya_name`) and appends each module's ``.alpha`` (float32 = its rank: scale 1, as trained).
+    """
+    if not src.is_file():
+        raise ExportError(f"{src.parent} has no {ADAPTER_FILE}: pick a saved epoch or step folder")
+    with open(src, "rb") as fin:
+        (size,) = struct.unpack("<Q", fin.read(8))
+        try:
+            header = json.loads(fin.read(size))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ExportError(f"{src} is not a safetensors file ({exc})") from None
+        header.pop("__metadata__", None)
+        modules = _modules(header)  # the same key check as the other layouts
+        tail = b""
+        if kohya:
+            end = src.stat().st_size - 8 - size
+            header = {kohya_name(k): v for k, v in header.items()}
+            for i, (module, (a, _)) in enumerate(modules.items()):
+                span = [end + 4 * i, end + 4 * (i + 1)]
+                header[f"lora_unet_{module.replace('.', '_')}.alpha"] = {"dtype": "F32", "shape": [],
+                                                                          "data_offsets": span}
+                tail += struct.pack("<f", float(a["shape"][0]))
+        text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
+        with open(dst, "wb") as fout:
+            fout.write(struct.pack("<Q", len(text)) + text)
+            shutil.copyfileobj(fin, fout, 16 * 2**20)
+            fout.write(tail)
+
+
+def kohya_name(key: str) -> str:
+    """``diffusion_model.<module>.lora_A/B.weight`` -> ``lora_unet_<module with _>.lora_down/up.weight``."""
+    module, which = key[len(PREFIX):].rsplit(".lora_", 1)
+    return f"lora_unet_{module.replace('.', '_')}.lora_{'down' if which[0] == 'A' else 'up'}.weight"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -56,6 +55,8 @@ def attach_lora(model: torch.nn.Module, targets: list[str], rank: int, dropout: 
                     "'img_attn.qkv', 'single_blocks.3.linear1' or 'txt_mlp.0')", ", ".join(map(repr, unused)))
     if not targets:
         raise ValueError(f"[adapter] exclude_modules = {exclude!r} excludes every LoRA target; exclude fewer modules")
+    from peft import LoraConfig  # here, not at the top: the export child process reads LoRAs without peft
+
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=targets,
                         init_lora_weights=True)
     model.add_adapter(config)
@@ -69,11 +70,15 @@ def attach_lora(model: torch.nn.Module, targets: list[str], rank: int, dropout: 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's weights with PEFT names, adapter name stripped (``...lora_A.weight``)."""
+    from peft import get_peft_model_state_dict
+
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def adapter_config(rank: int, dropout: float, extra: dict) -> dict:
     """A PEFT LoraConfig as JSON-able dict (what ``save_pretrained`` would write)."""
+    from peft import LoraConfig
+
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, **extra).to_dict()
     return json.loads(json.dumps(config, default=_jsonable))
 
