@@ -1,0 +1,63 @@
+"""Flux (dev / schnell) for the native trainer: the pieces that follow diffusion-pipe's models/flux.py.
+
+This module is the start of the Flux family: LoRA target selection, the ``flux_shift`` timestep rule, the
+guidance vector, ``bypass_guidance_embedding`` and the save layout. Loading, prompt encoding, sampling and the
+loop wiring are not here yet, so the registry does not mark Flux native (the diffusion-pipe backend trains it).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+# diffusion-pipe models/flux.py: adapter_target_modules = ['FluxTransformerBlock', 'FluxSingleTransformerBlock']
+TARGET_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+# diffusion-pipe save_adapter -> FluxPipeline.save_lora_weights(transformer_lora_layers=...): this file name,
+# every key prefixed with the transformer's name.
+LORA_FILE = "pytorch_lora_weights.safetensors"
+KEY_PREFIX = "transformer."
+
+
+def lora_targets(transformer: torch.nn.Module) -> list[str]:
+    """Every Linear inside a double or single transformer block, as peft selects them for those block classes."""
+    names = []
+    for block_name, block in transformer.named_modules():
+        if type(block).__name__ not in TARGET_BLOCKS:
+            continue
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                names.append(f"{block_name}.{name}")
+    return names
+
+
+def flux_shift(t: torch.Tensor, image_seq_len: int) -> torch.Tensor:
+    """diffusion-pipe's ``flux_shift``: mu grows linearly from 0.5 at 256 tokens to 1.15 at 4096, sigma = 1."""
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (image_seq_len - 256)
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
+def guidance_vector(batch: int, guidance: float, device: torch.device) -> torch.Tensor:
+    """The ``[model] guidance`` value for every sample, float32 (diffusion-pipe prepare_inputs)."""
+    return torch.full((batch,), float(guidance), device=device, dtype=torch.float32)
+
+
+def _embed_without_guidance(embed: torch.nn.Module, timestep, guidance, pooled_projection):
+    steps = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=pooled_projection.dtype))
+    return steps + embed.text_embedder(pooled_projection)
+
+
+def bypass_guidance_embedding(transformer: torch.nn.Module) -> bool:
+    """``bypass_guidance_embedding = true``: the time/text embedding ignores guidance; False for a model without
+    a guidance embedder (schnell), which is left as it is, as diffusion-pipe does."""
+    embed = transformer.time_text_embed
+    if not hasattr(embed, "guidance_embedder"):
+        return False
+    embed.forward = partial(_embed_without_guidance, embed)
+    return True
+
+
+def export_lora(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft adapter weights (diffusers module names) -> the keys ``save_lora_weights`` writes for Flux."""
+    return {KEY_PREFIX + name: tensor for name, tensor in state_dict.items()}
