@@ -71,3 +71,20 @@ def test_export_keys_are_what_save_lora_weights_writes(tmp_path):
     ours = flux.export_lora(state)
     assert sorted(ours) == sorted(written)
     assert all(torch.equal(ours[k], written[k]) for k in written)
+
+
+def test_predict_packs_as_flux_pipeline_does():
+    # models/flux.py lines 337-341: packed latents, image ids from _prepare_latent_image_ids, zero text ids
+    model = tiny_transformer().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 4, 6, generator=g)
+    t5, pooled = torch.randn(2, 5, 16, generator=g), torch.randn(2, 8, generator=g)
+    t, guidance = torch.tensor([0.3, 0.8]), torch.tensor([3.5, 3.5])
+    pipe = diffusers.FluxPipeline
+    with torch.no_grad():
+        ours = flux.predict(model, x, t, t5, pooled, guidance)
+        ref = model(hidden_states=pipe._pack_latents(x, 2, 4, 4, 6), timestep=t, guidance=guidance,
+                    pooled_projections=pooled, encoder_hidden_states=t5, txt_ids=torch.zeros(5, 3),
+                    img_ids=pipe._prepare_latent_image_ids(2, 2, 3, "cpu", torch.float32), return_dict=False)[0]
+    assert ours.shape == x.shape
+    assert torch.allclose(pipe._pack_latents(ours, 2, 4, 4, 6), ref, atol=1e-6)

@@ -12,6 +12,8 @@ from functools import partial
 
 import torch
 
+from trainers.native.families.chroma import latent_image_ids, pack_latents, unpack_latents
+
 # diffusion-pipe models/flux.py: adapter_target_modules = ['FluxTransformerBlock', 'FluxSingleTransformerBlock']
 TARGET_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 # diffusion-pipe save_adapter -> FluxPipeline.save_lora_weights(transformer_lora_layers=...): this file name,
@@ -61,3 +63,22 @@ def bypass_guidance_embedding(transformer: torch.nn.Module) -> bool:
 def export_lora(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """peft adapter weights (diffusers module names) -> the keys ``save_lora_weights`` writes for Flux."""
     return {KEY_PREFIX + name: tensor for name, tensor in state_dict.items()}
+
+
+def predict(transformer: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, t5_embeds: torch.Tensor,
+            pooled: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    """Velocity for unpacked latents ``(B, C, h, w)`` at timesteps ``t`` in (0, 1), inputs packed as FluxPipeline
+    packs them (2x2 patches, zero text ids, (0, row, col) image ids); ``guidance`` is None for schnell."""
+    b, _, h, w = x_t.shape
+    dtype = transformer.dtype
+    out = transformer(
+        hidden_states=pack_latents(x_t).to(dtype),
+        timestep=t.to(dtype),
+        guidance=None if guidance is None else guidance.to(dtype),
+        pooled_projections=pooled.to(dtype),
+        encoder_hidden_states=t5_embeds.to(dtype),
+        txt_ids=torch.zeros(t5_embeds.shape[1], 3, device=x_t.device, dtype=dtype),
+        img_ids=latent_image_ids(h // 2, w // 2, x_t.device, dtype),
+        return_dict=False,
+    )[0]
+    return unpack_latents(out, h, w)
