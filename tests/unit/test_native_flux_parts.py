@@ -33,12 +33,14 @@ def test_lora_targets_are_every_linear_in_the_two_block_kinds():
     assert sorted(names) == sorted(in_blocks)
 
 
-def test_flux_shift_matches_the_linear_mu_rule():
-    # models/flux.py lines 122-130 and 364: time_shift(get_lin_function()(seq_len), 1.0, t)
-    t = torch.tensor([0.25, 0.5, 0.75])
-    assert torch.allclose(flux.flux_shift(t, 256), math.exp(0.5) / (math.exp(0.5) + (1 / t - 1)))
-    assert torch.allclose(flux.flux_shift(t, 4096), math.exp(1.15) / (math.exp(1.15) + (1 / t - 1)))
-    assert (flux.flux_shift(t, 1024) > t).all()
+def test_flux_shift_reads_the_packed_image_length():
+    # models/flux.py lines 122-130 and 364-366: time_shift(get_lin_function()((h // 2) * (w // 2)), 1.0, t)
+    from trainers.native import flow
+    cfg = flow.TimestepConfig(method="uniform", flux_shift=True)
+    assert flux.image_seq_len(torch.Size([1, 16, 32, 128])) == 16 * 64
+    for shape, mu in ((torch.Size([1, 16, 32, 32]), 0.5), (torch.Size([1, 16, 128, 128]), 1.15)):
+        t = flow.sample_timesteps(cfg, 3, flux.image_seq_len(shape), quantile=0.4)
+        assert torch.allclose(t, math.exp(mu) / (math.exp(mu) + (1 / torch.full((3,), 0.4) - 1)))
 
 
 def test_guidance_vector_is_float32_per_sample():

@@ -1,13 +1,12 @@
 """Flux (dev / schnell) for the native trainer: the pieces that follow diffusion-pipe's models/flux.py.
 
-This module is the start of the Flux family: LoRA target selection, the ``flux_shift`` timestep rule, the
+This module is the start of the Flux family: LoRA target selection, the image length ``flux_shift`` reads, the
 guidance vector, ``bypass_guidance_embedding`` and the save layout. Loading, prompt encoding, sampling and the
 loop wiring are not here yet, so the registry does not mark Flux native (the diffusion-pipe backend trains it).
 """
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -34,10 +33,10 @@ def lora_targets(transformer: torch.nn.Module) -> list[str]:
     return names
 
 
-def flux_shift(t: torch.Tensor, image_seq_len: int) -> torch.Tensor:
-    """diffusion-pipe's ``flux_shift``: mu grows linearly from 0.5 at 256 tokens to 1.15 at 4096, sigma = 1."""
-    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (image_seq_len - 256)
-    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+def image_seq_len(latent_shape: torch.Size) -> int:
+    """Packed image tokens for latents ``(B, C, h, w)``: (h / 2) * (w / 2), the length ``flux_shift`` reads
+    (models/flux.py prepare_inputs); the shift itself is trainers/native/flow.py's, shared by every family."""
+    return (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
 
 
 def guidance_vector(batch: int, guidance: float, device: torch.device) -> torch.Tensor:
