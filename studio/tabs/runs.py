@@ -65,6 +65,7 @@ class RunsHandles:
     queue_up: gr.Button
     queue_front: gr.Button
     queue_cancel: gr.Button
+    diff_note: gr.Markdown
 
 
 def render(services: Services) -> RunsHandles:
@@ -89,6 +90,7 @@ def render(services: Services) -> RunsHandles:
         with gr.Row():
             diff_a = gr.Dropdown(label="Run A", choices=[], elem_id="runs-diff-a")
             diff_b = gr.Dropdown(label="Run B", choices=[], elem_id="runs-diff-b")
+        diff_note = gr.Markdown("", elem_id="runs-diff-note")
         diff = gr.Dataframe(headers=["key", "A", "B"], interactive=False, elem_id="runs-diff")
     with gr.Accordion("Samples: prompt × step", open=False):
         with gr.Row():
@@ -126,7 +128,7 @@ def render(services: Services) -> RunsHandles:
                        grid_run, grid_prompt, grid, saved, best, sidecar_prompts, sidecar_seeds, render_button,
                        render_progress, layout, export, download, check, check_report, resume_point, resume, confirm,
                        delete, message,
-                       queue_table, queue_pick, queue_up, queue_front, queue_cancel)
+                       queue_table, queue_pick, queue_up, queue_front, queue_cancel, diff_note)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -198,11 +200,13 @@ def _cross_image(states: dict[str, view.MonitorState], key: str | None):
 
 
 def diff(services: Services, a: str | None, b: str | None):
+    """The differing keys of the two runs' configs, and a line saying how many (or that they are identical)."""
     if not a or not b:
-        return []
+        return [], ""
     ia, ib = services.manager.info(a), services.manager.info(b)
-    return [list(r) for r in runs_view.config_diff(runs_view.run_config(ia.run_dir, ia.meta),
-                                                   runs_view.run_config(ib.run_dir, ib.meta))]
+    rows = runs_view.config_diff(runs_view.run_config(ia.run_dir, ia.meta),
+                                 runs_view.run_config(ib.run_dir, ib.meta))
+    return [list(r) for r in rows], runs_view.diff_note(a, b, rows)
 
 
 def pick_grid_run(services: Services, run_id: str | None):
@@ -289,7 +293,7 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
     h.cross_pair.input(guarded(lambda ids, key: cross_grid(services, ids, key)), inputs=[h.compare, h.cross_pair],
                        outputs=h.cross_grid, api_visibility="private")
     gr.on([h.diff_a.input, h.diff_b.input], guarded(lambda a, b: diff(services, a, b)),
-          inputs=[h.diff_a, h.diff_b], outputs=h.diff, api_visibility="private")
+          inputs=[h.diff_a, h.diff_b], outputs=[h.diff, h.diff_note], api_visibility="private")
     h.grid_run.input(guarded(lambda r: pick_grid_run(services, r)), inputs=h.grid_run,
                      outputs=[h.grid_prompt, h.saved, h.grid], api_visibility="private")
     # Separate from the grid, so a run whose checkpoints cannot be read still shows its samples.
