@@ -10,6 +10,7 @@ import gradio as gr
 from studio import runs_view, served, view
 from studio.services import Services
 from studio.tabs.monitor import MonitorLink
+from studio.user_errors import user_mistake
 from trainers.checkpoints import resume_points
 from trainers.events import load_all
 from trainers.run_library import (
@@ -278,7 +279,7 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
             try:
                 return fn(*args)
             except (RunError, ValueError, KeyError) as exc:
-                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
+                raise user_mistake(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
         return inner
 
     refresh_outputs = [h.table, h.compare, h.diff_a, h.diff_b, h.grid_run, h.queue_table, h.queue_pick]

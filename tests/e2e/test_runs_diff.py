@@ -1,5 +1,5 @@
-"""The runs library's config diff says when two runs' configs are identical (issue 11, item 10): an empty table
-alone reads as "nothing loaded". Driven with the torch-free trainer double."""
+"""The runs library's config diff says when two runs' configs are identical (issue 11, item 10: an empty table
+alone reads as "nothing loaded"), and expected mistakes log one line. Driven with the torch-free trainer double."""
 
 from __future__ import annotations
 
@@ -43,3 +43,18 @@ def test_identical_configs_are_said_to_be_identical(page, twin_runs):
     page.wait_for_function("(document.querySelector('#runs-diff-note')?.innerText ?? '').includes('identical')",
                            timeout=20_000)
     assert a in page.locator("#runs-diff-note").inner_text()
+
+
+def test_an_expected_mistake_is_a_toast_and_one_log_line_not_a_traceback(page, twin_runs, capfd, caplog):
+    """Issue 11 item 10: Resume with no run picked raised gr.Error, and Gradio printed its traceback."""
+    url, _ = twin_runs
+    caplog.set_level("INFO", logger="studio")
+    page.goto(url)
+    page.get_by_role("tab", name="Runs library").click()
+    page.get_by_role("button", name="Resume training").click()
+    page.locator("#runs-resume").click()
+    page.get_by_text("pick a run and one of its resume points first").first.wait_for(timeout=20_000)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert [r.getMessage() for r in caplog.records if r.name == "studio"] == [
+        "refused: pick a run and one of its resume points first"]
