@@ -50,6 +50,8 @@ def _guard(fn: Callable) -> Callable:
         def stream(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
+            except gr.Error:  # already worded for the user (and told whether to print)
+                raise
             except STUDIO_ERRORS as exc:
                 raise gr.Error(_message(exc)) from exc
 
@@ -59,6 +61,8 @@ def _guard(fn: Callable) -> Callable:
     def inner(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except gr.Error:  # already worded for the user (and told whether to print)
+            raise
         except STUDIO_ERRORS as exc:
             raise gr.Error(_message(exc)) from exc
 

@@ -101,7 +101,7 @@ def issues_markdown(issues: list[ConfigIssue], *, paths_checked: bool) -> str:
         return f"**✓ valid** ({scope})"
     head = "✗" if errors else "✓"
     verdict = f"**{head} {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}**"
-    lines = [f"- {'⚠' if i.is_error else '△'} {escape_md(format_issue(i))}"
+    lines = [f"- {'✗' if i.is_error else '△'} {escape_md(format_issue(i))}"  # ✗ as the verdict counts them
              for i in sorted(issues, key=lambda i: (not i.is_error, i.file, i.line))]
     return "\n".join([f"{verdict} ({scope})", "", *lines])
 

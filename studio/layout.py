@@ -76,7 +76,14 @@ def build_app(services: Services) -> gr.Blocks:
                                  inputs=[wiz.dataset, wiz.preset], outputs=[tabs, data.folder, data.resolution],
                                  api_visibility="private").then(**datasets.browse_event(data),
                                                                 api_visibility="private")
+        # A reload mid-run lands on the monitor, not on the setup the run was started from.
+        demo.load(lambda: gr.Tabs(selected=landing_tab(services)), outputs=tabs, api_visibility="private")
         api.register(services)
     api.guard_all(demo)
     api.hide_unnamed(demo, named)
     return demo
+
+
+def landing_tab(services: Services) -> str:
+    """The tab a fresh page opens on: the live monitor while a run is live, else Chroma setup."""
+    return TAB_MONITOR if any(run.live for run in services.manager.runs()) else TAB_WIZARD

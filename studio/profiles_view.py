@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from studio.builder_form import inline_toml
@@ -55,6 +56,15 @@ def diff_summary(a: str, b: str, entries: list[DiffEntry]) -> str:
     if not entries:
         return f"**{a}** and **{b}** hold the same settings."
     return f"{len(entries)} key{'s' * (len(entries) != 1)} differ between **{a}** (A) and **{b}** (B)."
+
+
+def name_uploads(text: str, uploads: list[str | None]) -> str:
+    """The message with each uploaded file named as the user picked it: Gradio keeps an upload at a temporary
+    path (/tmp/gradio/<hash>/main.toml) that means nothing to the user."""
+    for upload in filter(None, uploads):
+        folder = str(Path(upload).parent)
+        text = text.replace(folder + "/", "").replace(folder, "the uploaded files")
+    return text
 
 
 def report_message(action: str, report: SaveReport) -> str:

@@ -52,6 +52,14 @@ def config_diff(a: Mapping, b: Mapping) -> list[tuple[str, str, str]]:
     return rows
 
 
+def diff_note(a: str, b: str, rows: list) -> str:
+    """The line above the config diff table: how many keys differ, or that the configs are identical (an empty
+    table alone reads as "nothing loaded yet")."""
+    if not rows:
+        return f"The configs of **{a}** and **{b}** are identical." if a != b else f"**{a}** is compared with itself."
+    return f"{len(rows)} key{'s' * (len(rows) != 1)} differ between **{a}** (A) and **{b}** (B)."
+
+
 def _show(value: object) -> str:
     return value if isinstance(value, str) else repr(value)
 

@@ -38,7 +38,7 @@ def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]
     except ProbeError as exc:
         return "\n\n".join([*lines, f"✗ {exc}"]), False
     if not probe.is_chroma:
-        lines.append(f"✗ `{Path(transformer_path).name}` is a {probe.family} checkpoint, not Chroma "
+        lines.append(f"✗ `{Path(transformer_path).name}` is {_kind(probe.family)}, not Chroma "
                      f"({probe.summary()}). Pick a Chroma file (e.g. chroma-unlocked-v47.safetensors).")
         ok = False
     else:
@@ -46,6 +46,11 @@ def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]
         if probe.dtype.startswith("float8"):
             lines.append("ℹ The file is stored in float8: keep `transformer_dtype = 'float8'`.")
     return "\n\n".join(lines), ok
+
+
+def _kind(family: str) -> str:
+    """'a flux checkpoint', 'an unknown checkpoint' (the article follows the family's first sound)."""
+    return f"{'an' if family[:1].lower() in 'aeiou' else 'a'} {family} checkpoint"
 
 
 def _names(names: list[str]) -> str:

@@ -18,6 +18,7 @@ from studio import builder_form as bf
 from studio import builder_view as bv
 from studio.profiles_view import report_message
 from studio.services import Services, is_remote
+from studio.user_errors import user_mistake
 from trainers.config import validate_texts
 from trainers.config.issues import ConfigIssue, ConfigParseError
 from trainers.config.paths_check import config_base
@@ -360,7 +361,7 @@ def validate_endpoint(services: Services):
         try:
             return validate_config(main_toml, dataset_toml, skip_path_checks, base_dir, path_roots=roots)
         except PathRefused as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_mistake(str(exc)) from None
 
     return validate_config_endpoint
 

@@ -182,6 +182,7 @@ def on_import(main_file: str | None, dataset_file: str | None, name: str) -> tup
     except (ProfileError, ConfigParseError) as exc:
         text = exc.format() if isinstance(exc, ConfigParseError) else str(exc)
         hint = "" if dataset_file else " (upload the dataset TOML beside it, or a zip holding both)"
+        text = pv.name_uploads(text, [main_file, dataset_file])
         return (f"⚠ Not imported: {text}{hint if 'not found' in text else ''}", *refresh_all(None))
     return (pv.report_message("imported", report), *refresh_all(report.profile.name))
 

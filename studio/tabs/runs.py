@@ -10,6 +10,7 @@ import gradio as gr
 from studio import runs_view, served, view
 from studio.services import Services
 from studio.tabs.monitor import MonitorLink
+from studio.user_errors import user_mistake
 from trainers.checkpoints import resume_points
 from trainers.events import load_all
 from trainers.run_library import (
@@ -67,6 +68,7 @@ class RunsHandles:
     queue_cancel: gr.Button
     workflow: gr.Button
     workflow_download: gr.DownloadButton
+    diff_note: gr.Markdown
 
 
 def render(services: Services) -> RunsHandles:
@@ -91,6 +93,7 @@ def render(services: Services) -> RunsHandles:
         with gr.Row():
             diff_a = gr.Dropdown(label="Run A", choices=[], elem_id="runs-diff-a")
             diff_b = gr.Dropdown(label="Run B", choices=[], elem_id="runs-diff-b")
+        diff_note = gr.Markdown("", elem_id="runs-diff-note")
         diff = gr.Dataframe(headers=["key", "A", "B"], interactive=False, elem_id="runs-diff")
     with gr.Accordion("Samples: prompt × step", open=False):
         with gr.Row():
@@ -132,7 +135,8 @@ def render(services: Services) -> RunsHandles:
                        grid_run, grid_prompt, grid, saved, best, sidecar_prompts, sidecar_seeds, render_button,
                        render_progress, layout, export, download, check, check_report, resume_point, resume, confirm,
                        delete, message,
-                       queue_table, queue_pick, queue_up, queue_front, queue_cancel, workflow, workflow_download)
+                       queue_table, queue_pick, queue_up, queue_front, queue_cancel, workflow, workflow_download,
+                       diff_note)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -204,11 +208,13 @@ def _cross_image(states: dict[str, view.MonitorState], key: str | None):
 
 
 def diff(services: Services, a: str | None, b: str | None):
+    """The differing keys of the two runs' configs, and a line saying how many (or that they are identical)."""
     if not a or not b:
-        return []
+        return [], ""
     ia, ib = services.manager.info(a), services.manager.info(b)
-    return [list(r) for r in runs_view.config_diff(runs_view.run_config(ia.run_dir, ia.meta),
-                                                   runs_view.run_config(ib.run_dir, ib.meta))]
+    rows = runs_view.config_diff(runs_view.run_config(ia.run_dir, ia.meta),
+                                 runs_view.run_config(ib.run_dir, ib.meta))
+    return [list(r) for r in rows], runs_view.diff_note(a, b, rows)
 
 
 def pick_grid_run(services: Services, run_id: str | None):
@@ -296,7 +302,7 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
             try:
                 return fn(*args)
             except (RunError, ValueError, KeyError) as exc:
-                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
+                raise user_mistake(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
         return inner
 
     refresh_outputs = [h.table, h.compare, h.diff_a, h.diff_b, h.grid_run, h.queue_table, h.queue_pick]
@@ -311,7 +317,7 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
     h.cross_pair.input(guarded(lambda ids, key: cross_grid(services, ids, key)), inputs=[h.compare, h.cross_pair],
                        outputs=h.cross_grid, api_visibility="private")
     gr.on([h.diff_a.input, h.diff_b.input], guarded(lambda a, b: diff(services, a, b)),
-          inputs=[h.diff_a, h.diff_b], outputs=h.diff, api_visibility="private")
+          inputs=[h.diff_a, h.diff_b], outputs=[h.diff, h.diff_note], api_visibility="private")
     h.grid_run.input(guarded(lambda r: pick_grid_run(services, r)), inputs=h.grid_run,
                      outputs=[h.grid_prompt, h.saved, h.grid], api_visibility="private")
     # Separate from the grid, so a run whose checkpoints cannot be read still shows its samples.

@@ -100,3 +100,21 @@ def test_import_list_diff_save_rollback_export(page, studio_url, tmp_path, studi
     with zipfile.ZipFile(saved) as archive:
         assert sorted(archive.namelist()) == ["ds.toml", "main.toml"]
         assert "k-123" not in archive.read("main.toml").decode()
+
+
+def test_a_refused_upload_is_named_as_picked_not_by_its_temp_path(page, studio_url, tmp_path, studio_home):
+    """Issue 11 item 10: a main TOML uploaded without its dataset TOML was refused with Gradio's temporary path
+    (/tmp/gradio/<hash>/main.toml) in the message."""
+    pair = tmp_path / "lonely"
+    write_pair(pair)
+    (pair / "ds.toml").unlink()
+    page.goto(studio_url)
+    page.get_by_role("tab", name="Profiles").click()
+    page.locator("#profiles-import-main input[type=file]").set_input_files(str(pair / "main.toml"))
+    page.wait_for_function("(document.querySelector('#profiles-import-main')?.innerText ?? '')"
+                           ".replace(/\\s/g, '').includes('main.toml')")
+    page.locator("#profiles-import").click()
+    wait_text(page, "profiles-message", "Not imported")
+    message = page.locator("#profiles-message").inner_text()
+    assert "main.toml" in message and "not found" in message
+    assert "/tmp/" not in message and "gradio" not in message, message

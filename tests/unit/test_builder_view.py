@@ -181,6 +181,8 @@ def test_issue_lines_and_markdown():
     md = bv.issues_markdown([warning, error], paths_checked=False)
     assert md.startswith("**✗ 1 error, 1 warning** (paths not checked")
     assert md.index("epochs") < md.index("x.y")  # errors first
+    # An error's line carries the verdict's ✗, not ⚠ (issue 11 item 10); a warning's carries △.
+    assert r"- ✗ e6ai\_512.toml:3: epochs" in md and r"- △ e6ai\_512.toml:3: x.y" in md and "⚠" not in md
     assert "x.y" in md and r"e6ai\_512.toml" in md  # markdown characters escaped
     assert bv.issues_markdown([], paths_checked=True) == "**✓ valid** (full check, paths included)"
 

@@ -91,3 +91,9 @@ def test_validate_config_api_returns_issue_dicts():
     epochs = next(item for item in found if item["key"] == "epochs")
     assert epochs["line"] == 1 and epochs["severity"] == "error" and epochs["text"].startswith("main.toml:1: epochs")
     assert builder.validate_config("a = [")[0]["key"] == "(syntax)"
+
+
+def test_uploads_are_named_as_picked_not_by_their_temporary_path():
+    text = "/tmp/gradio/ab12/main.toml: dataset file 'ds.toml' not found (looked in /tmp/gradio/ab12 and /srv)"
+    named = pv.name_uploads(text, ["/tmp/gradio/ab12/main.toml", None])
+    assert named == "main.toml: dataset file 'ds.toml' not found (looked in the uploaded files and /srv)"

@@ -21,6 +21,14 @@ def test_flatten_and_diff_name_every_changed_key():
     assert runs_view.config_diff(a, a) == []
 
 
+def test_the_diff_note_says_when_two_configs_are_identical():
+    """Issue 11 item 10: two identical configs showed an empty table and nothing else."""
+    assert "identical" in runs_view.diff_note("r1", "r2", [])
+    assert "itself" in runs_view.diff_note("r1", "r1", [])
+    rows = runs_view.config_diff({"epochs": 1, "lr": 1}, {"epochs": 2, "lr": 2})
+    assert runs_view.diff_note("r1", "r2", rows) == "2 keys differ between **r1** (A) and **r2** (B)."
+
+
 def _png(path: Path, colour) -> str:
     Image.new("RGB", (8, 8), colour).save(path)
     return str(path)

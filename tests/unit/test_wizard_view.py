@@ -42,6 +42,14 @@ def test_model_check_accepts_chroma_and_names_problems(tmp_path):
     assert not ok and "is a flux checkpoint, not Chroma" in text
 
 
+def test_a_checkpoint_of_no_known_family_is_named_with_the_right_article(tmp_path):
+    """Issue 11 item 10: the check said "a unknown checkpoint"."""
+    flux, _ = _models(tmp_path)
+    save_file({"some.other.weight": np.zeros(2, np.float16)}, str(tmp_path / "other.safetensors"))
+    text, ok = wv.check_models(str(flux), str(tmp_path / "other.safetensors"))
+    assert not ok and "is an unknown checkpoint, not Chroma" in text and "a unknown" not in text
+
+
 def test_dataset_check_counts_captions_and_small_images(tmp_path):
     text, ok = wv.check_dataset(str(_dataset(tmp_path)), 512)
     assert ok and "4 images" in text and "1 without a .txt caption" in text and "4 smaller than 512" in text
