@@ -77,7 +77,10 @@ def build_app(services: Services) -> gr.Blocks:
                                  api_visibility="private").then(**datasets.browse_event(data),
                                                                 api_visibility="private")
         # A reload mid-run lands on the monitor, not on the setup the run was started from.
-        demo.load(lambda: gr.Tabs(selected=landing_tab(services)), outputs=tabs, api_visibility="private")
+        # Only a live run moves the page (to the monitor); otherwise the page stays where it opened, so a tab the
+        # user clicked before this answer arrives is not taken back.
+        demo.load(lambda: gr.Tabs(selected=TAB_MONITOR) if landing_tab(services) == TAB_MONITOR else gr.skip(),
+                  outputs=tabs, api_visibility="private")
         api.register(services)
     api.guard_all(demo)
     api.hide_unnamed(demo, named)
