@@ -136,14 +136,30 @@ def _config_base(main_path: Path, main_text: str) -> Path:
 
 def issues_markdown(pair: ProfileTexts) -> str:
     """Validate the pair as it will be saved: both files side by side, every path checked."""
+    return review(pair)[0]
+
+
+def review(pair: ProfileTexts) -> tuple[str, list[str]]:
+    """(the issue list as Markdown, the errors that must be fixed before the run may start)."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / pair.dataset_name).write_text(pair.dataset_text, encoding="utf-8")
         base = _config_base(Path(folder) / pair.main_name, pair.main_text)  # the rule train and Start use
         found = validate_texts(pair.main_text, pair.dataset_text, main_file=pair.main_name,
                                dataset_file=pair.dataset_name, base_dir=base)
     if not found:
-        return "✓ The config is valid: every key checked, every path found."
-    return "\n".join(f"- {'✗' if i.is_error else '⚠'} `{i.format()}`" for i in found)
+        return "✓ The config is valid: every key checked, every path found.", []
+    return ("\n".join(f"- {'✗' if i.is_error else '⚠'} `{i.format()}`" for i in found),
+            [i.format() for i in found if i.is_error])
+
+
+def launch_state(errors: list[str]) -> tuple:
+    """The launch button (disabled while errors remain) and the note beside it that lists them."""
+    if not errors:
+        return gr.Button(interactive=True), ""
+    listed = "\n".join(f"- ✗ `{e}`" for e in errors)
+    return (gr.Button(interactive=False),
+            f"**Fix {len(errors)} error{'' if len(errors) == 1 else 's'} before starting** (edit the config "
+            f"above, or go back a step):\n{listed}")
 
 
 def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.Tabs, monitor_tab: str,
@@ -173,11 +189,20 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
     def on_review(*args):
         c = _choices(*args)
         pair = wv.build_pair(store, c)
-        return (gr.Walkthrough(selected=4), pair.main_text, pair.dataset_text,
-                issues_markdown(pair), c.run_name or f"{c.preset} · {Path(c.dataset_dir).name}")
+        found, errors = review(pair)
+        return (gr.Walkthrough(selected=4), pair.main_text, pair.dataset_text, found,
+                c.run_name or f"{c.preset} · {Path(c.dataset_dir).name}", *launch_state(errors))
+
+    def on_edit(main_text, dataset_text, preset):
+        base = store.texts(preset)
+        found, errors = review(ProfileTexts(base.main_name, main_text, base.dataset_name, dataset_text))
+        return found, *launch_state(errors)
 
     def on_launch(name, main_text, dataset_text, preset):
         base = store.texts(preset)
+        _, errors = review(ProfileTexts(base.main_name, main_text, base.dataset_name, dataset_text))
+        if errors:  # the button is disabled then; a request sent anyway is refused the same way
+            return gr.skip(), gr.Tabs(), gr.Dropdown(), launch_state(errors)[1], gr.skip()
         try:
             report = store.create(name.strip(), ProfileTexts(base.main_name, main_text, base.dataset_name,
                                                              dataset_text), message="created by the Chroma wizard")
@@ -196,6 +221,9 @@ def wire(h: WizardHandles, services: Services, current_run: gr.State, tabs: gr.T
     gr.on([h.preset.input, h.card.input, h.checkpointing.input, h.swap.release, h.steps.change], on_vram,
           inputs=[*choice_inputs, h.card], outputs=h.vram)
     h.review.click(on_review, inputs=choice_inputs,
-                   outputs=[h.steps, h.main_text, h.dataset_text, h.issues, h.profile_name])
+                   outputs=[h.steps, h.main_text, h.dataset_text, h.issues, h.profile_name, h.launch,
+                            h.launch_message])
+    gr.on([h.main_text.input, h.dataset_text.input], on_edit, inputs=[h.main_text, h.dataset_text, h.preset],
+          outputs=[h.issues, h.launch, h.launch_message], trigger_mode="always_last")
     h.launch.click(on_launch, inputs=[h.profile_name, h.main_text, h.dataset_text, h.preset],
                    outputs=[current_run, tabs, mon.picker, h.launch_message, *mon.scrub_reset]).then(**stream)

@@ -56,3 +56,27 @@ def test_wizard_checks_files_estimates_reviews_and_starts(page, wizard_studio):
     shot(page, "wizard-started")
     run = manager.runs()[0]
     assert run.name == "My Chroma" and run.meta["main_config"] == "e6ai_1024.toml"
+
+
+def test_launch_is_disabled_while_review_shows_errors(page, wizard_studio):
+    """Issue 11 item 3: a config Review marks ✗ (model files that do not exist) cannot be started; the errors are
+    listed beside the button, and no run or profile is made."""
+    url, manager, tmp = wizard_studio
+    data = _dataset(tmp, bare=0, size=600)
+    page.goto(url)
+    _fill(page, "wiz-diffusers", str(tmp / "missing-flux"))
+    _fill(page, "wiz-transformer", str(tmp / "missing-chroma.safetensors"))
+    page.locator("#wiz-next-1").click()
+    _fill(page, "wiz-dataset", str(data))
+    page.locator("#wiz-next-2").click()
+    page.get_by_label("Chroma E6AI 1024").check()
+    page.locator("#wiz-review").click()
+    page.locator("#wiz-issues").get_by_text("✗").first.wait_for()
+    launch = page.locator("#wiz-launch")
+    page.wait_for_function("document.querySelector('#wiz-launch')?.disabled === true")
+    note = page.locator("#wiz-launch-message")
+    note.get_by_text("before starting").wait_for()
+    assert "missing-chroma.safetensors" in note.inner_text() and "missing-flux" in note.inner_text()
+    launch.click(force=True)  # a disabled button does nothing
+    page.wait_for_timeout(1000)
+    assert manager.runs() == []
