@@ -28,7 +28,7 @@ from trainers.dataset_report import (
 
 GALLERY_LIMIT = 300  # thumbnails sent to the page; the table lists every image
 RESOLUTIONS = [256, 512, 768, 1024, 1280, 1536]
-TABLE_WIDTHS = ["12%", "7%", "8%", "6%", "6%", "6%", "25%", "30%"]  # the issues column gets room to wrap
+TABLE_WIDTHS = ["11%", "8%", "8%", "9%", "6%", "8%", "22%", "28%"]  # the issues column gets room to wrap
 
 
 @dataclass

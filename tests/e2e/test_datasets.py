@@ -32,6 +32,15 @@ def _text(elem_id: str) -> str:
     return f"(document.querySelector('#{elem_id}')?.innerText ?? '')"
 
 
+HEADER_LINES = """(table) => [...document.querySelectorAll(table + ' thead th')].filter(th => th.innerText.trim())
+    .map(th => { const walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT); const tops = new Set(); let node;
+                 while ((node = walk.nextNode())) {
+                   if (!node.textContent.trim()) continue;
+                   const range = document.createRange(); range.selectNodeContents(node);
+                   for (const box of range.getClientRects()) if (box.width > 0) tops.add(Math.round(box.top)); }
+                 return [th.innerText.trim(), tops.size]; })"""
+
+
 def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     page.goto(studio)
     page.get_by_role("tab", name="Dataset browser").click()
@@ -42,6 +51,9 @@ def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     page.locator("#datasets-load").click()
     page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
     assert "zxq background" in page.locator("#datasets-table").inner_text()
+    # Issue 11 item 9: every column header reads on one line (the "examples" header wrapped a letter per line).
+    lines = page.evaluate(HEADER_LINES, "#datasets-table")
+    assert lines and all(count == 1 for _, count in lines), lines
     # A folder with every problem, at 512 with the trigger word checked.
     folder = flawed_dataset(tmp_path / "flawed")
     _type(page, "datasets-folder", str(folder))
