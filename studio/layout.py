@@ -14,6 +14,7 @@ CSS = """
 .dp-bar {height: 8px; background: #e5e7eb; border-radius: 4px; margin-top: 4px; overflow: hidden}
 .dp-fill {height: 100%; background: #f97316; transition: width 0.4s}
 button[role="tab"][aria-selected="true"] {color: var(--body-text-color)}
+.stepper-container {padding-inline: 4.5rem; box-sizing: border-box}
 #datasets-table thead th, #datasets-table thead th *, #datasets-buckets thead th, #datasets-buckets thead th *
     {white-space: nowrap; word-break: keep-all; overflow-wrap: normal}
 """ + builder.CSS

@@ -219,3 +219,16 @@ def test_axe_scan_of_every_tab(page, studio_url):
         if bad:
             problems.append(_describe_violations(label, bad))
     assert not problems, "\n".join(problems)
+
+
+def test_wizard_step_labels_stay_inside_their_container(page, studio_url):
+    """Issue 11 item 9: the wizard's step labels spilled past the stepper (the last one to the window's edge)."""
+    url, _ = studio_url
+    page.set_viewport_size({"width": 1280, "height": 860})
+    page.goto(url)
+    page.locator("#wizard-start").wait_for()
+    spill = page.evaluate("""() => [...document.querySelectorAll('.step-label')].map(label => {
+        const box = label.getBoundingClientRect(), outer = label.closest('.stepper').getBoundingClientRect();
+        return [label.textContent.trim(), Math.round(outer.left - box.left), Math.round(box.right - outer.right)];
+    }).filter(([, left, right]) => left > 0 || right > 0)""")
+    assert spill == [], spill
