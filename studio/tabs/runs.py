@@ -69,6 +69,7 @@ class RunsHandles:
     workflow: gr.Button
     workflow_download: gr.DownloadButton
     diff_note: gr.Markdown
+    export_message: gr.Markdown
 
 
 def render(services: Services) -> RunsHandles:
@@ -120,6 +121,7 @@ def render(services: Services) -> RunsHandles:
             workflow = gr.Button("ComfyUI workflow", size="sm", elem_id="runs-workflow")
             workflow_download = gr.DownloadButton("Download workflow", visible=False, size="sm",
                                                   elem_id="runs-workflow-download")
+        export_message = gr.Markdown("", elem_id="runs-export-message")  # beside its buttons, not atop the page
         check = gr.Button("Check LoRA keys against the base model", size="sm", elem_id="runs-check")
         check_report = gr.Markdown("", elem_id="runs-check-report")
     with gr.Accordion("Resume training", open=False):
@@ -136,7 +138,7 @@ def render(services: Services) -> RunsHandles:
                        render_progress, layout, export, download, check, check_report, resume_point, resume, confirm,
                        delete, message,
                        queue_table, queue_pick, queue_up, queue_front, queue_cancel, workflow, workflow_download,
-                       diff_note)
+                       diff_note, export_message)
 
 
 def _row(info: RunInfo, state: view.MonitorState) -> list:
@@ -345,10 +347,10 @@ def wire(h: RunsHandles, services: Services, link: MonitorLink) -> None:
         return link.show(services, services.manager.resume(run_id, point))
 
     h.export.click(guarded(lambda r, f, lay: export_and_check(services, r, f, lay)),
-                   inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.message, h.check_report],
+                   inputs=[h.grid_run, h.saved, h.layout], outputs=[h.download, h.export_message, h.check_report],
                    api_visibility="private")
     h.workflow.click(guarded(lambda r, f: export_workflow(services, r, f)), inputs=[h.grid_run, h.saved],
-                     outputs=[h.workflow_download, h.message], api_visibility="private")
+                     outputs=[h.workflow_download, h.export_message], api_visibility="private")
     h.check.click(guarded(lambda r, f: check_report(services, r, f)), inputs=[h.grid_run, h.saved],
                   outputs=h.check_report, api_visibility="private")
     h.best.click(guarded(on_best), inputs=[h.grid_run, h.saved], outputs=h.message, api_visibility="private").then(
