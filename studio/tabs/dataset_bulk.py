@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from studio.user_errors import user_mistake
 from trainers.dataset_report import DatasetReport, kind
 from trainers.datasets import caption_ops as ops
 from trainers.native import archive
@@ -68,7 +69,7 @@ def render() -> BulkHandles:
 def _selection(report: DatasetReport, how: str, value: str):
     value = (value or "").strip()
     if how in ("has tag", "bucket", "problem") and not value:
-        raise gr.Error(f"Apply to '{how}' needs a value: type the {how.split()[-1]} to match.")
+        raise user_mistake(f"Apply to '{how}' needs a value: type the {how.split()[-1]} to match.")
     if how == "no caption":
         return ops.has_no_caption
     if how == "has tag":
@@ -85,11 +86,11 @@ def preview(report: DatasetReport | None, operation: str, text: str, replacement
             how: str, value: str):
     """Every caption the operation would change, before anything is written."""
     if report is None:
-        raise gr.Error("Press Browse first: the bulk edit works on the images listed.")
+        raise user_mistake("Press Browse first: the bulk edit works on the images listed.")
     try:
         edit = OPERATIONS[operation](text or "", replacement or "", bool(regex))
     except ops.CaptionOpError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_mistake(str(exc)) from exc
     editable = [i.path for i in report.images if not i.in_json and not archive.split(i.path)]
     left_out = len(report.images) - len(editable)
     changes = ops.plan(editable, edit, _selection(report, how, value))
@@ -102,14 +103,14 @@ def preview(report: DatasetReport | None, operation: str, text: str, replacement
 def apply(changes: list | None):
     """Write the previewed changes (a caption edited on disk since the preview is skipped and named)."""
     if not changes:
-        raise gr.Error("Nothing to apply: press Preview first (a preview is applied once).")
+        raise user_mistake("Nothing to apply: press Preview first (a preview is applied once).")
     outcome = ops.apply(changes)
     return _said("Applied", outcome), [], None, outcome
 
 
 def undo(last: ops.Outcome | None):
     if last is None or not last.written:
-        raise gr.Error("Nothing to undo: no bulk edit applied since the last undo.")
+        raise user_mistake("Nothing to undo: no bulk edit applied since the last undo.")
     return _said("Undone", ops.undo(last)), None
 
 

@@ -15,6 +15,7 @@ import gradio as gr
 
 from studio.services import Services
 from studio.tabs import dataset_bulk
+from studio.user_errors import user_mistake
 from trainers.dataset_report import (
     BUCKET_HEADERS,
     TABLE_HEADERS,
@@ -162,11 +163,11 @@ def save_caption(report: DatasetReport | None, name: str, text: str):
     """Write the selected image's caption; the table, summary and health list follow."""
     info = report.find(name) if report and name else None
     if info is None:
-        raise gr.Error("Click an image first, then edit its caption.")
+        raise user_mistake("Click an image first, then edit its caption.")
     try:
         target = save_captions(report, info, (text or "").splitlines() if info.in_json else [(text or "").strip()])
     except (DatasetReportError, OSError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_mistake(str(exc)) from exc
     note = "" if info.trained else " It had no caption before: press **Browse** to count its buckets and steps."
     return (f"✓ Saved `{target.name}`.{note}", _facts(info), report.table(), report.summary_markdown(),
             report.health_markdown())
