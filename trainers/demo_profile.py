@@ -11,7 +11,7 @@ from pathlib import Path
 import tomlkit
 
 from trainers.files import atomic_write_text
-from trainers.paths import REPO_ROOT, default_runs_root, studio_home
+from trainers.paths import REPO_ROOT, default_runs_root, studio_home, user_path
 
 DEMO_DIR = REPO_ROOT / "profiles" / "demo"
 DEMO_MAIN = "chroma_demo.toml"
@@ -20,7 +20,7 @@ MODEL_PATH_KEYS = ("diffusers_path", "transformer_path")
 
 
 def _absolute(value: str) -> str:
-    p = Path(value).expanduser()
+    p = user_path(value)
     return str(p if p.is_absolute() else (REPO_ROOT / p).resolve())
 
 

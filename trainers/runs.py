@@ -31,7 +31,7 @@ from trainers.config.secrets import scrub_run_copy
 from trainers.event_hub import EventHub
 from trainers.events import Event, EventWriter, FailedEvent, LogEvent, ResumedEvent, load_all
 from trainers.files import atomic_write_json
-from trainers.paths import REPO_ROOT, default_runs_root, studio_home
+from trainers.paths import REPO_ROOT, default_runs_root, studio_home, user_path
 from trainers.run_death import claim, explain_death, leg_closed
 from trainers.run_queue import RunQueue
 from trainers.safe_paths import PathRefused, check_name, check_root, is_within, resolve_under, within_any
@@ -78,7 +78,7 @@ def _read_toml(path: Path) -> dict:
 
 
 def resolve_config_path(base: Path, value: str) -> Path:
-    p = Path(value).expanduser()
+    p = user_path(value)
     return p if p.is_absolute() else (base / p).resolve()
 
 
@@ -190,7 +190,7 @@ class RunManager:
         diffusion-pipe run folder to continue (that backend resumes into its own folder).
         A config with ``resume_from_checkpoint`` continues that run instead (diffusion-pipe's semantics).
         """
-        main_path = Path(main_config).expanduser().resolve()
+        main_path = user_path(main_config).resolve()
         cfg = _read_toml(main_path)
         if cfg.get("resume_from_checkpoint") and resume is None and not overrides:
             return self._resume_from_config(main_path, cfg)
@@ -295,7 +295,7 @@ class RunManager:
         as diffusion-pipe picks) and its newest state; a run folder name or path (its newest state); or a
         ``global_stepN`` folder path.
         """
-        main_path = Path(main_config).expanduser().resolve()
+        main_path = user_path(main_config).resolve()
         cfg = _read_toml(main_path)
         output_dir = resolve_config_path(config_base(main_path, cfg), cfg.get("output_dir", "."))
         point = None
@@ -328,7 +328,7 @@ class RunManager:
         path that lies inside it or another known output folder."""
         if "\x00" in checkpoint:
             raise RunError(f"resume {checkpoint!r} refused: it holds a NUL character")
-        path = Path(checkpoint).expanduser()
+        path = user_path(checkpoint)
         if path.is_absolute() or (not checkpoint.startswith(("./", "../")) and path.exists()):
             if not within_any(path, [output_dir, *self.roots]):
                 raise RunError(f"resume {checkpoint!r} refused: it is outside the config's output_dir {output_dir} "

@@ -24,6 +24,7 @@ from trainers.config.issues import ConfigIssue, ConfigParseError
 from trainers.config.paths_check import config_base
 from trainers.config.rules_native import runs_natively
 from trainers.config.toml_io import dumps, loads, read_text, set_value
+from trainers.paths import user_path
 from trainers.profiles import ProfileError, ProfileStore, ProfileTexts
 from trainers.runs import resolve_config_path
 from trainers.safe_paths import PathRefused, within_any
@@ -301,7 +302,7 @@ def on_load_profile(name: str | None, texts: dict, pair: dict) -> tuple:
 
 
 def on_open_file(path: str, texts: dict, pair: dict) -> tuple:
-    main_path = Path(path or "").expanduser()
+    main_path = user_path(path or "")
     if not main_path.is_file():
         return refresh(texts, pair, 0, editors=False, message=f"⚠ {main_path} does not exist: type the path "
                        "of a main TOML.")

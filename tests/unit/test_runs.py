@@ -149,3 +149,11 @@ def test_a_liveness_check_reads_run_json_once(manager, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or real(self, *a, **k))
     assert manager._alive(tmp_path)
     assert reads == ["run.json"]
+
+
+def test_a_config_path_of_an_unknown_user_is_a_missing_file_not_a_crash(manager):
+    """`~name` of a user this machine does not know: Path.expanduser raises RuntimeError; start says the file
+    is missing instead (found by tests/security/test_fuzz.py with start_run('~0'))."""
+    for text in ("~0", "~no_such_user_here/main.toml"):
+        with pytest.raises(RunError, match="config file not found"):
+            manager.start(text, queue=False)
