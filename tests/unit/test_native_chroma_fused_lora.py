@@ -53,6 +53,7 @@ def test_shared_dropout_draws_one_mask_per_fused_call():
     first = [drop(x) for _ in range(3)]
     assert torch.equal(first[0], first[1]) and torch.equal(first[1], first[2])
     assert set(first[0].unique().tolist()) <= {0.0, 2.0}
+    assert drop._mask is None  # let go after the last part: no mask outlives its fused call
     later = [drop(x) for _ in range(3)]
     assert torch.equal(later[0], later[2]) and not torch.equal(first[0], later[0])
     assert torch.equal(drop.eval()(x), x)

@@ -42,8 +42,9 @@ def fused_groups(modules: dict[str, torch.nn.Module]) -> dict[str, tuple[str, ..
 
 class SharedDropout(torch.nn.Module):
     """One dropout mask for the ``n`` parts of a fused Linear: the first part's call draws it, the next ``n - 1``
-    calls of the same shape reuse it (the parts are called one after another on the same input, also when
-    activation checkpointing recomputes a block)."""
+    calls reuse it (the parts are called one after another on the same input, also when activation
+    checkpointing recomputes a block). After the last part the mask is let go: autograd holds what backward
+    needs, so no activation-sized mask outlives its step (or sits in memory through a preview round)."""
 
     def __init__(self, p: float, parts: int):
         super().__init__()
@@ -54,13 +55,14 @@ class SharedDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        fresh = (self._mask is None or self._uses % self.parts == 0 or self._mask.shape != x.shape
-                 or self._mask.device != x.device)
-        if fresh:
+        if self._mask is None or self._mask.shape != x.shape or self._mask.device != x.device:
             keep = torch.empty_like(x).bernoulli_(1 - self.p)
             self._mask, self._uses = keep / (1 - self.p), 0
+        mask = self._mask
         self._uses += 1
-        return x * self._mask.to(x.dtype)
+        if self._uses == self.parts:
+            self._mask = None
+        return x * mask.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shared by {self.parts} parts"
