@@ -134,13 +134,9 @@ def _config_base(main_path: Path, main_text: str) -> Path:
     return config_base(main_path, data)
 
 
-def issues_markdown(pair: ProfileTexts) -> str:
-    """Validate the pair as it will be saved: both files side by side, every path checked."""
-    return review(pair)[0]
-
-
 def review(pair: ProfileTexts) -> tuple[str, list[str]]:
-    """(the issue list as Markdown, the errors that must be fixed before the run may start)."""
+    """Validate the pair as it will be saved (both files side by side, every path checked): the issue list as
+    Markdown, and the errors that must be fixed before the run may start."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / pair.dataset_name).write_text(pair.dataset_text, encoding="utf-8")
         base = _config_base(Path(folder) / pair.main_name, pair.main_text)  # the rule train and Start use
