@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import psutil
 
@@ -34,10 +33,10 @@ from trainers.files import atomic_write_json
 from trainers.paths import REPO_ROOT, default_runs_root, studio_home, user_path
 from trainers.run_death import claim, explain_death, leg_closed
 from trainers.run_queue import RunQueue
+from trainers.run_status import RunStatus, create_time, derive_status, pid_alive, waits_in_queue
 from trainers.safe_paths import PathRefused, check_name, check_root, is_within, resolve_under, within_any
 
 RUN_FILE = "run.json"
-RunStatus = Literal["queued", "cancelled", "starting", "running", "completed", "stopped", "failed", "interrupted"]
 PUMP_EVERY_S = 1.0
 ADOPT_EVERY_S = 30.0  # how often an output folder is scanned for runs started outside the studio
 EXTERNAL_LIVE_S = 600.0  # an adopted run whose files changed this recently counts as still training
@@ -116,43 +115,6 @@ def _new_run_dir(output_dir: Path, other_roots: list[Path]) -> Path:
 
 
 write_json_atomic = atomic_write_json  # the name the backends import
-
-
-def _waits_in_queue(meta: dict) -> bool:
-    return bool(meta.get("queued") and not meta.get("cancelled") and not meta.get("pid"))
-
-
-def _pid_alive(pid: int | None, create_time: float | None) -> bool:
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # A recycled pid belongs to another process: its start time differs.
-        return create_time is None or abs(proc.create_time() - create_time) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def derive_status(events: list[Event], alive: bool, meta: dict | None = None) -> RunStatus:
-    """Status from the events a run wrote, whether its process still lives, and its queue flags."""
-    meta = meta or {}
-    if meta.get("cancelled"):
-        return "cancelled"
-    if meta.get("queued") and not meta.get("pid"):
-        return "queued"
-    for ev in reversed(events):
-        if ev.kind == "resumed":
-            break  # an earlier leg's end does not describe the resumed run
-        if ev.kind == "finished":
-            return "stopped" if ev.reason == "stopped" else "completed"
-        if ev.kind == "failed":
-            return "failed"
-    if alive:
-        tail = events[max((i for i, ev in enumerate(events) if ev.kind == "resumed"), default=0):]
-        return "running" if any(ev.kind == "step" for ev in tail) else "starting"
-    return "interrupted"
 
 
 class RunManager:
@@ -363,7 +325,7 @@ class RunManager:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return meta if _waits_in_queue(meta) else None
+        return meta if waits_in_queue(meta) else None
 
     def resume_queue(self) -> None:
         """Make sure queued runs get started (after a server restart too): one background pump thread."""
@@ -443,7 +405,7 @@ class RunManager:
             raise RunError(f"could not launch the trainer: {exc}") from exc
         finally:
             log.close()
-        meta.update(pid=proc.pid, pid_create_time=_create_time(proc.pid))
+        meta.update(pid=proc.pid, pid_create_time=create_time(proc.pid))
         write_json_atomic(run_dir / RUN_FILE, meta)
         with self._lock:
             self._children[run_dir.name] = proc
@@ -493,7 +455,7 @@ class RunManager:
 
     def _info(self, run_dir: Path) -> RunInfo:
         meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        alive = _pid_alive(meta.get("pid"), meta.get("pid_create_time")) or (
+        alive = pid_alive(meta.get("pid"), meta.get("pid_create_time")) or (
             bool(meta.get("external")) and time.time() - float(meta.get("synced_mtime", 0)) < EXTERNAL_LIVE_S)
         status = derive_status(load_all(run_dir), alive, meta)
         if status == "interrupted" and meta.get("pid"):
@@ -564,9 +526,9 @@ class RunManager:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        if _waits_in_queue(meta):
+        if waits_in_queue(meta):
             return True
-        if _pid_alive(meta.get("pid"), meta.get("pid_create_time")):
+        if pid_alive(meta.get("pid"), meta.get("pid_create_time")):
             return True
         self._explain_if_dead(run_dir, meta)  # its watchers read the explanation before their stream ends
         return False
@@ -602,10 +564,3 @@ def _checked_root(path: Path, what: str = "output folder") -> Path:
         return check_root(path, what)
     except PathRefused as exc:
         raise RunError(str(exc)) from None
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import write_pair
 from trainers.events import EventWriter, FinishedEvent, PhaseEvent, StepEvent
-from trainers.runs import RunError, RunManager, derive_status
+from trainers.run_status import derive_status
+from trainers.runs import RunError, RunManager
 
 
 @pytest.fixture
