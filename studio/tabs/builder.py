@@ -8,6 +8,7 @@ lines under the editor. Exact file texts live in a per-session ``gr.State`` (Gra
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,12 @@ def _widget(field: bf.FormField, props: dict) -> Any:
 
 # handlers ------------------------------------------------------------------------------------------------
 def refresh(texts: dict, pair: dict, dir_index: int | None, *, editors: bool, message: Any = None,
-            skip_paths: bool = True, values: bool = True) -> tuple:
+            skip_paths: bool = True, values: bool = True, shown: tuple[str, dict] | None = None) -> tuple:
     """Every output of a full refresh: states, editors (when asked), type, directory picker, issues, fields.
 
     ``values`` False leaves what the fields hold alone (type change, validate): nothing the user is typing is
-    overwritten, and fields hidden before already hold the document's values.
+    overwritten, and fields hidden before already hold the document's values. ``shown`` (the model type and
+    field errors the page shows now) lets such a refresh send only the fields whose look changes.
     """
     dir_index = int(dir_index or 0)
     issues = check(texts, pair, skip_paths=skip_paths)
@@ -221,9 +223,20 @@ def refresh(texts: dict, pair: dict, dir_index: int | None, *, editors: bool, me
     current = bf.form_values(main_doc, dataset_doc, model_type, dir_index)
     errors = bv.field_errors(issues, _pair(pair), dir_index, model_type)
     props = [bv.field_props(f, model_type, current[f.id], errors.get(f.id)) for f in bf.form_pool()]
-    updates = [gr.update(**(p if values else {k: v for k, v in p.items() if k != "value"})) for p in props]
+    if values:
+        updates = [gr.update(**p) for p in props]
+    else:
+        looks = [{k: v for k, v in p.items() if k != "value"} for p in props]
+        before = _looks(*shown) if shown else [None] * len(looks)
+        updates = [gr.skip() if look == old else gr.update(**look) for look, old in zip(looks, before, strict=True)]
     dir_update = gr.update(choices=bf.directory_choices(dataset_doc), value=dir_index)
     return (*head, model_type, dir_update, issues_md, message, errors, *updates)
+
+
+def _looks(model_type: str, errors: dict) -> list[dict]:
+    """What each field shows, apart from its value, for ``model_type`` with ``errors``."""
+    looks = (bv.field_props(f, model_type, None, errors.get(f.id)) for f in bf.form_pool())
+    return [{k: v for k, v in p.items() if k != "value"} for p in looks]
 
 
 def on_form_edit(texts: dict, pair: dict, shown: dict, dir_index: int | None, *values: Any) -> tuple:
@@ -267,7 +280,7 @@ def on_editor(main_text: str, dataset_text: str, texts: dict, pair: dict, dir_in
     return refresh(new, pair, dir_index, editors=False)
 
 
-def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None) -> tuple:
+def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None, shown: dict | None = None) -> tuple:
     """Picking a model type writes ``[model].type`` and shows the keys that type reads."""
     try:
         main_doc = loads(texts["main"], pair["main_name"])
@@ -275,6 +288,7 @@ def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None) -> 
         return refresh(texts, pair, dir_index, editors=False, message=f"⚠ Fix the TOML first: {exc.format()}")
     if bf.model_type_of(main_doc) == model_type:  # Gradio's dropdown reports one pick twice
         return tuple(gr.skip() for _ in range(REFRESH_HEAD + len(bf.form_pool())))
+    before = (bf.model_type_of(main_doc), shown) if shown is not None else None
     set_value(main_doc, "model.type", model_type)
     message = f"Model type set to {model_type}: the form shows the keys it reads."
     # The backend follows the type (auto: native where the native trainer supports it); a backend the user
@@ -283,12 +297,20 @@ def on_type(model_type: str, texts: dict, pair: dict, dir_index: int | None) -> 
     trainer = "the native trainer" if runs_natively(main_doc) else "your diffusion-pipe checkout"
     message += f" It trains with {trainer}" + (f" ([studio] backend = '{chosen}', set by hand)." if chosen
                                                else " (backend auto).")
-    return refresh({**texts, "main": dumps(main_doc)}, pair, dir_index, editors=True, values=False, message=message)
+    return refresh({**texts, "main": dumps(main_doc)}, pair, dir_index, editors=True, values=False, message=message,
+                   shown=before)
 
 
-def on_validate(texts: dict, pair: dict, dir_index: int | None, skip_paths: bool) -> tuple:
+def on_validate(texts: dict, pair: dict, dir_index: int | None, skip_paths: bool, shown: dict | None = None,
+                ) -> tuple:
+    """Re-check with or without path checks; the message carries the time, so a second click visibly answers."""
+    try:
+        before = (bf.model_type_of(loads(texts["main"], pair["main_name"])), shown) if shown is not None else None
+    except ConfigParseError:
+        before = None
+    message = f"Checked {'without' if skip_paths else 'with'} path checks at {time.strftime('%H:%M:%S')}."
     return refresh(texts, pair, dir_index, editors=False, skip_paths=bool(skip_paths), values=False,
-                   message="Checked " + ("without" if skip_paths else "with") + " path checks.")
+                   message=message, shown=before)
 
 
 def on_load_profile(name: str | None, texts: dict, pair: dict) -> tuple:
@@ -376,6 +398,9 @@ def load_outputs(h: BuilderHandles) -> list:
 def wire(h: BuilderHandles, services: Services) -> None:
     widgets = list(h.fields.values())
     full = load_outputs(h)
+    # A refresh has ~180 outputs: Gradio's pending animation on each of them costs the browser more than the
+    # handler costs the server, so a click's progress shows on the issues list alone.
+    refresh_io = {"outputs": full, "show_progress_on": [h.issues], **EDIT}
     # Gradio's Textbox dispatches ``input`` from its keypress handler only, so Backspace and Delete never reach
     # the server: text boxes report ``change`` instead (a refill from the editor echoes back as a no-op, see
     # ``on_form``), and leaving a field (blur, Enter) commits it, an empty one removing its key.
@@ -388,13 +413,13 @@ def wire(h: BuilderHandles, services: Services) -> None:
     gr.on([h.main_code.input, h.dataset_code.input], on_editor,
           inputs=[h.main_code, h.dataset_code, h.texts, h.pair, h.dir_index], outputs=full,
           trigger_mode="always_last", show_progress="hidden", **EDIT)
-    h.model_type.input(on_type, inputs=[h.model_type, h.texts, h.pair, h.dir_index], outputs=full, **EDIT)
+    h.model_type.input(on_type, inputs=[h.model_type, h.texts, h.pair, h.dir_index, h.shown], **refresh_io)
     h.dir_index.input(lambda i, t, p: refresh(t, p, i, editors=False), inputs=[h.dir_index, h.texts, h.pair],
-                      outputs=full, **EDIT)
-    h.validate.click(on_validate, inputs=[h.texts, h.pair, h.dir_index, h.skip_paths], outputs=full, **EDIT)
-    h.load.click(on_load_profile, inputs=[h.picker, h.texts, h.pair], outputs=full, **EDIT).then(
+                      **refresh_io)
+    h.validate.click(on_validate, inputs=[h.texts, h.pair, h.dir_index, h.skip_paths, h.shown], **refresh_io)
+    h.load.click(on_load_profile, inputs=[h.picker, h.texts, h.pair], **refresh_io).then(
         lambda p: p["profile"] or gr.skip(), inputs=h.pair, outputs=h.save_name, api_visibility="private")
-    h.open_file.click(on_open_file, inputs=[h.path, h.texts, h.pair], outputs=full, **EDIT)
+    h.open_file.click(on_open_file, inputs=[h.path, h.texts, h.pair], **refresh_io)
     h.save.click(on_save, inputs=[h.save_name, h.texts, h.pair, h.dir_index], outputs=[h.picker, *full], **EDIT)
     gr.api(validate_endpoint(services), api_name="validate_config")
 
