@@ -25,7 +25,9 @@ from trainers.runs import RunError, RunInfo
 
 POLL_S = 0.2  # how often a stream looks at its session's view request (controls act within this)
 RESOURCES_EVERY_S = 2.0
-MIN_FRAME_S = 0.5
+MIN_FRAME_S = 1.0  # new events redraw the text outputs at most this often
+HEAVY_EVERY_S = 5.0  # and the charts and the sample gallery at most this often (each redraw of a plotly chart
+# costs the browser's main thread about a tenth of a second; a changed view option redraws them at once)
 MAX_SESSIONS = 1000
 
 
@@ -216,7 +218,7 @@ def _stream_run(services: Services, views: MonitorViews, session: str, run_id: s
                 still_wanted) -> Iterator[tuple]:
     """Frames of one run until the session asks for another run (or the stream is no longer wanted)."""
     state, sent = view.MonitorState(), {}  # sent: what this stream has sent, unchanged outputs are skipped
-    res_text, res_at, drawn_at, dirty, shown = "", 0.0, 0.0, False, -1
+    res_text, res_at, drawn_at, heavy_at, dirty, shown = "", 0.0, 0.0, 0.0, False, -1
     redrawn = views.get(session).redraw
     for batch in _batches(services, run_id, state):
         request = views.get(session)
@@ -233,9 +235,15 @@ def _stream_run(services: Services, views: MonitorViews, session: str, run_id: s
             res_text, res_at, dirty = view.resources_markdown(snapshot(services.manager.run_dir(run_id))), now, True
         # A changed view option redraws at once; new events are throttled, so that a fast trainer does not
         # flood a slow browser with redraws.
-        if request.version != shown or (dirty and now - drawn_at >= MIN_FRAME_S):
-            shown, drawn_at, dirty = request.version, now, False
-            yield _frame(state, run_id, request.options, res_text, sent, services.manager.roots)
+        asked = request.version != shown
+        if asked or (dirty and now - drawn_at >= MIN_FRAME_S):
+            heavy = asked or now - heavy_at >= HEAVY_EVERY_S or not state.steps
+            # Without the heavy outputs this frame stays dirty: the charts and gallery still owe its news.
+            shown, drawn_at, dirty = request.version, now, not heavy
+            heavy_at = now if heavy else heavy_at
+            frame = _frame(state, run_id, request.options, res_text, sent, services.manager.roots, heavy=heavy)
+            if any(out != gr.skip() for out in frame):
+                yield frame
 
 
 def _batches(services: Services, run_id: str | None, state: view.MonitorState) -> Iterator[list]:
@@ -252,17 +260,17 @@ def _batches(services: Services, run_id: str | None, state: view.MonitorState) -
 
 
 def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_text: str,
-           sent: dict | None = None, roots: list | tuple = ()) -> tuple:
+           sent: dict | None = None, roots: list | tuple = (), heavy: bool = True) -> tuple:
     """The monitor's outputs for ``state``. With ``sent`` (what this stream last sent, kept by the caller),
-    an output whose content has not changed since is ``gr.skip()``: the gallery (every image path goes
-    through Gradio's file cache each time it is sent), the slider's range and hidden charts are rebuilt
-    only when they change, and the charts only when there are new points."""
+    an output whose content has not changed since is ``gr.skip()``: the browser redraws nothing it already
+    shows (the gallery's image paths also go through Gradio's file cache each time it is sent). Without
+    ``heavy`` the charts, gallery and slider wait for a later frame."""
     smoothing, log_y, level, query, scrub = options
 
-    def changed(key: str, signature) -> bool:
+    def changed(key: str, signature, costly: bool = False) -> bool:
         if sent is None:
             return True
-        if sent.get(key, _UNSENT) == signature:
+        if sent.get(key, _UNSENT) == signature or (costly and not heavy):
             return False
         sent[key] = signature
         return True
@@ -273,20 +281,22 @@ def _frame(state: view.MonitorState, run_id: str | None, options: tuple, res_tex
     label = view.gallery_label(state, scrub)
     maximum = view.scrub_maximum(state)
     skip = gr.skip()
-    return (view.status_markdown(state, run_id), view.progress_html(state),
-            view.loss_figure(state, smoothing, log_y) if changed("loss", (points, smoothing, log_y)) else skip,
-            view.lr_figure(state) if changed("lr", points) else skip,
+    status, progress = view.status_markdown(state, run_id), view.progress_html(state)
+    log = view.log_text(state, level=level, query=query or "")
+    return (status if changed("status", status) else skip, progress if changed("progress", progress) else skip,
+            view.loss_figure(state, smoothing, log_y) if changed("loss", (points, smoothing, log_y), True) else skip,
+            view.lr_figure(state) if changed("lr", points, True) else skip,
             # Hidden charts cost nothing: a figure is only built when there is something to draw.
             (gr.Plot(view.eval_figure(state), visible=True) if evals else gr.Plot(visible=False))
-            if changed("eval", evals) else skip,
+            if changed("eval", evals, True) else skip,
             (gr.Plot(view.grad_norm_figure(state), visible=True) if state.grad_norms else gr.Plot(visible=False))
-            if changed("grad", len(state.grad_norms)) else skip,
+            if changed("grad", len(state.grad_norms), True) else skip,
             # Only the shown previews are served (studio/served.py), never their run folder.
-            gr.Gallery(served.publish_items(items, roots), label=label) if changed("gallery", (items, label))
+            gr.Gallery(served.publish_items(items, roots), label=label) if changed("gallery", (items, label), True)
             else skip,
             # Only the range: the value stays the user's.
-            gr.Slider(maximum=maximum) if changed("scrub", maximum) else skip,
-            view.log_text(state, level=level, query=query or ""), res_text)
+            gr.Slider(maximum=maximum) if changed("scrub", maximum, True) else skip,
+            log if changed("log", log) else skip, res_text if changed("resources", res_text) else skip)
 
 
 _UNSENT = object()

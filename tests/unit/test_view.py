@@ -230,7 +230,8 @@ def test_status_shows_samples_per_second_and_epoch():
 
 def test_a_stream_skips_outputs_that_did_not_change():
     # Every frame used to resend the whole gallery (each image through Gradio's file cache) and the slider's
-    # range; a stream now sends them only when they change, and the charts only when there are new points.
+    # range; a stream now sends each output only when it changes, and the charts only when there are new points
+    # (studio/tabs/monitor.py's frames).
     from studio.tabs.monitor import _frame
 
     skip = {"__type__": "update"}
@@ -242,10 +243,13 @@ def test_a_stream_skips_outputs_that_did_not_change():
     first = _frame(state, "r", options, "", sent)
     assert all(out != skip for out in first)
     again = _frame(state, "r", options, "", sent)
-    assert again[2:8] == (skip,) * 6 and again[0] == first[0] and again[8] == first[8]
+    assert again == (skip,) * len(first)  # nothing changed: the browser redraws nothing
     view.fold([StepEvent(step=3, epoch=1, loss=0.3, lr=1e-4, total_steps=10)], Path("/r"), state)
+    # A frame without the heavy outputs: the status moves, the charts wait (and are not forgotten).
+    light = _frame(state, "r", options, "", sent, heavy=False)
+    assert light[0] != skip and light[2:8] == (skip,) * 6
     stepped = _frame(state, "r", options, "", sent)
-    assert stepped[2] != skip and stepped[3] != skip and stepped[6:8] == (skip, skip)
+    assert stepped[0] == skip and stepped[2] != skip and stepped[3] != skip and stepped[6:8] == (skip, skip)
     options = (0.5, False, "info", "", 0)
     assert _frame(state, "r", options, "", sent)[2] != skip  # new smoothing: redrawn
     view.fold([SampleEvent(step=3, epoch=1, path="samples/3.png", prompt="p", seed=1)], Path("/r"), state)
@@ -266,3 +270,40 @@ def test_a_resumed_leg_is_not_described_by_the_previous_legs_end():
     line = view.status_markdown(state, "r")
     assert "**training**" in line and "stopped" not in line and "step 3/9" in line and "ETA 1:00" in line
     assert 'data-phase="training"' in view.progress_html(state)
+
+
+def test_a_stream_draws_the_last_points_after_the_events_stop(monkeypatch, tmp_path):
+    """Charts wait for the next heavy frame; when the run falls silent right after a light frame, the stream
+    still sends them (a frame without the heavy outputs stays dirty)."""
+    import time as clock
+    from types import SimpleNamespace
+
+    from studio.tabs import monitor
+
+    monkeypatch.setattr(monitor, "POLL_S", 0.01)
+    monkeypatch.setattr(monitor, "MIN_FRAME_S", 0.02)
+    monkeypatch.setattr(monitor, "HEAVY_EVERY_S", 0.3)
+    monkeypatch.setattr(monitor, "RESOURCES_EVERY_S", 60)
+    monkeypatch.setattr(monitor, "snapshot", lambda run_dir: None)
+    monkeypatch.setattr(monitor.view, "resources_markdown", lambda snap: "")
+
+    def batches(run_id, heartbeat_s):
+        for s in range(1, 6):
+            yield [StepEvent(step=s, epoch=1, loss=1 / s, lr=1e-4, total_steps=10)]
+            clock.sleep(0.03)
+        while True:  # silence: heartbeats only
+            yield []
+            clock.sleep(heartbeat_s)
+
+    manager = SimpleNamespace(event_batches=batches, run_dir=lambda run_id: tmp_path, roots=[tmp_path])
+    views = monitor.MonitorViews()
+    views.update("s", run_id="r")
+    deadline = clock.monotonic() + 3
+    last_x = 0.0
+    for frame in monitor.stream(SimpleNamespace(manager=manager), views, "s",
+                                still_wanted=lambda: clock.monotonic() < deadline):
+        if frame[2] != {"__type__": "update"}:
+            last_x = max(frame[2].data[0].x)
+        if last_x == 5:
+            break
+    assert last_x == 5
