@@ -16,19 +16,27 @@ from PIL import Image
 
 @dataclass
 class TextBatch:
-    """Cached text-encoder output for a batch of captions."""
+    """Cached text-encoder output for a batch of captions; ``pooled`` is the pooled embedding of families that
+    condition on one as well (Flux's CLIP), None for the others."""
 
     embeds: torch.Tensor
     mask: torch.Tensor
+    pooled: torch.Tensor | None = None
 
     def index(self, rows: list[int] | torch.Tensor) -> TextBatch:
         """The rows ``rows`` of this batch."""
-        return TextBatch(self.embeds[rows], self.mask[rows])
+        return TextBatch(self.embeds[rows], self.mask[rows], None if self.pooled is None else self.pooled[rows])
+
+    def to(self, device: torch.device) -> TextBatch:
+        """This batch on ``device``."""
+        pooled = None if self.pooled is None else self.pooled.to(device)
+        return TextBatch(self.embeds.to(device), self.mask.to(device), pooled)
 
     @staticmethod
     def cat(parts: list[TextBatch]) -> TextBatch:
         """Concatenate batches along the batch dimension."""
-        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]), pooled)
 
 
 @dataclass(frozen=True)
