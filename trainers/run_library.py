@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trainers.checkpoints import ADAPTER_FILE, saves_root
+from trainers.checkpoints import saved_lora_file, saves_root
 from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
@@ -124,7 +124,7 @@ def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraChe
     unmatched keys, shape mismatches, coverage of the block Linears (:mod:`trainers.lora_check`)."""
     if file is None:
         _check_saved_folder(info, folder)
-        file = info.run_dir / folder / ADAPTER_FILE
+        file = saved_lora_file(info.run_dir / folder)
     try:
         return check_lora(file, base_model_path(info))
     except (LoraCheckError, ValueError) as exc:

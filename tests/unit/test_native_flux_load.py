@@ -57,12 +57,13 @@ def test_a_file_of_another_model_is_refused_by_name(tiny, tmp_path):
         FluxFamily.load(ft.model_table(tiny[0], other), CPU)
 
 
-def test_guidance_is_required(tiny):
-    # models/flux.py line 373 reads model_config['guidance'] on every step (a KeyError there)
+def test_guidance_defaults_to_one(tiny, family):
+    # train.py line 113: model_config.setdefault('guidance', 1.0); models/flux.py line 373 reads it every step
     table = ft.model_table(tiny[0])
     del table["guidance"]
-    with pytest.raises(KeyError, match="guidance is required"):
-        FluxFamily.load(table, CPU)
+    assert FluxFamily.load(table, CPU).guidance == 1.0 and family.guidance == 3.5
+    with pytest.raises(ValueError, match=r"\[model\] guidance = 'high' must be a number"):
+        FluxFamily.load({**table, "guidance": "high"}, CPU)
 
 
 def test_float8_storage_follows_diffusion_pipe(tiny):

@@ -5,8 +5,9 @@ Config keys (diffusion-pipe's ``[model]`` for ``type = 'flux'``): ``diffusers_pa
 (T5), ``scheduler/`` and, unless ``transformer_path`` is set, ``transformer/``); ``transformer_path`` is one
 ``.safetensors`` transformer in the original (BFL) layout, with or without ComfyUI's ``model.diffusion_model.`` or
 ``diffusion_model.`` prefix (its config is read off the tensor shapes; a diffusers transformer folder works too);
-``dtype`` (compute), ``transformer_dtype`` (storage of the big weights, float8 included), ``guidance`` (required:
-diffusion-pipe reads it every step), ``bypass_guidance_embedding``, and the shared flow keys (``flux_shift`` ...).
+``dtype`` (compute), ``transformer_dtype`` (storage of the big weights, float8 included), ``guidance`` (the
+guidance value dev models are trained at, 1.0 when absent, as in diffusion-pipe), ``bypass_guidance_embedding``
+and the shared flow keys (``flux_shift`` ...).
 
 The LoRA is peft's on every Linear inside the double and single blocks (alpha = rank), saved as diffusers'
 ``FluxPipeline.save_lora_weights`` writes it: ``pytorch_lora_weights.safetensors`` with ``transformer.`` keys and
@@ -47,6 +48,7 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 KEY_PREFIX = "transformer."
 MAX_T5_TOKENS = 512  # FluxPipeline._get_t5_prompt_embeds' default, which diffusion-pipe uses
 PREVIEW_BATCH = 4  # previews rendered per pipeline call
+DEFAULT_GUIDANCE = 1.0  # diffusion-pipe train.py: model_config.setdefault('guidance', 1.0)
 # diffusion-pipe keeps these in ``dtype`` when ``transformer_dtype`` is lower (models/flux.py KEEP_IN_HIGH_PRECISION,
 # plus names starting with proj_out / norm_out and every 1-D parameter).
 KEEP_IN_HIGH_PRECISION = ("time_text_embed", "context_embedder", "x_embedder")
@@ -162,10 +164,9 @@ class FluxFamily:
     def load(cls, model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> FluxFamily:
         """Load every component named by a ``[model]`` table, frozen, offline, with diffusion-pipe's dtype rules:
         everything in ``dtype``; ``fuse_adapters`` merged; then the big transformer weights to ``transformer_dtype``."""
-        for key in ("diffusers_path", "dtype", "guidance"):
+        for key in ("diffusers_path", "dtype"):
             if key not in model:
-                why = " (diffusion-pipe reads it every step; 1.0 for schnell)" if key == "guidance" else ""
-                raise KeyError(f"[model] {key} is required for type = 'flux'{why}")
+                raise KeyError(f"[model] {key} is required for type = 'flux'")
         dtype = dtype_of(model["dtype"], "[model] dtype")
         storage = dtype_of(model.get("transformer_dtype", model["dtype"]), "[model] transformer_dtype", storage=True)
         root = resolve_path(model["diffusers_path"], "[model] diffusers_path")
@@ -177,7 +178,10 @@ class FluxFamily:
         if model.get("bypass_guidance_embedding", False) and bypass_guidance_embedding(transformer):
             log.info("Bypassing Flux guidance")
         pipe = load_pipeline(root, transformer, dtype)
-        family = cls(pipe, device, dtype, model["guidance"], {part: root / part for part in ENCODER_PARTS})
+        guidance = model.get("guidance", DEFAULT_GUIDANCE)
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+            raise ValueError(f"[model] guidance = {guidance!r} must be a number (e.g. 1.0)")
+        family = cls(pipe, device, dtype, guidance, {part: root / part for part in ENCODER_PARTS})
         if fuse_adapters:
             family.fuse_adapters(fuse_adapters)
         if storage != dtype:
