@@ -143,10 +143,13 @@ _TOP = {
 _MODEL = {
     **_honoured("dtype", "diffusers_path", "transformer_path", "transformer_dtype", "timestep_sample_method",
                 "sigmoid_scale", "shift", "flux_shift"),
-    "guidance": KeySupport("honoured", "flux"),
-    "bypass_guidance_embedding": KeySupport("honoured", "flux"),
+    "guidance": KeySupport("honoured", "flux only"),
+    "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
+
+# [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
+MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux"}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -324,7 +327,9 @@ def main_findings(main: Mapping[str, Any]) -> list[NativeFinding]:
     wrong = wrong_type_finding(main)
     if wrong is not None:
         return [wrong]
-    return section_findings(main, MAIN_SUPPORT, "main") + optimizer_warnings(main)
+    kind = model_type_of(main)
+    model = {key: entry for key, entry in _MODEL.items() if MODEL_KEYS_OF_TYPE.get(key, kind) == kind}
+    return section_findings(main, {**MAIN_SUPPORT, "model": model}, "main") + optimizer_warnings(main)
 
 
 def dataset_findings(dataset: Mapping[str, Any]) -> list[NativeFinding]:
