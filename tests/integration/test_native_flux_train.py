@@ -90,6 +90,8 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path, tiny, tmp
     peft_state = {k.removeprefix("transformer."): v for k, v in tensors.items()}
     FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=peft_state)
     assert (tmp_path / LORA_FILE).read_bytes() == (saved / LORA_FILE).read_bytes()
+    # the key check after the save (trainers/lora_check.py, Flux: lora_check_flux.py) against the loaded file
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
     assert [e.path for e in events if e.kind == "sample"], "no preview was rendered"
     assert all((trained / e.path).is_file() for e in events if e.kind == "sample")
 

@@ -118,9 +118,10 @@ class Trainer:
         config = settings.config
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
-        # As the family resolves it: relative to the working directory, the source config's folder.
-        self.base_model_path = resolve_config_path(Path.cwd(), model["transformer_path"]) \
-            if isinstance(model.get("transformer_path"), str) else None
+        # As the family resolves it: relative to the working directory, the source config's folder. Without
+        # transformer_path (Flux) the transformer is the diffusers folder's.
+        base = model.get("transformer_path") or model.get("diffusers_path")
+        self.base_model_path = resolve_config_path(Path.cwd(), base) if isinstance(base, str) else None
         self.loss_cfg = LossConfig.from_config(config)
         self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
         self.nonfinite = str(config.get("studio", {}).get("nonfinite_loss", "stop"))
