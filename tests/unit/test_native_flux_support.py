@@ -62,3 +62,22 @@ def test_kontext_control_path_is_refused_natively_with_the_backend_switch():
     doc = tomlkit.parse(FLUX_MAIN)
     doc["studio"] = {"backend": "diffusion-pipe"}
     assert [i for i in validate_texts(tomlkit.dumps(doc), dataset, skip_path_checks=True) if i.is_error] == []
+
+
+def test_vram_counts_flux_as_the_real_model_is():
+    # FLUX.1-dev's transformer (diffusers' defaults) on the meta device: no weights, exact parameter counts
+    import accelerate
+    import peft
+    from diffusers import FluxTransformer2DModel
+
+    from trainers.native.families.flux import lora_targets
+    from trainers.vram import MODEL_PARAMS, VramSettings, estimate, lora_params
+
+    with accelerate.init_empty_weights():
+        model = FluxTransformer2DModel(guidance_embeds=True)
+        total = sum(p.numel() for p in model.parameters())
+        model.add_adapter(peft.LoraConfig(r=32, lora_alpha=32, target_modules=lora_targets(model)))
+    assert lora_params(32, "flux") == sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert abs(MODEL_PARAMS["flux"] - total) / total < 0.01
+    chroma, flux = (estimate(VramSettings(model=kind)).parts for kind in ("chroma", "flux"))
+    assert flux["base weights"] > chroma["base weights"] and flux["optimizer state"] > chroma["optimizer state"]
