@@ -109,3 +109,10 @@ def test_predict_passes_the_configured_guidance(family):
         at_one = family.predict(x, t, text)
         family.guidance = 3.5
     assert not torch.allclose(at_default, at_one)
+
+
+def test_a_transformer_with_extra_input_channels_is_refused(tiny, tmp_path):
+    # models/flux.py line 207: Flex.2 (196 inputs) gets its latents padded; the native family trains plain Flux only
+    file = ft.write_original_file(ft.tiny_transformer(in_channels=80), tmp_path / "flex.safetensors")
+    with pytest.raises(ValueError, match="takes 80 input channels.*backend = 'diffusion-pipe'"):
+        FluxFamily.load(ft.model_table(tiny[0], file), CPU)

@@ -178,6 +178,11 @@ class FluxFamily:
         if model.get("bypass_guidance_embedding", False) and bypass_guidance_embedding(transformer):
             log.info("Bypassing Flux guidance")
         pipe = load_pipeline(root, transformer, dtype)
+        packed = 4 * pipe.vae.config.latent_channels
+        if transformer.config.in_channels != packed:  # diffusion-pipe pads Flex.2's 196 inputs (is_flex2)
+            raise ValueError(f"the Flux transformer takes {transformer.config.in_channels} input channels, not the "
+                             f"{packed} of the VAE's packed latents (Flex.2 and other inpainting variants): set "
+                             "[studio] backend = 'diffusion-pipe' for it")
         guidance = model.get("guidance", DEFAULT_GUIDANCE)
         if isinstance(guidance, bool) or not isinstance(guidance, int | float):
             raise ValueError(f"[model] guidance = {guidance!r} must be a number (e.g. 1.0)")
