@@ -299,11 +299,13 @@ def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
 
 def add_check_lora(sub) -> None:
     """Register ``dp-studio check-lora FILE [--model PATH]`` (exit 0: fits, 1: problems, 2: cannot check)."""
-    p = sub.add_parser("check-lora", help="check a Chroma LoRA's keys and shapes against the base model "
+    p = sub.add_parser("check-lora", help="check a Chroma or Flux LoRA's keys and shapes against the base model "
                                           "(safetensors headers only)")
-    p.add_argument("file", type=Path, help="the LoRA .safetensors (adapter_model.safetensors or an export)")
+    p.add_argument("file", type=Path, help="the LoRA .safetensors (adapter_model.safetensors, Flux's "
+                   "pytorch_lora_weights.safetensors, or an export)")
     p.add_argument("--model", type=Path, default=None,
-                   help="the Chroma transformer file or diffusers folder (default: the released model's shapes)")
+                   help="the Chroma or Flux transformer file or diffusers folder (default: the released model's "
+                        "shapes)")
     p.set_defaults(handler=_check_lora_command)
 
 
