@@ -26,6 +26,9 @@ STATE_META = "state.json"
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
 ADAPTER_FILE = "adapter_model.safetensors"
+# The LoRA file of a saved folder, as diffusion-pipe names it: its ComfyUI layout (Chroma, Wan, ...), then diffusers'
+# save_lora_weights (Flux, SD3, AuraFlow: trainers/config/registry.py lora_file).
+LORA_FILES = (ADAPTER_FILE, "pytorch_lora_weights.safetensors")
 _STATE_NAME = re.compile(rf"^{STATE_PREFIX}(\d+)$")
 
 
@@ -52,6 +55,15 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def saved_lora_file(folder: Path) -> Path:
+    """The LoRA file of a saved ``epochN``/``stepN`` folder: the first of :data:`LORA_FILES` it holds
+    (``adapter_model.safetensors`` when it holds none, so messages name the usual file)."""
+    for name in LORA_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return folder / ADAPTER_FILE
 
 
 def state_points(folder: Path) -> list[ResumePoint]:
@@ -89,7 +101,7 @@ def lora_points(run_dir: Path, meta: dict) -> list[ResumePoint]:
 
     events, points = None, []
     for folder in saved_folders(run_dir, meta):
-        adapter = run_dir / folder / ADAPTER_FILE
+        adapter = saved_lora_file(run_dir / folder)
         if not adapter.is_file():
             continue
         events = load_all(run_dir) if events is None else events

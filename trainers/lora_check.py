@@ -1,4 +1,5 @@
-"""Check that a Chroma LoRA file fits its base model, from safetensors headers alone (no torch, no weights).
+"""Check that a Chroma (or Flux: trainers/lora_check_flux.py) LoRA file fits its base model, from safetensors
+headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
 with the right shapes, and does it cover what it should? :func:`check_lora` reads the LoRA's header in any of
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
+from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -165,7 +167,8 @@ class LoraCheck:
                 more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
                 lines.append(f"{title}:\n{shown}{more}")
         if not self.exact:
-            lines.append("ℹ The base model was not found, so the released Chroma's block shapes were assumed: "
+            released = "Flux" if "Flux" in self.model else "Chroma"
+            lines.append(f"ℹ The base model was not found, so the released {released}'s block shapes were assumed: "
                          "pick the transformer file to check against it exactly.")
         if self.targets and self.covered < self.targets and self.ok:
             lines.append(f"ℹ {self.targets - self.covered} block Linears have no LoRA (diffusion-pipe trains "
@@ -235,6 +238,9 @@ def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     shapes = {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     if not shapes:
         raise LoraCheckError(f"{lora.name} holds no tensors: pick a LoRA file")
+    flux_model = is_flux_model(model)
+    if flux_model or (not (model and Path(model).exists()) and is_flux_lora(list(shapes))):
+        return check_flux_lora(lora, shapes, model if flux_model else None, LoraCheck, _split_key)
     layout = _layout(list(shapes))
     base = model_shapes(Path(model)) if model and Path(model).exists() else full_size_shapes()
     report = LoraCheck(lora, layout, base.source, base.exact, targets=len(base.block_linears))
@@ -283,7 +289,7 @@ def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
         report = check_lora(lora, model)
     except (LoraCheckError, ProbeError, OSError) as exc:
         return "warning", f"{name}: the LoRA's keys could not be checked: {exc}"
-    against = "" if report.exact else " (against the released Chroma's shapes: the base model was not found)"
+    against = "" if report.exact else f" (against {report.model})"
     message = f"{name} key check: {report.summary()}{against}"
     if report.ok:
         return "info", message
@@ -293,11 +299,13 @@ def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
 
 def add_check_lora(sub) -> None:
     """Register ``dp-studio check-lora FILE [--model PATH]`` (exit 0: fits, 1: problems, 2: cannot check)."""
-    p = sub.add_parser("check-lora", help="check a Chroma LoRA's keys and shapes against the base model "
+    p = sub.add_parser("check-lora", help="check a Chroma or Flux LoRA's keys and shapes against the base model "
                                           "(safetensors headers only)")
-    p.add_argument("file", type=Path, help="the LoRA .safetensors (adapter_model.safetensors or an export)")
+    p.add_argument("file", type=Path, help="the LoRA .safetensors (adapter_model.safetensors, Flux's "
+                   "pytorch_lora_weights.safetensors, or an export)")
     p.add_argument("--model", type=Path, default=None,
-                   help="the Chroma transformer file or diffusers folder (default: the released model's shapes)")
+                   help="the Chroma or Flux transformer file or diffusers folder (default: the released model's "
+                        "shapes)")
     p.set_defaults(handler=_check_lora_command)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trainers.checkpoints import ADAPTER_FILE, saves_root
+from trainers.checkpoints import saved_lora_file, saves_root
 from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
@@ -104,14 +104,16 @@ def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = No
 
 
 def base_model_path(info: RunInfo) -> Path | None:
-    """The run's transformer (``[model] transformer_path``) as its trainer resolved it: relative paths against
-    the folder of the main file the run was started from (its working directory), else the run folder."""
+    """The run's transformer (``[model] transformer_path``, else ``diffusers_path``) as its trainer resolved it:
+    relative paths against the folder of the main file the run was started from (its working directory), else the
+    run folder."""
     main = info.run_dir / str(info.meta.get("main_config", ""))
     try:
         config = tomllib.loads(main.read_text(encoding="utf-8")) if main.is_file() else {}
     except (OSError, tomllib.TOMLDecodeError):
         return None
-    value = (config.get("model") or {}).get("transformer_path")
+    model = config.get("model") or {}
+    value = model.get("transformer_path") or model.get("diffusers_path")  # Flux: the diffusers folder's transformer
     if not isinstance(value, str) or not value:
         return None
     source = info.meta.get("source_main")
@@ -124,7 +126,7 @@ def check_saved(info: RunInfo, folder: str, file: Path | None = None) -> LoraChe
     unmatched keys, shape mismatches, coverage of the block Linears (:mod:`trainers.lora_check`)."""
     if file is None:
         _check_saved_folder(info, folder)
-        file = info.run_dir / folder / ADAPTER_FILE
+        file = saved_lora_file(info.run_dir / folder)
     try:
         return check_lora(file, base_model_path(info))
     except (LoraCheckError, ValueError) as exc:

@@ -1,6 +1,7 @@
-"""A VRAM fit estimate for a Chroma LoRA run, from the settings alone (torch-free, before any download).
+"""A VRAM fit estimate for a Chroma or Flux LoRA run, from the settings alone (torch-free, before any download).
 
-The model is counted from Chroma's architecture (19 double + 38 single blocks, width 3072, MLP 12288);
+The model is counted from the architecture both share (19 double + 38 single blocks, width 3072, MLP 12288; Flux
+adds modulation Linears to every block);
 LoRA sizes from the Linear layers diffusion-pipe targets; activations per token and block from two
 constants (with and without activation checkpointing). It is an estimate: the constants are stated here
 and in docs/benchmarks.md, and real runs report their peak memory in the monitor.
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 GB = 2**30
 CHROMA_PARAMS = 8.9e9
+# Transformer parameters of each type the native trainer trains (FluxTransformer2DModel's defaults, FLUX.1-dev).
+MODEL_PARAMS = {"chroma": CHROMA_PARAMS, "flux": 11.9e9}
 DOUBLE_BLOCKS, SINGLE_BLOCKS, WIDTH, MLP = 19, 38, 3072, 12288
 BLOCK_SHARE = 0.985  # fraction of the parameters inside the blocks (what block swap can move to RAM)
 TEXT_TOKENS = 512  # Chroma's T5 sequence length
@@ -24,12 +27,15 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "float8_e
 CARDS_GB = (8, 12, 16, 24, 32, 48, 80)
 
 
-def lora_params(rank: int) -> int:
-    """Trainable parameters of a rank-``rank`` LoRA on every Linear of Chroma's blocks."""
+def lora_params(rank: int, model: str = "chroma") -> int:
+    """Trainable parameters of a rank-``rank`` LoRA on every Linear of Chroma's (or Flux's) blocks."""
     square = WIDTH + WIDTH
     wide = WIDTH + MLP
     double = 8 * square + 4 * wide  # q,k,v,out for image and text; two MLPs in, two out
     single = 3 * square + wide + (WIDTH + MLP + WIDTH)  # q,k,v; proj_mlp; proj_out (concat -> width)
+    if model == "flux":  # Flux's blocks also hold their modulation Linears (6 and 3 times the width out)
+        double += 2 * (WIDTH + 6 * WIDTH)
+        single += WIDTH + 3 * WIDTH
     return rank * (DOUBLE_BLOCKS * double + SINGLE_BLOCKS * single)
 
 
@@ -43,6 +49,7 @@ class VramSettings:
     optimizer: str = "adamw_optimi"
     activation_checkpointing: bool = False
     blocks_to_swap: int = 0
+    model: str = "chroma"  # [model] type: "chroma" or "flux" (same block layout, Flux's blocks are larger)
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,8 @@ def estimate(s: VramSettings) -> VramEstimate:
     """GB per part for the given settings."""
     blocks = DOUBLE_BLOCKS + SINGLE_BLOCKS
     resident = 1 - BLOCK_SHARE * min(s.blocks_to_swap, blocks - 2) / blocks
-    base = CHROMA_PARAMS * resident * DTYPE_BYTES.get(s.transformer_dtype, 2)
-    n_lora = lora_params(s.rank)
+    base = MODEL_PARAMS.get(s.model, CHROMA_PARAMS) * resident * DTYPE_BYTES.get(s.transformer_dtype, 2)
+    n_lora = lora_params(s.rank, s.model)
     adapter = DTYPE_BYTES.get(s.adapter_dtype, 2)
     tokens = (s.resolution // 16) ** 2 + TEXT_TOKENS
     per_block = ACT_BYTES_CHECKPOINTED if s.activation_checkpointing else ACT_BYTES_FULL

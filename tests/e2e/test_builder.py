@@ -45,9 +45,10 @@ def test_pick_type_fill_field_and_see_the_toml_change(page, builder_app):
     page.locator("#builder-type input").fill("flux")
     page.get_by_role("option", name="Flux (flux)", exact=True).click()
     editor_has(page, "type = 'flux'")
-    # The backend follows the type (auto): no [studio] backend is written, the message says which trainer runs it.
+    # The backend follows the type (auto): no [studio] backend is written, the message says which trainer runs it
+    # (Flux and Chroma: the native trainer).
     page.wait_for_function("(document.querySelector('#builder-message')?.innerText ?? '').includes("
-                           "'diffusion-pipe checkout (backend auto)')", timeout=15_000)
+                           "'native trainer (backend auto)')", timeout=15_000)
     assert "backend" not in page.locator(MAIN).inner_text()
     page.locator("#field-main-model-guidance").wait_for(state="visible")  # a key only flux reads
     epochs = field(page, "field-main-epochs")

@@ -38,13 +38,15 @@ def _models_in(annotation: Any, in_list: bool = False) -> list[tuple[type[BaseMo
 
 
 def schema_sections(model: type[BaseModel], prefix: str = "") -> dict[str, frozenset[str]]:
-    """Section -> keys, walked from the pydantic models ([model] is the Chroma table of the type union)."""
+    """Section -> keys, walked from the pydantic models ([model]: the native types' tables of the type union)."""
     sections = {prefix: frozenset(model.model_fields)}
     for name, field in model.model_fields.items():
         found = _models_in(field.annotation)
-        if len(found) > 1:  # the discriminated [model] union: the native trainer reads the Chroma table
-            found = [(sub, many) for sub, many in found if sub is MODEL_TABLES[ns.NATIVE_TYPE]]
-            assert len(found) == 1, name
+        if len(found) > 1:  # the discriminated [model] union: the native trainer reads its families' tables
+            native = [sub for sub, _ in found if any(sub is MODEL_TABLES[kind] for kind in ns.NATIVE_TYPES)]
+            assert len(native) == len(ns.NATIVE_TYPES), name
+            sections[f"{prefix}.{name}" if prefix else name] = frozenset().union(*(m.model_fields for m in native))
+            continue
         for sub, many in found:
             dotted = f"{prefix}.{name}" if prefix else name
             sections.update(schema_sections(sub, dotted + ("[]" if many else "")))
@@ -273,7 +275,7 @@ def test_another_model_type_is_one_refusal_for_the_whole_pair() -> None:
     main = tomllib.loads((GOLDEN / "valid" / "wan_14b_low_vram.toml").read_text())
     dataset = tomllib.loads((GOLDEN / "valid" / "dataset_reference.toml").read_text())
     (message,) = ns.native_rejections(main, dataset)
-    assert message.startswith("main config: model.type: the native trainer trains chroma only, not 'wan'")
+    assert message.startswith("main config: model.type: the native trainer trains chroma and flux only, not 'wan'")
     assert "backend = 'diffusion-pipe'" in message
 
 

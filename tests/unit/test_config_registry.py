@@ -11,6 +11,7 @@ import tomlkit
 
 from trainers.config import TYPE_NAMES, capabilities, form_fields, model_type, validate_texts
 from trainers.config.model_keys import MODEL_KEYS
+from trainers.config.native_support import NATIVE_TYPES
 
 ISSUE_TYPES = ("sdxl flux ltx-video hunyuan-video cosmos lumina_2 wan chroma hidream sd3 cosmos_predict2 anima "
                "omnigen2 qwen_image hunyuan_image auraflow z_image hunyuan_video_15 flux2 ernie_image ltx2 "
@@ -57,17 +58,17 @@ def test_minimal_config_of_each_type_validates(type_name: str) -> None:
 
 
 @pytest.mark.parametrize("type_name", ISSUE_TYPES)
-def test_native_backend_trains_chroma_only(type_name: str) -> None:
+def test_native_backend_trains_its_families_only(type_name: str) -> None:
     doc = tomlkit.parse(_minimal_main(type_name))
     doc["studio"] = {"backend": "native"}
     for text, backend in ((_minimal_main(type_name), "native"), (tomlkit.dumps(doc), None)):  # passed, and named
         issues = validate_texts(text, _dataset_for(type_name), skip_path_checks=True, backend=backend)
         errors = [i for i in issues if i.is_error]
-        if type_name == "chroma":
-            assert errors == []
+        if type_name in NATIVE_TYPES:
+            assert errors == [], [i.format() for i in errors]
         else:
             assert [i.key for i in errors] == ["model.type"], [i.format() for i in errors]
-            assert "native trainer trains chroma only" in errors[0].message
+            assert "native trainer trains chroma and flux only" in errors[0].message
             assert errors[0].fix.startswith("set [studio] backend = 'diffusion-pipe'")
     doc["studio"] = {"backend": DP}
     assert [i for i in validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True)

@@ -129,8 +129,9 @@ def test_output_folders_are_remembered_across_restarts(manager, tmp_path):
 
 
 @pytest.mark.parametrize(("model_type", "studio", "backend"), [
-    ("chroma", "", "native"), ("flux", "", "diffusion-pipe"), ("wan", "backend = 'auto'\n", "diffusion-pipe"),
-    ("chroma", "backend = 'diffusion-pipe'\n", "diffusion-pipe"), ("flux", "backend = 'native'\n", "native")])
+    ("chroma", "", "native"), ("flux", "", "native"), ("wan", "", "diffusion-pipe"),
+    ("wan", "backend = 'auto'\n", "diffusion-pipe"), ("chroma", "backend = 'diffusion-pipe'\n", "diffusion-pipe"),
+    ("flux", "backend = 'diffusion-pipe'\n", "diffusion-pipe"), ("wan", "backend = 'native'\n", "native")])
 def test_start_picks_the_backend_auto_by_model_type_unless_named(manager, tmp_path, model_type, studio, backend):
     main = write_pair(tmp_path / "p", max_steps=2)
     text = main.read_text().replace("type = 'chroma'", f"type = '{model_type}'")

@@ -24,7 +24,8 @@ NATIVE_BACKEND = "native"
 OTHER_BACKEND = "diffusion-pipe"
 AUTO_BACKEND = "auto"
 BACKENDS = (AUTO_BACKEND, NATIVE_BACKEND, OTHER_BACKEND)
-NATIVE_TYPE = "chroma"
+NATIVE_TYPE = "chroma"  # the first native family (kept for callers that name one)
+NATIVE_TYPES = ("chroma", "flux")  # [model] types the native trainer trains (trainers/native/loop.py FAMILIES)
 SWITCH = f"or set [studio] backend = '{OTHER_BACKEND}'"
 
 
@@ -135,15 +136,20 @@ _TOP = {
         "conditional", "torch.compile is not supported yet", "set compile = false", "false",
         lambda value: value is True),
     "video_clip_mode": KeySupport(
-        "conditional", "Chroma trains on images, so no clip is ever cut from a video", "remove it",
+        "conditional", "the native families train on images, so no clip is ever cut from a video", "remove it",
         "'single_beginning' (the default, which changes nothing for images)", _one_of("single_middle")),
 }
 
 _MODEL = {
     **_honoured("dtype", "diffusers_path", "transformer_path", "transformer_dtype", "timestep_sample_method",
                 "sigmoid_scale", "shift", "flux_shift"),
-    "type": KeySupport("honoured", "chroma only: any other type rejects the whole config natively"),
+    "guidance": KeySupport("honoured", "flux only"),
+    "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
+    "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
+
+# [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
+MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux"}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -182,8 +188,8 @@ _DATASET_SHARED = {
     **_honoured("resolutions", "enable_ar_bucket", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets", "num_repeats",
                 "caption_prefix", "shuffle_tags", "cache_shuffle_num", "cache_shuffle_delimiter",
                 "skip_empty_caption", "shuffle_metadata", "online_captions", "frame_buckets"),
-    "size_buckets": KeySupport("conditional", "Chroma trains on images, which use only the [width, height, 1] "
-                               "entries", "add [width, height, 1] entries", "lists with a [width, height, 1] entry",
+    "size_buckets": KeySupport("conditional", "the native families train on images, which use only the "
+                               "[width, height, 1] entries", "add [width, height, 1] entries", "lists with a [width, height, 1] entry",
                                _no_image_sizes),
 }
 
@@ -202,7 +208,7 @@ DATASET_SUPPORT: dict[str, dict[str, KeySupport]] = {
     "": {**_DATASET_SHARED, **_honoured("subsample_ratio", "directory")},
     "directory[]": {
         **_DATASET_SHARED, **_honoured("path", "mask_path", "default_mask_file"),
-        "control_path": KeySupport("rejected", "edit datasets are not supported for Chroma", "remove it"),
+        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext) are not supported natively", "remove it"),
     },
 }
 # Sections whose unlisted keys are still passed on: [optimizer] keywords go to the optimizer's constructor.
@@ -211,7 +217,7 @@ OPEN_SECTIONS = frozenset({"optimizer"})
 
 def backend_of(main: Mapping[str, Any], backend: str | None = None) -> str:
     """The trainer a main config runs on: ``backend`` if given, else ``[studio] backend``, else "auto"; "auto"
-    is the native trainer for the types it trains (Chroma) and diffusion-pipe for every other type."""
+    is the native trainer for the types it trains (NATIVE_TYPES) and diffusion-pipe for every other type."""
     if backend is None:
         studio = main.get("studio")
         chosen = studio.get("backend") if isinstance(studio, Mapping) else None
@@ -219,7 +225,7 @@ def backend_of(main: Mapping[str, Any], backend: str | None = None) -> str:
     if backend != AUTO_BACKEND:
         return backend
     kind = model_type_of(main)
-    return NATIVE_BACKEND if kind is None or kind == NATIVE_TYPE else OTHER_BACKEND
+    return NATIVE_BACKEND if kind is None or kind in NATIVE_TYPES else OTHER_BACKEND
 
 
 def model_type_of(main: Mapping[str, Any]) -> str | None:
@@ -281,11 +287,13 @@ def section_findings(data: Mapping[str, Any], support: Mapping[str, Mapping[str,
 
 
 def wrong_type_finding(main: Mapping[str, Any]) -> NativeFinding | None:
-    """The one refusal of a whole config whose ``[model] type`` is not Chroma (None for Chroma or no type)."""
+    """The one refusal of a whole config whose ``[model] type`` the native trainer does not train (None for
+    those it trains, or no type)."""
     kind = model_type_of(main)
-    if kind is None or kind == NATIVE_TYPE:
+    if kind is None or kind in NATIVE_TYPES:
         return None
-    return NativeFinding("main", "model.type", f"the native trainer trains chroma only, not {kind!r}",
+    return NativeFinding("main", "model.type", f"the native trainer trains {' and '.join(NATIVE_TYPES)} only, "
+                         f"not {kind!r}",
                          f"set [studio] backend = '{OTHER_BACKEND}' or 'auto' (or remove it: auto is the default)")
 
 
@@ -319,7 +327,9 @@ def main_findings(main: Mapping[str, Any]) -> list[NativeFinding]:
     wrong = wrong_type_finding(main)
     if wrong is not None:
         return [wrong]
-    return section_findings(main, MAIN_SUPPORT, "main") + optimizer_warnings(main)
+    kind = model_type_of(main)
+    model = {key: entry for key, entry in _MODEL.items() if MODEL_KEYS_OF_TYPE.get(key, kind) == kind}
+    return section_findings(main, {**MAIN_SUPPORT, "model": model}, "main") + optimizer_warnings(main)
 
 
 def dataset_findings(dataset: Mapping[str, Any]) -> list[NativeFinding]:
@@ -346,7 +356,7 @@ def native_warnings(main: Mapping[str, Any], dataset: Mapping[str, Any] | None =
 
 
 _TITLES = {
-    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": "`[model]` (type = 'chroma')",
+    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": "`[model]` (type = 'chroma' or 'flux')",
     "adapter": "`[adapter]`", "adapter.fuse_adapters[]": "`[adapter] fuse_adapters` entries",
     "optimizer": "`[optimizer]` (other keys: the optimizer's keywords, passed to it)", "monitoring": "`[monitoring]`",
     "studio": "`[studio]`", "directory[]": "`[[directory]]` (the shared keys as at the top level)",

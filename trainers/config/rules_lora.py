@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from trainers.checkpoint_probe import ProbeError
-from trainers.checkpoints import ADAPTER_FILE
+from trainers.checkpoints import saved_lora_file
 from trainers.config.issues import Reporter
 from trainers.config.paths_check import placeholder_text, resolve
 from trainers.lora_check import LoraCheckError, check_lora
 
 
 def _lora_file(path: Path) -> Path:
-    return path / ADAPTER_FILE if path.is_dir() else path
+    return saved_lora_file(path) if path.is_dir() else path
 
 
 def check_loras(data: dict[str, Any], bases: Sequence[Path], report: Reporter) -> None:

@@ -21,8 +21,9 @@ def runs_natively(main: dict[str, Any], backend: str | None = None) -> bool:
 
 
 def trains_chroma(main: dict[str, Any]) -> bool:
-    """Whether the native table applies to the config pair's keys (``[model] type`` is Chroma)."""
-    return native_support.model_type_of(main) == native_support.NATIVE_TYPE
+    """Whether the native table applies to the config pair's keys (``[model] type`` is one the native trainer
+    trains: Chroma or Flux)."""
+    return native_support.model_type_of(main) in native_support.NATIVE_TYPES
 
 
 def check_main(main: dict[str, Any], report: Reporter) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainers.checkpoints import ADAPTER_FILE
+from trainers.checkpoints import saved_lora_file
 from trainers.commands import Command, take_commands
 from trainers.diffusion_pipe.discover import find_new_run_dir, lora_ready, saved_folders
 from trainers.diffusion_pipe.launch import DP_SUBDIR, LaunchError
@@ -328,7 +328,7 @@ class Supervisor:
 
     def _check_lora(self, path: str) -> None:
         """Log whether the saved LoRA's keys fit the base model (the file users load in ComfyUI)."""
-        level, message = lora_log_line(Path(path).name, self.run_dir / path / ADAPTER_FILE, self.plan.lora_base)
+        level, message = lora_log_line(Path(path).name, saved_lora_file(self.run_dir / path), self.plan.lora_base)
         self.events.emit(LogEvent(level=level, message=message))
 
 

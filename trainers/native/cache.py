@@ -240,6 +240,6 @@ def batch_tensors(cache: Cache, batch: Batch, uncond_fraction: float,
     text = cache.text.index(text_rows)
     latents = bucket.latents[images]
     if cache.device is not None:
-        latents, text = latents.to(cache.device), TextBatch(text.embeds.to(cache.device), text.mask.to(cache.device))
+        latents, text = latents.to(cache.device), text.to(cache.device)
         mask = mask.to(cache.device) if mask is not None else None
     return latents, text, mask

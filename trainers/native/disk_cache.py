@@ -195,11 +195,15 @@ def cache_texts(family: Family, items: list[Item], stores: Stores, key: str, bat
         encoded = family.encode_prompts(chunk)
         for i, caption in enumerate(chunk):
             rows[caption] = {"embeds": encoded.embeds[i].cpu(), "mask": encoded.mask[i].cpu()}
+            if encoded.pooled is not None:
+                rows[caption]["pooled"] = encoded.pooled[i].cpu()
             for store in owners[caption]:
                 store.save("text", digests[caption], rows[caption], caption)
         stats.captions_encoded += len(chunk)
+    pooled = [rows[c].get("pooled") for c in captions]
     text = TextBatch(torch.stack([rows[c]["embeds"] for c in captions]),
-                     torch.stack([rows[c]["mask"] for c in captions]))
+                     torch.stack([rows[c]["mask"] for c in captions]),
+                     None if any(p is None for p in pooled) else torch.stack(pooled))
     return text, {c: i for i, c in enumerate(captions)}
 
 

@@ -1,4 +1,5 @@
-"""Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files.
+"""Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files; a saved Flux
+LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`).
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # torch is imported where a layout needs it: the ComfyUI export copies the saved bytes and starts in a fraction
 # of the time (the studio runs every export in a child process; bench/lora_export.py measures it).
 CONFIG_FILE = "adapter_config.json"
+FLUX_FILE = "pytorch_lora_weights.safetensors"  # a Flux save (trainers/native/families/flux.py LORA_FILE)
 
 LAYOUTS = ("comfyui", "diffusers", "kohya")
 
@@ -122,11 +124,12 @@ def to_diffusers(tensors: dict[str, torch.Tensor], config: dict | None = None) -
     return out
 
 
-def metadata(folder: Path, config: dict, layout: str, extra: dict | None = None) -> dict[str, str]:
+def metadata(folder: Path, config: dict, layout: str, extra: dict | None = None,
+             base: str = "chroma") -> dict[str, str]:
     """Training facts for the header: strings only, no secrets (the run config never holds the W&B key)."""
     rank = config.get("r")
     data = {"format": "pt", "dp_studio.layout": layout, "dp_studio.source": Path(folder).name,
-            "dp_studio.base_model": "chroma", "ss_base_model_version": "chroma",
+            "dp_studio.base_model": base, "ss_base_model_version": base,
             "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank)}
     for key, value in (extra or {}).items():
         data[f"dp_studio.{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -140,7 +143,9 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    if layout in ("comfyui", "kohya"):
+    if (Path(folder) / FLUX_FILE).is_file():
+        export_flux(Path(folder), layout, tmp, extra)
+    elif layout in ("comfyui", "kohya"):
         config = _read_config(folder)
         _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
                             kohya=layout == "kohya")
@@ -159,7 +164,35 @@ def _read_config(folder: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False) -> None:
+def _flux_modules(header: dict) -> dict[str, tuple[dict, dict]]:
+    """diffusers module -> (A, B) header entries of a Flux LoRA; raises on a key outside that layout."""
+    out: dict[str, dict[str, dict]] = {}
+    for key, value in header.items():
+        if not key.startswith("transformer.") or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise ExportError(f"unexpected key {key!r}: not a diffusers-layout Flux LoRA")
+        module, which = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        out.setdefault(module, {})[which[0]] = value
+    return {m: (ab["A"], ab["B"]) for m, ab in out.items()}
+
+
+def export_flux(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
+    """A saved Flux LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout as diffusion-pipe saves it) under
+    a new header: diffusers loads it as it is and ComfyUI reads Flux LoRAs in diffusers names, so both exports are
+    the saved bytes. kohya's layout (fused BFL Linears) is not written."""
+    if layout == "kohya":
+        raise ExportError("a Flux LoRA exports as comfyui or diffusers (the saved diffusers file, which ComfyUI and "
+                          "diffusers load); the kohya layout is not available for Flux")
+    src = folder / FLUX_FILE
+    with open(src, "rb") as fin:
+        (size,) = struct.unpack("<Q", fin.read(8))
+        header = json.loads(fin.read(size))
+    header.pop("__metadata__", None)
+    ranks = {a["shape"][0] for a, _ in _flux_modules(header).values()}
+    config = {"r": ranks.pop()} if len(ranks) == 1 else {}
+    _copy_with_metadata(src, dst, metadata(folder, config, layout, extra, base="flux"), check=_flux_modules)
+
+
+def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False, check=None) -> None:
     """The saved safetensors file under a new header: the tensor bytes are copied unchanged.
 
     safetensors' layout: an 8-byte little-endian header length, the JSON header, then the tensor data (offsets
@@ -175,7 +208,7 @@ def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool 
         except (UnicodeDecodeError, ValueError) as exc:
             raise ExportError(f"{src} is not a safetensors file ({exc})") from None
         header.pop("__metadata__", None)
-        modules = _modules(header)  # the same key check as the other layouts
+        modules = (check or _modules)(header)  # the same key check as the other layouts
         tail = b""
         if kohya:
             end = src.stat().st_size - 8 - size

@@ -37,10 +37,8 @@ from trainers.native.flow import (
     sample_timesteps,
 )
 from trainers.native.lora_io import (
-    ADAPTER_FILE,
     adapter_config,
     adapter_settings,
-    attach_lora,
     lora_state_dict,
     save_lora,
 )
@@ -52,7 +50,8 @@ from trainers.runs import resolve_config_path
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"chroma": "trainers.native.families.chroma:ChromaFamily"}
+FAMILIES = {"chroma": "trainers.native.families.chroma:ChromaFamily",
+            "flux": "trainers.native.families.flux:FluxFamily"}
 
 
 SPACE_CHECK_S = 60.0  # how often the free space of the run folder is checked while training
@@ -119,9 +118,10 @@ class Trainer:
         config = settings.config
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
-        # As the family resolves it: relative to the working directory, the source config's folder.
-        self.base_model_path = resolve_config_path(Path.cwd(), model["transformer_path"]) \
-            if isinstance(model.get("transformer_path"), str) else None
+        # As the family resolves it: relative to the working directory, the source config's folder. Without
+        # transformer_path (Flux) the transformer is the diffusers folder's.
+        base = model.get("transformer_path") or model.get("diffusers_path")
+        self.base_model_path = resolve_config_path(Path.cwd(), base) if isinstance(base, str) else None
         self.loss_cfg = LossConfig.from_config(config)
         self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
         self.nonfinite = str(config.get("studio", {}).get("nonfinite_loss", "stop"))
@@ -184,11 +184,8 @@ class Trainer:
             self.params = self.family.init_from_existing(table["init_from_existing"], self.rank, self.dropout, dtype,
                                                          table.get("exclude_modules"))
             self._log(f"LoRA starts from {table['init_from_existing']}")
-        elif hasattr(self.family, "attach_new_lora"):  # a family whose LoRA is not peft's on every target
-            self.params = self.family.attach_new_lora(self.rank, self.dropout, dtype, table.get("exclude_modules"))
         else:
-            self.params = attach_lora(self.family.transformer, self.family.lora_targets(), self.rank, self.dropout,
-                                      dtype, table.get("exclude_modules"))
+            self.params = self.family.attach_new_lora(self.rank, self.dropout, dtype, table.get("exclude_modules"))
         if config.get("activation_checkpointing") is True:
             self.family.enable_activation_checkpointing(bool(config.get("reentrant_activation_checkpointing")))
         self.family.transformer.train()
@@ -528,13 +525,14 @@ class Trainer:
             tensors, extra = self.family.export_lora(lora_state_dict(self.family.transformer))
         with room_for(self.s.run_dir, name, state_mod.tensor_bytes(tensors) + 64 * 1024,
                       "the LoRAs saved before are intact"):
-            save_lora(self.s.run_dir / name, tensors, adapter_config(self.rank, self.dropout, extra),
-                      self.s.main_path, self.save_dtype)
+            config = None if extra is None else adapter_config(self.rank, self.dropout, extra)
+            save_lora(self.s.run_dir / name, tensors, config, self.s.main_path, self.save_dtype,
+                      self.family.lora_file)
         self.events.emit(CheckpointEvent(step=self.step, epoch=self.epoch, path=name, what="lora"))
         self.last_saved_step = self.step
         print(f"Saving model to directory {name}", flush=True)
         # The file users load elsewhere: every key must name a Linear of this model with fitting shapes.
-        level, message = lora_log_line(name, self.s.run_dir / name / ADAPTER_FILE, self.base_model_path)
+        level, message = lora_log_line(name, self.s.run_dir / name / self.family.lora_file, self.base_model_path)
         self._log(message, level)
 
     def checkpoint_now(self, rng: dict | None = None) -> None:

@@ -92,15 +92,17 @@ def _jsonable(value):
 write_atomic = atomic_write_bytes  # the name sampling and the loop import
 
 
-def save_lora(folder: Path, tensors: dict[str, torch.Tensor], config: dict, main_config: Path,
-              save_dtype: torch.dtype | None = None) -> None:
-    """Write ``adapter_model.safetensors``, ``adapter_config.json`` and the main config copy into ``folder``."""
+def save_lora(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None, main_config: Path,
+              save_dtype: torch.dtype | None = None, file_name: str = ADAPTER_FILE) -> None:
+    """Write the LoRA (``file_name``: the family's, ``adapter_model.safetensors`` by default), its
+    ``adapter_config.json`` (unless ``config`` is None: formats without one) and the main config copy."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(save_dtype) if save_dtype else v).contiguous() for k, v in tensors.items()}
-    tmp = folder / f".{ADAPTER_FILE}.tmp"
+    tmp = folder / f".{file_name}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / ADAPTER_FILE)
-    write_atomic(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    os.replace(tmp, folder / file_name)
+    if config is not None:
+        write_atomic(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
     tmp_copy = folder / f".{main_config.name}.tmp"
     shutil.copyfile(main_config, tmp_copy)
     os.replace(tmp_copy, folder / main_config.name)

@@ -16,19 +16,27 @@ from PIL import Image
 
 @dataclass
 class TextBatch:
-    """Cached text-encoder output for a batch of captions."""
+    """Cached text-encoder output for a batch of captions; ``pooled`` is the pooled embedding of families that
+    condition on one as well (Flux's CLIP), None for the others."""
 
     embeds: torch.Tensor
     mask: torch.Tensor
+    pooled: torch.Tensor | None = None
 
     def index(self, rows: list[int] | torch.Tensor) -> TextBatch:
         """The rows ``rows`` of this batch."""
-        return TextBatch(self.embeds[rows], self.mask[rows])
+        return TextBatch(self.embeds[rows], self.mask[rows], None if self.pooled is None else self.pooled[rows])
+
+    def to(self, device: torch.device) -> TextBatch:
+        """This batch on ``device``."""
+        pooled = None if self.pooled is None else self.pooled.to(device)
+        return TextBatch(self.embeds.to(device), self.mask.to(device), pooled)
 
     @staticmethod
     def cat(parts: list[TextBatch]) -> TextBatch:
         """Concatenate batches along the batch dimension."""
-        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]), pooled)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Family(Protocol):
     device: torch.device
     dtype: torch.dtype
     pixel_multiple: int  # image sides are rounded to this many pixels (VAE factor x patch size)
+    lora_file: str  # the LoRA file a save folder holds, named as diffusion-pipe names it for this family
+    lora_layout: str  # how the LoRA's parameters are laid out ("peft"; Chroma: "fused"), kept in training states
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -85,8 +95,19 @@ class Family(Protocol):
         """Render previews with the live model (adapter included)."""
         ...
 
-    def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-        """Adapter weights (peft names) -> (tensors to save, extra adapter_config fields)."""
+    def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Adapter weights (peft names) -> (tensors to save, extra adapter_config fields; None: the family's
+        format has no adapter_config.json)."""
+        ...
+
+    def attach_new_lora(self, rank: int, dropout: float, dtype: torch.dtype | None = None,
+                        exclude: str | list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """A new trainable LoRA (alpha = rank) in diffusion-pipe's parametrisation; returns its parameters."""
+        ...
+
+    def init_from_existing(self, path: str | Path, rank: int, dropout: float = 0.0, dtype: torch.dtype | None = None,
+                           exclude: str | list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """``[adapter] init_from_existing``: a trainable LoRA starting from a saved one of the same rank."""
         ...
 
     def fuse_adapters(self, tables: list[dict]) -> None:

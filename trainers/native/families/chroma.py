@@ -79,6 +79,7 @@ class ChromaFamily:
     name = "chroma"
     lora_layout = "fused"  # diffusion-pipe's: one A per fused original Linear (chroma_lora.py); in checkpoints
     pixel_multiple = 16  # diffusion-pipe rounds Chroma image sides to 16 px (VAE factor 8 x 2x2 packing)
+    lora_file = "adapter_model.safetensors"  # diffusion-pipe's ComfyUI-layout save, beside adapter_config.json
 
     def __init__(self, vae: AutoencoderKL, text_encoder: T5EncoderModel, tokenizer, transformer:
                  ChromaTransformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,

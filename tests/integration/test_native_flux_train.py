@@ -1,0 +1,174 @@
+"""A real 2-step Flux run through ``dp-studio train`` on the tiny Flux model, its LoRA checked from the file alone
+against diffusers' own writer and loader, the loaded LoRA reproducing the trained adapter, and an exact resume.
+
+diffusion-pipe models/flux.py line 234 saves with ``FluxPipeline.save_lora_weights(save_dir,
+transformer_lora_layers=peft_state_dict)``: ``pytorch_lora_weights.safetensors``, ``transformer.`` keys, metadata
+``{"format": "pt"}``, no adapter_config.json; utils/saver.py lines 74-84 strip ``.default`` from the peft names
+and copy the main config beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.fixtures import flux_tiny as ft
+from trainers.events import EventWriter, load_all
+from trainers.native.families.flux import LORA_FILE, FluxFamily
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+RANK = 4
+
+
+def write_pair(folder: Path, diffusers_path: Path, transformer_path: Path | None, **top) -> Path:
+    """A Flux main + dataset TOML pair on the demo images at 64 px; returns the main TOML."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.toml").write_text(f"resolutions = [64]\nenable_ar_bucket = false\n\n[[directory]]\n"
+                                         f"path = '{REPO / 'assets' / 'demo' / 'dataset'}'\n", encoding="utf-8")
+    model = f"transformer_path = '{transformer_path}'\n" if transformer_path else ""
+    extra = "".join(f"{key} = {value}\n" for key, value in ({"save_every_n_epochs": 1} | top).items())
+    (folder / "main.toml").write_text(
+        f"output_dir = '{folder / 'out'}'\ndataset = '{folder / 'dataset.toml'}'\nepochs = 1\nmicro_batch_size_per_gpu = 2\n"
+        f"gradient_accumulation_steps = 1\n{extra}\n[model]\ntype = 'flux'\ndiffusers_path = '{diffusers_path}'\n"
+        f"{model}dtype = 'float32'\nguidance = 3.5\nflux_shift = true\n\n[adapter]\ntype = 'lora'\nrank = {RANK}\n"
+        "dropout = 0.1\n\n[optimizer]\ntype = 'adamw'\nlr = 1e-2\n\n[studio]\nbackend = 'native'\n"
+        "sample_prompts = ['a red circle on a zxq background']\nsample_seeds = [7]\nsample_every_n_steps = 2\n"
+        "sample_at_start = false\nsample_width = 64\nsample_height = 64\nsample_steps = 2\nsample_guidance = 3.5\n",
+        encoding="utf-8")
+    return folder / "main.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return ft.build(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> Path:
+    """The run folder of ``dp-studio train main.toml --max-steps 2`` (the single-file transformer layout)."""
+    from trainers.runs import RunManager
+    from trainers.train_cli import train
+
+    main = write_pair(tmp_path_factory.mktemp("run"), tiny[0], tiny[1])
+    manager = RunManager([main.parent / "out"])
+    assert train(argparse.Namespace(main=main, max_steps=2, name=None, resume=None), manager) == 0
+    (run_id,) = [info.run_id for info in manager.runs()]
+    return manager.run_dir(run_id)
+
+
+def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path, tiny, tmp_path: Path):
+    events = load_all(trained)
+    assert events[-1].kind == "finished" and events[-1].step == 2
+    saved = trained / "step2"
+    assert sorted(p.name for p in saved.iterdir()) == ["main.toml", LORA_FILE]
+    with safe_open(str(saved / LORA_FILE), "pt") as fh:
+        assert fh.metadata() == {"format": "pt"}
+        keys = list(fh.keys())
+    transformer = ft.tiny_transformer()
+    linears = {n: m for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)
+               and n.startswith(("transformer_blocks.", "single_transformer_blocks."))}
+    assert sorted(keys) == sorted(f"transformer.{n}.lora_{ab}.weight" for n in linears for ab in "AB")
+    tensors = load_file(str(saved / LORA_FILE))
+    for name, linear in linears.items():
+        assert tensors[f"transformer.{name}.lora_A.weight"].shape == (RANK, linear.in_features)
+        assert tensors[f"transformer.{name}.lora_B.weight"].shape == (linear.out_features, RANK)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert any(t.abs().sum() > 0 for k, t in tensors.items() if ".lora_B." in k)  # trained: B left zero
+    # diffusers' own writer, given the same peft state dict, writes the same bytes
+    from diffusers import FluxPipeline
+    peft_state = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=peft_state)
+    assert (tmp_path / LORA_FILE).read_bytes() == (saved / LORA_FILE).read_bytes()
+    # the key check after the save (trainers/lora_check.py, Flux: lora_check_flux.py) against the loaded file
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
+    assert [e.path for e in events if e.kind == "sample"], "no preview was rendered"
+    assert all((trained / e.path).is_file() for e in events if e.kind == "sample")
+
+
+def test_diffusers_loader_takes_every_key(trained: Path, tiny, caplog):
+    from diffusers import FluxPipeline
+    from peft import get_peft_model_state_dict
+
+    pipe = FluxPipeline.from_pretrained(tiny[0], local_files_only=True)
+    with caplog.at_level(logging.WARNING):
+        pipe.load_lora_weights(trained / "step2", weight_name=LORA_FILE, adapter_name="dp")
+    # diffusers warns "... led to unexpected keys ..." / "... missing keys ..." (loaders/peft.py) on a partial load
+    assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="dp")
+    saved = {k.removeprefix("transformer."): v for k, v in load_file(str(trained / "step2" / LORA_FILE)).items()}
+    assert sorted(loaded) == sorted(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_diffusers_loaded_lora_reproduces_the_trained_adapter(trained: Path, tiny):
+    from diffusers import FluxPipeline
+
+    family = FluxFamily.load(ft.model_table(tiny[0], tiny[1], guidance=3.5), CPU)
+    params = dict(family.attach_new_lora(RANK, 0.0, torch.float32))
+    state = torch.load(trained / "global_step2" / "training_state.pt", weights_only=True)["lora"]
+    assert set(state) == set(params)
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+    pipe = FluxPipeline.from_pretrained(tiny[0], local_files_only=True)
+    pipe.load_lora_weights(trained / "step2", weight_name=LORA_FILE)
+    text = family.encode_prompts(["a red circle on a zxq background"])
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0.6])
+    with torch.no_grad():
+        ours = family.predict(x, t, text)
+        from trainers.native.families import flux
+        theirs = flux.predict(pipe.transformer.eval(), x, t, text.embeds, text.pooled, torch.tensor([3.5]))
+        base = flux.predict(ft.tiny_transformer(), x, t, text.embeds, text.pooled, torch.tensor([3.5]))
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert (ours - base).abs().max().item() > 1e-3  # the LoRA changes the output, so the comparison means something
+
+
+def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):
+    from trainers.native.loop import Trainer
+    from trainers.native.settings import load_run
+
+    def run(folder: Path, max_steps: int, stop_at: int | None = None, resume: str | None = None) -> Path:
+        if resume is None:  # a run folder as RunManager makes it: run.json beside the config pair
+            write_pair(folder, tiny[0], None, save_every_n_steps=1000)
+            (folder / "run.json").write_text(json.dumps({
+                "run_id": folder.name, "backend": "native", "main_config": "main.toml",
+                "dataset_config": "dataset.toml"}), encoding="utf-8")
+        trainer = Trainer(load_run(folder, max_steps), EventWriter(folder), resume=resume)
+        if stop_at is not None:
+            after = trainer._after_step
+
+            def after_then_stop():
+                after()
+                if trainer.step == stop_at:
+                    trainer.request_stop()
+
+            trainer._after_step = after_then_stop
+        trainer.run()
+        return folder
+
+    whole = run(tmp_path / "whole", 4)
+    split = run(tmp_path / "split", 4, stop_at=2)
+    assert (split / "global_step2" / "state.json").is_file()
+    run(split, 4, resume="global_step2")
+
+    def losses(run_dir: Path) -> dict[int, float]:
+        return {e.step: e.loss for e in load_all(run_dir) if e.kind == "step"}
+
+    assert sorted(losses(split)) == [1, 2, 3, 4]
+    assert [losses(split)[s] for s in range(1, 5)] == [losses(whole)[s] for s in range(1, 5)]  # bit-exact
+    a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
+    b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
