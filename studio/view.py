@@ -6,6 +6,8 @@ functions turn it into a plotly figure, gallery items and texts. Everything here
 
 from __future__ import annotations
 
+import html
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,8 @@ class MonitorState:
     eta_s: float | None = None
     phase: str = "waiting"
     phase_message: str = ""
+    phase_done: int | None = None  # progress within the phase (items cached, previews rendered), when reported
+    phase_total: int | None = None
     samples: list[Sample] = field(default_factory=list)
     saves: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
@@ -68,8 +72,12 @@ class MonitorState:
             handler(ev, run_dir)
 
     def _on_phase(self, ev, run_dir: Path) -> None:
+        progress = getattr(ev, "done", None) is not None
+        if not (progress and ev.phase == self.phase):  # progress within a phase is shown, not logged
+            self._log("info", f"phase: {ev.phase}" + (f" ({ev.message})" if ev.message else ""))
         self.phase, self.phase_message = ev.phase, ev.message
-        self._log("info", f"phase: {ev.phase}" + (f" ({ev.message})" if ev.message else ""))
+        self.phase_done = ev.done if progress else None
+        self.phase_total = ev.total if progress else None
 
     def _on_step(self, ev, run_dir: Path) -> None:
         self.steps.append(ev.step)
@@ -301,6 +309,16 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def eta_text(state: MonitorState) -> str:
+    """" · ETA h:mm:ss" while a run trains; before a step after the first has been timed (the first pays for
+    warm-up), say so rather than guess."""
+    if state.outcome:
+        return ""
+    if state.eta_s is None and len(state.steps) < 3:
+        return " · ETA after the first steps"
+    return f" · ETA {format_eta(state.eta_s)}"
+
+
 def status_markdown(state: MonitorState, run_id: str | None) -> str:
     """One-line summary: run, phase or outcome, step/total, epoch, last loss, speed (it/s, samples/s), ETA."""
     if not run_id:
@@ -311,8 +329,9 @@ def status_markdown(state: MonitorState, run_id: str | None) -> str:
     total = f"/{state.total_steps}" if state.total_steps else ""
     speed = f" · {state.it_per_s:.2f} it/s" if state.it_per_s else ""
     speed += f" · {state.samples_per_s:.2f} samples/s" if state.samples_per_s else ""
-    eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
-    return (f"{head} · step {state.steps[-1]}{total} · epoch {state.epoch} · "
+    eta = eta_text(state)
+    within = f" · {state.phase_message}" if phase_progress(state) and state.phase_message else ""
+    return (f"{head}{within} · step {state.steps[-1]}{total} · epoch {state.epoch} · "
             f"loss {state.losses[-1]:.4g}{speed}{eta}")
 
 
@@ -329,14 +348,28 @@ def log_text(state: MonitorState, lines: int = LOG_TAIL_LINES, level: str = "deb
     return "\n".join(kept[-lines:])
 
 
+def phase_progress(state: MonitorState) -> tuple[int, int] | None:
+    """(done, total) of the phase under way when it reports its own progress (caching, previews), else None."""
+    if state.outcome or state.phase_done is None or not state.phase_total:
+        return None
+    return min(state.phase_done, state.phase_total), state.phase_total
+
+
 def progress_html(state: MonitorState) -> str:
-    """Phase, a progress bar over the planned steps, and the ETA."""
+    """Phase, a progress bar over the planned steps, and the ETA; a phase that reports its own progress
+    (caching N items, rendering N previews) shows that instead, so the bar moves before the first loss."""
     label = state.outcome or state.phase
+    within = phase_progress(state)
+    if within:
+        done, total = within
+        return (f'<div class="dp-progress" data-phase="{label}"><b>{label}</b> · {done}/{total}'
+                f'{f" · {html.escape(state.phase_message)}" if state.phase_message else ""}'
+                f'<div class="dp-bar"><div class="dp-fill" style="width:{100.0 * done / total:.1f}%"></div></div></div>')
     done = state.steps[-1] if state.steps else 0
     pct = 100.0 * done / state.total_steps if state.total_steps else 0.0
     if state.outcome == "completed":
         pct = 100.0
-    eta = "" if state.outcome else f" · ETA {format_eta(state.eta_s)}"
+    eta = eta_text(state)
     steps = f"{done}/{state.total_steps} steps" if state.total_steps else f"{done} steps"
     return (f'<div class="dp-progress" data-phase="{label}"><b>{label}</b> · {steps}{eta}'
             f'<div class="dp-bar"><div class="dp-fill" style="width:{pct:.1f}%"></div></div></div>')

@@ -29,6 +29,8 @@ class PhaseEvent(_Event):
     phase: Phase
     message: str = ""
     total: int | None = Field(default=None, description="Units of work in this phase, when known.")
+    done: int | None = Field(default=None, ge=0, description="Units of this phase done so far (a progress "
+                             "report within the phase: items cached, previews rendered).")
 
 
 class StepEvent(_Event):

@@ -7,10 +7,12 @@ The choice of best epoch is kept in the run folder (``best.json``), like everyth
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -21,6 +23,7 @@ from trainers.checkpoints import saved_lora_file, saves_root
 from trainers.events import Event
 from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
 from trainers.paths import REPO_ROOT
+from trainers.run_status import pid_alive
 from trainers.runs import RunError, RunInfo, config_folder, resolve_config_path, write_json_atomic
 from trainers.safe_paths import PathRefused, resolve_under
 
@@ -78,7 +81,21 @@ def delete_run(info: RunInfo, confirm: str) -> None:
         raise RunError(f"run {info.run_id} is {info.status}: stop it before deleting it")
     if not (info.run_dir / "run.json").is_file() or info.run_dir.is_symlink():
         raise RunError(f"{info.run_dir} does not look like a run folder; not deleting it")
-    shutil.rmtree(info.run_dir)
+    _wait_for_exit(info)
+    # Moved aside first, then removed: a late write to the old path fails instead of leaving half a folder.
+    trash = info.run_dir.with_name(f".deleting-{info.run_id}-{os.getpid()}-{time.monotonic_ns()}")
+    info.run_dir.rename(trash)
+    shutil.rmtree(trash)
+
+
+def _wait_for_exit(info: RunInfo, seconds: float = 10.0) -> None:
+    """A run that has finished may still be writing its last files while its process exits: wait for that."""
+    deadline = time.monotonic() + seconds
+    while pid_alive(info.pid, info.meta.get("pid_create_time")):
+        if time.monotonic() > deadline:
+            raise RunError(f"run {info.run_id} has ended but its process (pid {info.pid}) is still exiting; "
+                           "try again in a few seconds")
+        time.sleep(0.1)
 
 
 LAYOUTS = ("comfyui", "diffusers", "kohya")

@@ -2,7 +2,9 @@
 
 Run as ``python -m tests.fakes.trainer --run-dir DIR``. Steps every 50 ms with a decaying loss; writes a
 sample PNG every 5 steps and honours stop/save/sample commands, so RunManager and the UI can be tested
-without torch. Like the native trainer it reports a gradient norm only when ``gradient_clipping`` is set, and
+without torch. ``[studio] fake_caching_items = N`` adds a caching phase of N items first (with progress events,
+as the native trainer reports caching). Like the native trainer it reports a gradient norm only when
+``gradient_clipping`` is set, and
 eval losses (mean + timestep quantiles, one set per ``eval_datasets`` name) every ``eval_every_n_steps``.
 """
 
@@ -49,6 +51,17 @@ def _eval(w: EventWriter, config: dict, step: int) -> None:
         w.emit(EvalEvent(step=step, epoch=1, name=entry["name"], loss=mean, quantiles=quantiles))
 
 
+def _cache(w: EventWriter, items: int) -> None:
+    """A caching phase that reports its progress as the native trainer does, one item every 0.2 s."""
+    if not items:
+        return
+    w.emit(PhaseEvent(phase="caching", message=f"{items} examples of the training set", total=items))
+    for done in range(items + 1):
+        w.emit(PhaseEvent(phase="caching", message=f"latents of the training set: {done}/{items}", total=items,
+                          done=done))
+        time.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
@@ -58,6 +71,7 @@ def main() -> None:
     total = meta.get("max_steps") or config.get("max_steps") or TOTAL
     w = EventWriter(run_dir)
     w.emit(PhaseEvent(phase="starting"))
+    _cache(w, int(config.get("studio", {}).get("fake_caching_items", 0)))
     w.emit(PhaseEvent(phase="training", total=total))
     clipping = config.get("gradient_clipping")
     for step in range(1, total + 1):

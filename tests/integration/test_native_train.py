@@ -84,6 +84,14 @@ def test_short_run_writes_events_samples_and_lora(tmp_path: Path):
     steps = [e for e in events if e.kind == "step"]
     assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
     assert all(math.isfinite(e.loss) and e.total_steps == 6 and e.lr > 0 for e in steps)
+    # The ETA waits for a step after the first (warm-up) and ends at 0; the phases before the first loss report
+    # their own progress: latents cached of the total, previews rendered of the round.
+    assert steps[0].eta_s is None and all(e.eta_s > 0 for e in steps[1:-1]) and steps[-1].eta_s == 0
+    cached = [e for e in events if e.kind == "phase" and e.phase == "caching" and e.done is not None]
+    assert cached and cached[-1].done == cached[-1].total > 0 and cached[0].done <= cached[-1].done
+    rounds = [e for e in events if e.kind == "phase" and e.phase == "sampling" and e.done is not None]
+    prompts = len(tomlkit.parse((DEMO / "chroma_demo.toml").read_text(encoding="utf-8"))["studio"]["sample_prompts"])
+    assert len(rounds) >= 3 and all(e.done == 0 and e.total >= prompts for e in rounds)
     samples = [e for e in events if e.kind == "sample"]
     assert sorted({e.step for e in samples}) == [0, 3, 6]
     for e in samples:

@@ -107,7 +107,7 @@ def test_caching_and_eval_phases_with_throttled_progress():
     assert caching[0].message.startswith("Grouped metadata is not cached")  # utils/dataset.py:556 starts caching
     assert any(p.message == "caching latents: /data/cats" for p in caching)
     assert any(p.message == "[CACHE] Storing new fingerprint: 6b2f0c9e41d7a385" for p in caching)
-    assert any(p.message == "caching: 8/8 (100%)" and p.total == 8 for p in caching)
+    assert any(p.message == "caching: 8/8 (100%)" and p.total == p.done == 8 for p in caching)
     evaluating = [p for p in phases if p.phase == "evaluating"]
     assert evaluating and evaluating[-1].message == "evaluating: 9/9 (100%)"
     order = [p.phase for p in phases]

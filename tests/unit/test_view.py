@@ -307,3 +307,24 @@ def test_a_stream_draws_the_last_points_after_the_events_stop(monkeypatch, tmp_p
         if last_x == 5:
             break
     assert last_x == 5
+
+
+def test_a_phase_that_reports_progress_moves_the_bar_before_the_first_loss():
+    from trainers.events import PhaseEvent
+
+    events = [PhaseEvent(phase="caching", message="400 examples of the training set", total=400)]
+    events += [PhaseEvent(phase="caching", message=f"latents of the training set: {n}/400", total=400, done=n)
+               for n in (0, 120, 300)]
+    state = view.fold(events, Path("/r"), view.MonitorState())
+    html_ = view.progress_html(state)
+    assert "120" not in html_ and "300/400" in html_ and "width:75.0%" in html_
+    assert "latents of the training set: 300/400" in view.status_markdown(state, "r")
+    assert "ETA after the first steps" not in view.status_markdown(state, "r")  # no steps yet: no ETA at all
+    assert sum("caching" in line for line in state.logs) == 1  # progress is shown, not logged line by line
+    # Training begins: the bar is the steps' again; the first step's ETA is not a guess from a cold step.
+    view.fold([PhaseEvent(phase="training", total=10), StepEvent(step=1, epoch=1, loss=1.0, lr=1e-4, total_steps=10)],
+              Path("/r"), state)
+    assert "1/10 steps" in view.progress_html(state) and "ETA after the first steps" in view.progress_html(state)
+    view.fold([PhaseEvent(phase="sampling", message="step 1: previews 1-2 of 2", total=2, done=0)], Path("/r"), state)
+    status = view.status_markdown(state, "r")
+    assert "previews 1-2 of 2" in status and "step 1/10" in status and "0/2" in view.progress_html(state)

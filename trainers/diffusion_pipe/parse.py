@@ -324,7 +324,7 @@ class LogParser:
         if last and last[:2] == (phase, desc) and pct - last[2] < 10 and done != total:
             return True  # throttled: one event per 10 % of a bar
         self._bar = (phase, desc, pct)
-        out.append(PhaseEvent(phase=phase, message=f"{desc}: {done}/{total} ({pct}%)", total=total))
+        out.append(PhaseEvent(phase=phase, message=f"{desc}: {done}/{total} ({pct}%)", total=total, done=done))
         self.phase = phase
         return True
 

@@ -44,6 +44,7 @@ from trainers.native.lora_io import (
 )
 from trainers.native.metrics import Metrics
 from trainers.native.optim import build_optimizer, lr_at, set_lr, set_optimizer_mode
+from trainers.native.progress import EtaEstimator, PhaseProgress, preview_rounds_left
 from trainers.native.sampling import render_samples
 from trainers.native.settings import RunSettings, check_supported, read_toml
 from trainers.runs import resolve_config_path
@@ -109,7 +110,7 @@ class Trainer:
         self.stop_requested = False
         self.last_saved_step = self.last_sampled_step = self.last_state_step = self.last_eval_step = -1
         self.last_state_time = time.time()
-        self.step_seconds: float | None = None
+        self.timing = EtaEstimator()
         self.sampling_s, self.training_began = 0.0, time.monotonic()  # the preview cost, reported after each round
         self.epoch_losses: list[float] = []
         self.skipped_in_a_row = 0
@@ -202,6 +203,7 @@ class Trainer:
         started = time.time()
         cache = cache_mod.build_cache(
             self.family, items, self.s.seed, regenerate=bool(config.get("regenerate_cache", False)),
+            progress=PhaseProgress(self.events, "caching", f"latents of the {what} set"),
             batch_size=int(config.get("caching_batch_size", 1)),
             workers=int(config.get("map_num_proc", min(8, os.cpu_count() or 1))))
         sizes = ", ".join(f"{b.size[0]}x{b.size[1]}: {len(b.text_rows)}" for b in cache.buckets)
@@ -408,13 +410,13 @@ class Trainer:
         return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg, weights)
 
     def _emit_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float) -> None:
-        ema = self.step_seconds
-        self.step_seconds = seconds if ema is None else 0.8 * ema + 0.2 * seconds
-        it_per_s = 1.0 / max(self.step_seconds, 1e-9)
+        self.timing.step(seconds)
+        it_per_s = 1.0 / max(self.timing.step_seconds() or seconds, 1e-9)
+        rounds = preview_rounds_left(self.step, self.total_steps, self.s.studio.every_n_steps)
         self.events.emit(StepEvent(
             step=self.step, epoch=self.epoch, loss=loss, lr=lr, it_per_s=it_per_s,
             samples_per_s=it_per_s * self.s.global_batch, total_steps=self.total_steps,
-            eta_s=(self.total_steps - self.step) * self.step_seconds, grad_norm=grad_norm))
+            eta_s=self.timing.eta(self.total_steps - self.step, rounds), grad_norm=grad_norm))
         self.metrics.step(self.step, self.examples, loss, lr, grad_norm)
         every = int(self.s.config.get("steps_per_print", 1) or 1)
         if self.step % every == 0:
@@ -494,6 +496,7 @@ class Trainer:
         with self._eval_weights():
             paths = render_samples(self.family, self.s.studio, self.s.run_dir, self.step, self.epoch, self.events)
         self.last_sampled_step = self.step
+        self.timing.preview_round(time.monotonic() - started)
         self._log(self._preview_cost(len(paths), time.monotonic() - started))
 
     def _preview_cost(self, images: int, seconds: float) -> str:
