@@ -46,11 +46,12 @@ docker:  ## build the CUDA image (needs Docker); `docker compose up -d` serves i
 hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
 	hadolint --config .hadolint.yaml Dockerfile
 
-bench: venv  ## speed and memory measurements (method and results in docs/benchmarks.md)
+bench: venv chromium  ## speed and memory measurements (method and results in docs/benchmarks.md)
 	$(PY) bench/overhead.py
 	$(PY) bench/preview_cost.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/dataset_scan.py --images 10000
+	$(PY) bench/ui_latency.py
 
 clean-venv:
 	rm -rf $(VENV)
