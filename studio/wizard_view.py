@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers import dataset_report
 from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
 from trainers.config import toml_io
 from trainers.paths import user_path
@@ -60,6 +59,8 @@ def _names(names: list[str]) -> str:
 def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
     """Images and captions of the dataset folder as the trainer reads them (the dataset browser's reader and
     report): counts, files it skips and why, images smaller than the training size. Never raises."""
+    from trainers import dataset_report  # imagehash, numpy: paid on the first check, not at the studio's start
+
     path = user_path(folder)
     if not folder.strip() or not path.is_dir():
         return f"✗ `{folder}` is not a folder: pick the folder with your images and their .txt captions.", False
