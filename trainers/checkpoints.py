@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from trainers.config.registry import MODEL_TYPES
+
 STATE_PREFIX = "global_step"
 STATE_META = "state.json"
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
 ADAPTER_FILE = "adapter_model.safetensors"
-# The LoRA file of a saved folder, as diffusion-pipe names it: its ComfyUI layout (Chroma, Wan, ...), then diffusers'
-# save_lora_weights (Flux, SD3, AuraFlow: trainers/config/registry.py lora_file).
-LORA_FILES = (ADAPTER_FILE, "pytorch_lora_weights.safetensors")
+# The LoRA file of a saved folder, as diffusion-pipe names it for each type (trainers/config/registry.py lora_file):
+# its ComfyUI layout (Chroma, Wan, ...) first, then diffusers' save_lora_weights (Flux, SD3, AuraFlow), kohya (SDXL).
+LORA_FILES = tuple(dict.fromkeys((ADAPTER_FILE, *(info.lora_file for info in MODEL_TYPES.values()))))
 _STATE_NAME = re.compile(rf"^{STATE_PREFIX}(\d+)$")
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainers.config.registry import MODEL_TYPES
+
 GB = 2**30
 CHROMA_PARAMS = 8.9e9
-# Transformer parameters of each type the native trainer trains (FluxTransformer2DModel's defaults, FLUX.1-dev).
-MODEL_PARAMS = {"chroma": CHROMA_PARAMS, "flux": 11.9e9}
+# Trained-model parameters of each type the native trainer trains (trainers/config/registry.py native_params).
+MODEL_PARAMS = {name: info.native_params for name, info in MODEL_TYPES.items() if info.native_params}
 DOUBLE_BLOCKS, SINGLE_BLOCKS, WIDTH, MLP = 19, 38, 3072, 12288
 BLOCK_SHARE = 0.985  # fraction of the parameters inside the blocks (what block swap can move to RAM)
 TEXT_TOKENS = 512  # Chroma's T5 sequence length
@@ -28,7 +30,12 @@ CARDS_GB = (8, 12, 16, 24, 32, 48, 80)
 
 
 def lora_params(rank: int, model: str = "chroma") -> int:
-    """Trainable parameters of a rank-``rank`` LoRA on every Linear of Chroma's (or Flux's) blocks."""
+    """Trainable parameters of a rank-``rank`` LoRA on the Linears the family of ``model`` targets: the
+    registry's ``lora_params_per_rank`` where a family states it, else every Linear of Chroma's (or Flux's)
+    blocks."""
+    info = MODEL_TYPES.get(model)
+    if info is not None and info.lora_params_per_rank:
+        return rank * info.lora_params_per_rank
     square = WIDTH + WIDTH
     wide = WIDTH + MLP
     double = 8 * square + 4 * wide  # q,k,v,out for image and text; two MLPs in, two out

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trainers.config.registry import NATIVE_FAMILIES
+
 Status = Literal["honoured", "rejected", "conditional"]
 Severity = Literal["error", "warning"]
 
@@ -25,7 +27,7 @@ OTHER_BACKEND = "diffusion-pipe"
 AUTO_BACKEND = "auto"
 BACKENDS = (AUTO_BACKEND, NATIVE_BACKEND, OTHER_BACKEND)
 NATIVE_TYPE = "chroma"  # the first native family (kept for callers that name one)
-NATIVE_TYPES = ("chroma", "flux")  # [model] types the native trainer trains (trainers/native/loop.py FAMILIES)
+NATIVE_TYPES = tuple(NATIVE_FAMILIES)  # [model] types the native trainer trains (registry.py ``native``)
 SWITCH = f"or set [studio] backend = '{OTHER_BACKEND}'"
 
 

@@ -40,6 +40,11 @@ class ModelTypeInfo:
     fp8_key: str | None = "transformer_dtype"
     notes: str = ""
     lora: bool = True  # every type trains LoRAs
+    # The native trainer's family for this type, as "module:Class" (imported only when a run starts); "" = the
+    # type trains through diffusion-pipe only. NATIVE_TYPES and the loop's FAMILIES are read from here.
+    native: str = ""
+    native_params: float = 0.0  # the trained model's parameters (the VRAM estimate's base weights)
+    lora_params_per_rank: int = 0  # LoRA parameters per unit of rank on the modules the family targets
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -75,7 +80,8 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
     ModelTypeInfo("flux", "Flux", required=("diffusers_path",),
                   optional=("transformer_path", "transformer_dtype", *FLOW, "guidance", "bypass_guidance_embedding"),
                   full_finetune=True, block_swap=True, block_swap_max=34, lora_format=DIFFUSERS_LORA[0],
-                  lora_file=DIFFUSERS_LORA[1], lokr=False, edit=True, notes="Flux Kontext: edit dataset"),
+                  lora_file=DIFFUSERS_LORA[1], lokr=False, edit=True, notes="Flux Kontext: edit dataset",
+                  native="trainers.native.families.flux:FluxFamily", native_params=11.9e9),
     ModelTypeInfo("ltx-video", "LTX-Video", required=("diffusers_path", "single_file_path"),
                   optional=("transformer_dtype", "first_frame_conditioning_p", "timestep_sample_method",
                             "sigmoid_scale"),
@@ -96,7 +102,8 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
                   full_finetune=True, block_swap=True, block_swap_max=38, video=True, framerate=16,
                   notes="i2v/flf2v need video-only datasets; 5B and SkyReels run at 24 fps"),
     ModelTypeInfo("chroma", "Chroma", required=("diffusers_path", "transformer_path"),
-                  optional=("transformer_dtype", *FLOW), full_finetune=True, block_swap=True, block_swap_max=34),
+                  optional=("transformer_dtype", *FLOW), full_finetune=True, block_swap=True, block_swap_max=34,
+                  native="trainers.native.families.chroma:ChromaFamily", native_params=8.9e9),
     ModelTypeInfo("hidream", "HiDream", required=("diffusers_path", "llama3_path"),
                   optional=("llama3_4bit", "transformer_dtype", "max_llama3_sequence_length", *FLOW),
                   block_swap=True, notes="poor below 1024 px"),
@@ -134,6 +141,9 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
 MODEL_TYPES: dict[str, ModelTypeInfo] = {info.type: info for info in _TYPES}
 TYPE_NAMES: tuple[str, ...] = tuple(MODEL_TYPES)
 ALL_MODEL_KEYS: frozenset[str] = frozenset(key for info in _TYPES for key in info.keys)
+# Chroma first (the studio's first family), then the registry's order.
+NATIVE_FAMILIES: dict[str, str] = {name: info.native for name, info in sorted(MODEL_TYPES.items(),
+                                   key=lambda item: item[0] != "chroma") if info.native}
 BLOCK_SWAP_UNSUPPORTED = tuple(name for name, info in MODEL_TYPES.items() if not info.block_swap)
 
 assert ALL_MODEL_KEYS - {"type"} <= set(MODEL_KEYS), ALL_MODEL_KEYS - {"type"} - set(MODEL_KEYS)

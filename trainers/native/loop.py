@@ -20,6 +20,7 @@ import torch
 
 from trainers.checkpoints import STATE_PREFIX, room_for, space_warning
 from trainers.commands import Command, take_commands
+from trainers.config.registry import NATIVE_FAMILIES
 from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
 from trainers.lora_check import log_line as lora_log_line
 from trainers.native import cache as cache_mod
@@ -51,8 +52,7 @@ from trainers.runs import resolve_config_path
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"chroma": "trainers.native.families.chroma:ChromaFamily",
-            "flux": "trainers.native.families.flux:FluxFamily"}
+FAMILIES = NATIVE_FAMILIES  # [model] type -> "module:Class" (trainers/config/registry.py ``native``)
 
 
 SPACE_CHECK_S = 60.0  # how often the free space of the run folder is checked while training
