@@ -7,6 +7,7 @@ beyond localhost needs ``--auth USER:PASSWORD``; share links are never opened.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import os
 import sys
@@ -94,6 +95,18 @@ def launch(blocks, host: str, port: int, auth: tuple[str, str] | None, *, block:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Start-up allocates about a million objects that live as long as the server (Gradio, pydantic, the Blocks):
+    # the collector's passes over them while importing and building cost ~0.5 s of a ~4 s start
+    # (docs/benchmarks.md, Cold start). It is paused until the page is served, then those objects are frozen
+    # out of its reach (studio.freeze_startup_objects) and it runs as usual.
+    gc.disable()
+    try:
+        return _serve(argv)
+    finally:
+        gc.enable()
+
+
+def _serve(argv: Sequence[str] | None) -> int:
     import studio
     from trainers.hosting import HostingError, apply_space_defaults, resolve_auth
 
@@ -104,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HostingError as exc:
         raise SystemExit(str(exc)) from None
     blocks, _services = build()
-    studio.freeze_startup_objects()
     print(f"dp-studio on http://{url_host(args.host)}:{args.port}", flush=True)
-    launch(blocks, args.host, args.port, auth)
+    launch(blocks, args.host, args.port, auth, block=False)
+    studio.freeze_startup_objects()
+    gc.enable()
+    blocks.block_thread()
     return 0
 
 
