@@ -503,7 +503,8 @@ class Trainer:
         """What previews cost, so steps, size and cadence can be traded ([studio] sample_every_n_steps, width, height, steps)."""
         self.sampling_s += seconds
         share = 100 * self.sampling_s / max(time.monotonic() - self.training_began, 1e-9)
-        return (f"previews at step {self.step}: {images} images in {seconds:.1f} s; previews have taken "
+        took = f"{seconds:.2f}" if seconds < 10 else f"{seconds:.1f}"  # a CPU round can take well under a second
+        return (f"previews at step {self.step}: {images} images in {took} s; previews have taken "
                 f"{self.sampling_s:.1f} s, {share:.0f} % of the run's time so far")
 
     def eval_now(self) -> None:

@@ -36,6 +36,7 @@ from trainers.native.families.chroma_keys import (
 )
 from trainers.native.families.chroma_load import load_transformer
 from trainers.native.families.chroma_lora import all_shared, shared_weights, tie_fused_lora
+from trainers.native.families.chroma_sample import render_guided
 from trainers.native.lora_io import LoraPair, attach_lora, lora_pairs, read_adapter
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,9 @@ class ChromaFamily:
         inputs = [self.prompt_inputs(r) for r in rs]
         batched = {key: torch.cat([i[key] for i in inputs]) for key in inputs[0]}
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rs]
+        if rs[0].guidance > 1:  # both guidance passes in one call (chroma_sample.py), else the pipeline's one
+            return render_guided(self.pipe, batched, height=rs[0].height, width=rs[0].width, steps=rs[0].steps,
+                                 guidance=rs[0].guidance, generators=generators)
         out = self.pipe(**batched, height=rs[0].height, width=rs[0].width, num_inference_steps=rs[0].steps,
                         guidance_scale=rs[0].guidance, generator=generators)
         return out.images
