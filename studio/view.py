@@ -7,7 +7,6 @@ functions turn it into a plotly figure, gallery items and texts. Everything here
 from __future__ import annotations
 
 import html
-
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

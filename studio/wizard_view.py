@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from trainers.checkpoint_probe import ProbeError, check_flux_folder, probe_transformer_path
+from studio.wizard_models import WIZARD_MODELS, wizard_model
 from trainers.config import toml_io
 from trainers.paths import user_path
 from trainers.profiles.store import ProfileStore, ProfileTexts
@@ -19,37 +18,11 @@ def preset_resolution(preset: str | None) -> int:
     return 1024 if "1024" in (preset or "") else 512
 
 
-def check_models(diffusers_path: str, transformer_path: str) -> tuple[str, bool]:
-    """A report on the two model paths a Chroma config needs, and whether both are usable."""
-    lines, ok = [], True
-    if not diffusers_path.strip():
-        lines.append("✗ **diffusers_path** is empty: pick the FLUX.1 diffusers folder (VAE and T5 come from it).")
-        ok = False
-    else:
-        problems = check_flux_folder(user_path(diffusers_path))
-        ok &= not problems
-        lines += [f"✗ {p}" for p in problems] or [f"✓ Flux folder `{diffusers_path}` has vae/, text_encoder_2/, "
-                                                 "tokenizer_2/."]
-    if not transformer_path.strip():
-        return "\n\n".join([*lines, "✗ **transformer_path** is empty: pick the Chroma .safetensors file."]), False
-    try:
-        probe = probe_transformer_path(user_path(transformer_path))
-    except ProbeError as exc:
-        return "\n\n".join([*lines, f"✗ {exc}"]), False
-    if not probe.is_chroma:
-        lines.append(f"✗ `{Path(transformer_path).name}` is {_kind(probe.family)}, not Chroma "
-                     f"({probe.summary()}). Pick a Chroma file (e.g. chroma-unlocked-v47.safetensors).")
-        ok = False
-    else:
-        lines.append(f"✓ {probe.summary()}.")
-        if probe.dtype.startswith("float8"):
-            lines.append("ℹ The file is stored in float8: keep `transformer_dtype = 'float8'`.")
+def check_models(diffusers_path: str, transformer_path: str, model: str | None = None) -> tuple[str, bool]:
+    """A report on the model paths the picked model's config needs (Chroma when none is picked), and whether
+    a run can load them."""
+    lines, ok = wizard_model(model).check(diffusers_path, transformer_path)
     return "\n\n".join(lines), ok
-
-
-def _kind(family: str) -> str:
-    """'a flux checkpoint', 'an unknown checkpoint' (the article follows the family's first sound)."""
-    return f"{'an' if family[:1].lower() in 'aeiou' else 'a'} {family} checkpoint"
 
 
 def _names(names: list[str]) -> str:
@@ -98,6 +71,7 @@ class WizardChoices:
     run_name: str = ""
     activation_checkpointing: bool = False
     blocks_to_swap: int = 0
+    model: str = "Chroma"  # the picked model's label (studio/wizard_models.py)
 
 
 def build_pair(store: ProfileStore, c: WizardChoices) -> ProfileTexts:
@@ -105,8 +79,15 @@ def build_pair(store: ProfileStore, c: WizardChoices) -> ProfileTexts:
     base = store.texts(c.preset)
     main = toml_io.loads(base.main_text, base.main_name)
     toml_io.set_value(main, "output_dir", c.output_dir)
+    model = wizard_model(c.model)
+    toml_io.set_value(main, "model.type", model.type)
     toml_io.set_value(main, "model.diffusers_path", c.diffusers_path)
-    toml_io.set_value(main, "model.transformer_path", c.transformer_path)
+    if c.transformer_path or model.transformer_required:
+        toml_io.set_value(main, "model.transformer_path", c.transformer_path)
+    else:  # optional for this model: the folder's own transformer is trained
+        toml_io.delete_value(main, "model.transformer_path")
+    for key, value in model.studio_keys:
+        toml_io.set_value(main, f"studio.{key}", value)
     if c.activation_checkpointing:
         toml_io.set_value(main, "activation_checkpointing", True)
     if c.blocks_to_swap:  # the native trainer has no block swap: such a run goes to the user's diffusion-pipe
@@ -131,7 +112,8 @@ def vram_settings(main_text: str, dataset_text: str) -> VramSettings:
         adapter_dtype=main.get("adapter", {}).get("dtype", "bfloat16"),
         optimizer=main.get("optimizer", {}).get("type", "adamw"),
         activation_checkpointing=bool(main.get("activation_checkpointing", False)),
-        blocks_to_swap=int(main.get("blocks_to_swap", 0)))
+        blocks_to_swap=int(main.get("blocks_to_swap", 0)),
+        model=str(main.get("model", {}).get("type", "chroma")))
 
 
 def vram_markdown(settings: VramSettings, card_gb: int) -> str:
@@ -146,6 +128,7 @@ def vram_markdown(settings: VramSettings, card_gb: int) -> str:
     tips = advice(settings, card_gb)
     if tips:
         lines.append("To fit " + f"{card_gb} GB: " + "; then ".join(tips) + ".")
-    lines.append("_An estimate from Chroma's architecture and your settings (resolution, batch, rank, dtypes, "
+    label = next((m.label for m in WIZARD_MODELS.values() if m.type == settings.model), settings.model)
+    lines.append(f"_An estimate from {label}'s architecture and your settings (resolution, batch, rank, dtypes, "
                  "checkpointing, block swap); the monitor shows the real peak once training runs._")
     return "\n\n".join(lines)

@@ -80,3 +80,33 @@ def test_launch_is_disabled_while_review_shows_errors(page, wizard_studio):
     launch.click(force=True)  # a disabled button does nothing
     page.wait_for_timeout(1000)
     assert manager.runs() == []
+
+
+def test_the_model_picker_opens_the_same_path_for_flux(page, wizard_studio):
+    url, manager, tmp = wizard_studio
+    from tests.unit.test_wizard_models import _flux_folder
+
+    folder = _flux_folder(tmp)
+    data = _dataset(tmp, bare=0, size=600)
+    page.goto(url)
+    page.locator("#wiz-model").get_by_label("Flux").check()
+    page.locator("#wiz-heading").get_by_text("Your Flux LoRA").wait_for()
+    page.locator("#wiz-diffusers").get_by_text("FLUX.1-dev diffusers folder").wait_for()
+    _fill(page, "wiz-diffusers", str(folder))
+    page.locator("#wiz-check-models").click()
+    page.locator("#wiz-models-report").get_by_text("every part of a Flux run").wait_for()
+    page.locator("#wiz-next-1").click()
+    _fill(page, "wiz-dataset", str(data))
+    page.locator("#wiz-next-2").click()
+    page.get_by_label("Flux E6AI 1024").check()
+    page.locator("#wiz-vram").get_by_text("Flux's architecture").wait_for()
+    page.locator("#wiz-review").click()
+    page.locator("#wiz-issues").get_by_text("The config is valid").wait_for()
+    assert "type = 'flux'" in page.locator("#wiz-main").inner_text()
+    assert "Flux previews use" in page.locator("#wiz-sampling-note").inner_text()
+    _fill(page, "wiz-profile-name", "My Flux")
+    page.locator("#wiz-launch").click()
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('step')")
+    run = manager.runs()[0]
+    assert run.name == "My Flux" and run.backend == "native"
+    assert "type = 'flux'" in (run.run_dir / run.meta["main_config"]).read_text()
