@@ -5,10 +5,10 @@ are written to a temporary folder. Each measurement runs in a fresh Python proce
 with the files in the page cache (warm):
 
 - reference: a minimal pass, Pillow's header (``Image.open(...).size``) plus the caption file, per image;
-- cheap scan: the native trainer's dataset reader (``trainers.native.data.scan_dataset``: headers, captions,
-  buckets), which the browser's check starts with;
-- full check: ``trainers.dataset_report.analyse`` (everything above plus decode, sharpness, thumbnails,
-  near-duplicates) with an empty cache;
+- cheap scan: the report the browser shows first (``trainers.dataset_report.check_steps``, its first state):
+  the trainer's dataset reader on headers, captions and buckets, with an empty check cache;
+- full check: ``trainers.dataset_report.analyse`` (everything above plus the trainer's decode check, sharpness,
+  thumbnails, near-duplicates, measured in worker processes) with an empty cache;
 - second open: ``analyse`` again, the cache filled by the full check.
 
 Goals (issue 14): cheap scan <= 1.1× the reference; full check <= 30 s and <= 500 MiB for 10,000 images on
@@ -45,10 +45,12 @@ def reference(folder: Path) -> None:
 
 
 def cheap(folder: Path) -> None:
-    from trainers.native import data
+    from trainers.dataset_report import check_steps
 
-    data.scan_dataset({"resolutions": [1024], "enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0,
-                       "num_ar_buckets": 7, "directory": [{"path": str(folder)}]}, 0)
+    steps = check_steps(folder, resolution=1024, trigger="zxq", global_batch=4)
+    first = next(steps)  # the report the browser shows before measuring
+    assert first.report.pending == len(first.report.images), "the cache was not empty"
+    steps.close()
 
 
 def full(folder: Path) -> None:
@@ -64,7 +66,11 @@ def measure(which: str, folder: Path) -> None:
     started = time.perf_counter()
     fn(folder)
     seconds = time.perf_counter() - started
-    print(json.dumps({"s": seconds, "mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker process
+    workers = min(len(os.sched_getaffinity(0)), 4) if worker else 0
+    # peak: the parent's plus every worker at the largest one's peak (an upper bound: they run side by side)
+    print(json.dumps({"s": seconds, "mib": parent + workers * worker, "parent_mib": parent, "worker_mib": worker}))
 
 
 def _run(which: str, folder: Path, home: Path) -> dict:

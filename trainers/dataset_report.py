@@ -21,24 +21,24 @@ import re
 import statistics
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from trainers.datasets import check_cache
+from trainers.datasets.check_cache import thumb_path
+from trainers.datasets.known import Known
+from trainers.datasets.measure import SHARPNESS_SIDE, THUMB, measure_all, sharpness  # noqa: F401 - re-exported
 from trainers.files import atomic_write_text
 from trainers.native import archive, data
 from trainers.paths import user_path
 from trainers.runs import resolve_config_path
 
 DEFAULT_AR = {"enable_ar_bucket": True, "min_ar": 0.5, "max_ar": 2.0, "num_ar_buckets": 7}
-THUMB = 256
 DUPLICATE_DISTANCE = 4  # of 64 bits of a perceptual hash
 BLUR_RATIO = 0.35  # sharpness below this share of the dataset's median is an outlier
-SHARPNESS_SIDE = 512  # sharpness is measured near this size (JPEGs decode at it directly)
 HEAVY_CROP = 0.8  # less of the picture kept than this is worth a look
 UPSCALE_WARN = 1.25  # smaller upscales are listed in the table's scale column only (×1.06 is not visible)
 # The health list's groups, most harmful first (a kind not listed goes last).
@@ -69,6 +69,7 @@ class ImageInfo:
     in_json: bool = False  # its folder has captions.json (which wins over .txt files, as in training)
     prefix: str = ""  # caption_prefix of its directory
     skip_empty: bool = True
+    measured: bool = False  # its decode check, sharpness and hash are known (cached or measured)
 
     @property
     def trained(self) -> bool:
@@ -94,8 +95,9 @@ class DatasetReport:
     buckets: list[BucketRow]
     tags: list[tuple[str, int]]
     duplicates: list[tuple[str, str, int]]
-    thumbs: dict[Path, Image.Image] = field(default_factory=dict, repr=False)
+    thumbs: dict[Path, Path] = field(default_factory=dict, repr=False)  # picture -> its cached thumbnail file
     trigger: str = ""
+    pending: int = 0  # pictures whose decode check, sharpness and hash are still being measured
 
     @property
     def problems(self) -> Counter:
@@ -132,8 +134,12 @@ class DatasetReport:
         return "\n\n".join(parts)
 
     def table(self) -> list[list[str]]:
+        return self.table_rows(self.images)
+
+    def table_rows(self, images: list[ImageInfo]) -> list[list[str]]:
+        """The table's rows of ``images`` (one page of them, in the browser)."""
         rows = []
-        for info in self.images:
+        for info in images:
             bucket = ", ".join(f"{w}×{h}" for w, h in info.buckets) or "—"
             kept = f"{100 * info.kept:.0f}%" if info.crop else "—"
             scale = f"×{info.scale:.2f}" if info.crop else "—"
@@ -200,40 +206,92 @@ def crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, flo
     return left, top, left + w, top + h
 
 
-def sharpness(gray: np.ndarray) -> float:
-    """How crisp the strongest edges are: the 99.5th percentile of the Laplacian's magnitude over the picture's
-    contrast (1st to 99th percentile of brightness). Flat artwork with clean edges scores as high as a detailed
-    photo; a blurred picture of either scores a fraction of it."""
-    g = gray.astype(np.float32)
-    if g.shape[0] < 3 or g.shape[1] < 3:
-        return 0.0
-    lap = np.abs(-4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
-    low, high = np.percentile(g.ravel()[::3], [1, 99])  # every third pixel estimates the percentiles as well
-    return float(np.percentile(lap.ravel()[::3], 99.5)) / max(float(high - low), 1.0)
-
-
 def estimate_tokens(caption: str) -> int:
     """T5 (sentencepiece) tokens of a caption, estimated: about 1.3 per word plus punctuation."""
     words = re.findall(r"\w+", caption)
     return math.ceil(1.3 * len(words)) + len(re.findall(r"[^\w\s]", caption)) + 1
 
 
+@dataclass(frozen=True)
+class CheckState:
+    """Where a dataset check is: the report so far, and how many pictures of ``total`` are measured."""
+
+    report: DatasetReport
+    done: int
+    total: int
+
+    @property
+    def final(self) -> bool:
+        return self.report.pending == 0
+
+
 def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
             global_batch: int = 1, seed: int = 0) -> DatasetReport:
     """Read a dataset folder (buckets for ``resolution``) or a dataset TOML (its own settings) and check it."""
+    *_, last = check_steps(source, resolution=resolution, ar_buckets=ar_buckets, trigger=trigger,
+                           global_batch=global_batch, seed=seed)
+    return last.report
+
+
+def check_steps(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
+                global_batch: int = 1, seed: int = 0, progress_every: int = 200,
+                workers: int | None = None) -> Iterator[CheckState]:
+    """The check step by step: the report of the cheap scan first (headers, captions, buckets, and whatever the
+    check cache knows: a second open is complete here), then progress every ``progress_every`` pictures while
+    the rest are measured (decode check, sharpness, hash, thumbnail) in worker processes, then the complete
+    report (blur outliers and near-duplicates need every picture)."""
     source = user_path(str(source))
     if global_batch < 1:
         raise DatasetReportError(f"global batch {global_batch} must be at least 1 (micro batch × accumulation)")
     dataset, settings_text = _dataset_for(source, resolution, ar_buckets)
+    known = Known()
+    report = _report(source, dataset, settings_text, known, trigger.strip(), global_batch, seed)
+    todo = known.unmeasured()
+    yield CheckState(report, 0, len(todo))
+    if not todo:
+        return
+    try:
+        for done, (index, facts) in enumerate(measure_all(todo, workers), start=1):
+            known.record(*todo[index], facts)
+            if done % progress_every == 0 and done < len(todo):
+                yield CheckState(report, done, len(todo))
+    finally:
+        known.save()
+    if any(known.facts[path].bad for path, _ in todo):  # a picture the trainer skips: its buckets change
+        report = _report(source, dataset, settings_text, known, trigger.strip(), global_batch, seed)
+    else:  # the scan stands as it was (headers gave the same sizes): add the measurements
+        _complete(report, known)
+    yield CheckState(report, len(todo), len(todo))
+
+
+def _complete(report: DatasetReport, known: Known) -> None:
+    """Fill the measured facts into ``report`` and run the checks that need every picture."""
+    for info in report.images:
+        facts = known.facts.get(info.path)
+        if facts is not None and not info.measured and not facts.bad:
+            info.sharpness, info.phash, info.measured = facts.sharpness, bytes.fromhex(facts.phash), True
+            if known.keys.get(info.path):
+                report.thumbs[info.path] = thumb_path(known.keys[info.path])
+    report.pending = 0
+    report.duplicates = _duplicates(report.images)
+    _blur_outliers(report.images)
+
+
+def _scan(dataset: dict, seed: int, known: Known) -> list[data.Item]:
     quiet, data.log.disabled = data.log.disabled, True  # its skip warnings become the report's issues
     try:
-        items = data.scan_dataset(dataset, seed)
+        return data.scan_dataset(dataset, seed, size_of=known.size_of)
     except RuntimeError:
-        items = []  # no captioned image: still show the folder and say why
+        return []  # no captioned image: still show the folder and say why
     except (ValueError, FileNotFoundError) as exc:
         raise DatasetReportError(str(exc)) from None
     finally:
         data.log.disabled = quiet
+
+
+def _report(source: Path, dataset: dict, settings_text: str, known: Known, trigger: str, global_batch: int,
+            seed: int) -> DatasetReport:
+    items = _scan(dataset, seed, known)
     by_path: dict[Path, list[data.Item]] = {}
     for item in items:
         by_path.setdefault(item.path, []).append(item)
@@ -247,10 +305,10 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
         for path in data.media_files(folder):
             info = ImageInfo(path)
             infos.append(info)
-            thumb = _open(info)
-            if thumb is None:
+            if not _picture_facts(info, known):
                 continue
-            thumbs[path] = thumb
+            if info.measured and known.keys.get(path):
+                thumbs[path] = thumb_path(known.keys[path])
             try:
                 raw = data.captions_of(path, captions_json)
             except data.BadMedia as exc:  # a caption file the trainer skips its image for
@@ -261,45 +319,35 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
             own = by_path.get(path, [])
             info.examples = sum(i.repeats for i in own)
             info.buckets = list(dict.fromkeys(i.size for i in own))
-            _caption_issues(info, raw, skip_empty, trigger.strip(), prefix)
+            _caption_issues(info, raw, skip_empty, trigger, prefix)
             _crop_issues(info)
-    _blur_outliers(infos)
-    duplicates = _duplicates(thumbs, infos)
+    pending = len(known.unmeasured())
+    duplicates = [] if pending else _duplicates(infos)
+    if not pending:
+        _blur_outliers(infos)
     return DatasetReport(source, settings_text, global_batch, infos, _buckets(items, global_batch),
-                         _tags(infos, dataset), duplicates, thumbs, trigger.strip())
+                         _tags(infos, dataset), duplicates, thumbs, trigger, pending)
 
 
-def _open(info: ImageInfo) -> Image.Image | None:
-    """Read the size and sharpness of the picture (or recall them by file fingerprint); its thumbnail, or None
-    (with the issue noted)."""
+def _picture_facts(info: ImageInfo, known: Known) -> bool:
+    """Fill in what is known of the picture (size; sharpness and hash once measured); False when it is not
+    trained at all (a video, or a file the trainer skips), with the issue noted."""
     if info.path.suffix.lower() in data.VIDEO_SUFFIXES:
         info.issues.append("video: the native trainer trains Chroma on images only")
-        return None
-    cached = check_cache.load(info.path)
-    if cached is not None:  # measured before, file unchanged (path, size, mtime_ns)
-        info.width, info.height, info.sharpness, info.phash = cached.width, cached.height, cached.sharpness, \
-            cached.phash
-        return cached.thumb
-    try:
-        data.probe_image(info.path)  # the trainer's own check: what it skips is listed here, with its reason
-        with data.open_image(info.path) as img:
-            info.width, info.height = img.size
-            img.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))
-            view = data.rgb_on_white(img)
-    except data.BadMedia as exc:
-        info.issues.append(f"skipped: {exc.reason}")
-        return None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        info.issues.append(f"unreadable: Pillow cannot open it ({exc})")
-        return None
-    factor = min(view.width, view.height) // SHARPNESS_SIDE
-    if factor > 1:
-        view = view.reduce(factor)  # a box filter by a whole factor: fast, and it keeps edges honest
-    info.sharpness = sharpness(np.asarray(view.convert("L")))
-    view.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
-    info.phash = np.packbits(imagehash.phash(view).hash.ravel()).tobytes()
-    check_cache.store(info.path, check_cache.Facts(info.width, info.height, info.sharpness, info.phash, view))
-    return view
+        return False
+    facts = known.facts.get(info.path)
+    if facts is not None and facts.bad:
+        info.issues.append(facts.bad)
+        return False
+    if facts is not None:
+        info.width, info.height, info.sharpness = facts.width, facts.height, facts.sharpness
+        info.phash, info.measured = bytes.fromhex(facts.phash), True
+        return True
+    header = known.headers.get(info.path)
+    if header is None:  # the header could not be read: the measurement says why
+        return True
+    info.width, info.height = header
+    return True
 
 
 def _caption_issues(info: ImageInfo, raw: list[str] | None, skip_empty: bool, trigger: str, prefix: str) -> None:
@@ -362,28 +410,28 @@ def save_captions(report: DatasetReport, info: ImageInfo, captions: list[str]) -
 
 
 def _blur_outliers(infos: list[ImageInfo]) -> None:
-    values = [i.sharpness for i in infos if i.width]
+    values = [i.sharpness for i in infos if i.measured]
     if len(values) < 4:
         return
     median = statistics.median(values)
     if median <= 0:
         return
     for info in infos:
-        if info.width and info.sharpness < BLUR_RATIO * median:
+        if info.measured and info.sharpness < BLUR_RATIO * median:
             info.issues.append(f"blurry: {100 * info.sharpness / median:.0f}% of the dataset's median sharpness")
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def _duplicates(thumbs: dict[Path, Image.Image], infos: list[ImageInfo]) -> list[tuple[str, str, int]]:
+def _duplicates(infos: list[ImageInfo]) -> list[tuple[str, str, int]]:
     """Pairs whose 64-bit perceptual hashes differ in at most DUPLICATE_DISTANCE bits (numpy row by row, so a
     few thousand images take a second, not minutes)."""
-    paths = list(thumbs)
+    measured = [info for info in infos if info.measured and info.phash]
+    paths = [info.path for info in measured]
     if len(paths) < 2:
         return []
-    by_path = {info.path: info for info in infos}
-    bits = np.stack([np.frombuffer(by_path[p].phash, dtype=np.uint8) for p in paths])  # (n, 8) bytes
+    bits = np.stack([np.frombuffer(info.phash, dtype=np.uint8) for info in measured])  # (n, 8) bytes
     pairs = []
     for i in range(len(paths) - 1):
         distances = _POPCOUNT[np.bitwise_xor(bits[i + 1:], bits[i])].sum(axis=1)

@@ -5,6 +5,12 @@ buckets, repeats, captions.json, prefix...) is read by the native trainer's own 
 (:mod:`trainers.dataset_report`): thumbnails with captions, each image's bucket and crop, the bucket list with
 steps per epoch at the chosen global batch, tag counts, and health checks (captions, trigger word, upscaling,
 heavy crops, blur, near-duplicates, dropped buckets). Clicking an image shows its crop next to the training view.
+
+Large folders: the cheap scan (headers, captions, buckets, and whatever the check cache knows) shows first; the
+pictures not measured yet are measured in worker processes while the summary shows the progress, and the report
+fills in when they are done. The grid and the table show one page (``PAGE_SIZE`` images) of the chosen filter, so
+a page of a 10,000-image folder costs what a page of a small one does; only that page's thumbnails (files in the
+check cache) are sent.
 """
 
 from __future__ import annotations
@@ -13,21 +19,28 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from studio import served
 from studio.services import Services
 from studio.tabs import dataset_bulk
 from studio.user_errors import user_mistake
 from trainers.dataset_report import (
     BUCKET_HEADERS,
+    SEVERITY,
     TABLE_HEADERS,
+    CheckState,
     DatasetReport,
     DatasetReportError,
     ImageInfo,
-    analyse,
+    check_steps,
     crop_preview,
+    kind,
     save_captions,
 )
+from trainers.datasets.check_cache import cache_root
 
-GALLERY_LIMIT = 300  # thumbnails sent to the page; the table lists every image
+PAGE_SIZE = 60  # images per page of the grid and the table
+ALL, PROBLEMS = "all images", "with problems"
+FILTERS = [ALL, PROBLEMS, *SEVERITY]
 RESOLUTIONS = [256, 512, 768, 1024, 1280, 1536]
 TABLE_WIDTHS = ["11%", "8%", "8%", "9%", "6%", "8%", "22%", "28%"]  # the issues column gets room to wrap
 
@@ -50,6 +63,11 @@ class DatasetHandles:
     health: gr.Markdown
     report: gr.State
     selected: gr.State
+    show: gr.Dropdown
+    page: gr.Number
+    prev_page: gr.Button
+    next_page: gr.Button
+    page_note: gr.Markdown
     caption: gr.Textbox
     save_caption: gr.Button
     caption_message: gr.Markdown
@@ -71,6 +89,12 @@ def render(services: Services) -> DatasetHandles:
         batch = gr.Number(value=1, precision=0, minimum=1, label="Global batch (micro batch × accumulation)",
                           elem_id="datasets-batch")
     summary = gr.Markdown("", elem_id="datasets-summary")
+    with gr.Row(equal_height=True):
+        show = gr.Dropdown(FILTERS, value=ALL, label="Show", scale=2, elem_id="datasets-filter")
+        prev_page = gr.Button("◀ Previous", scale=1, size="sm", elem_id="datasets-prev")
+        page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1, elem_id="datasets-page")
+        next_page = gr.Button("Next ▶", scale=1, size="sm", elem_id="datasets-next")
+        page_note = gr.Markdown("", elem_id="datasets-page-note")
     with gr.Row():
         gallery = gr.Gallery(label="Images (click one for its crop)", columns=6, height=420, scale=3,
                              elem_id="datasets-gallery", allow_preview=False)
@@ -94,32 +118,73 @@ def render(services: Services) -> DatasetHandles:
             health = gr.Markdown("", elem_id="datasets-health")
     bulk = dataset_bulk.render()
     return DatasetHandles(folder, resolution, ar_buckets, trigger, batch, load, summary, gallery, preview, detail,
-                          table, buckets, tags, health, gr.State(None), gr.State(""), caption, save_caption,
-                          caption_message, bulk)
+                          table, buckets, tags, health, gr.State(None), gr.State(""), show, page, prev_page,
+                          next_page, page_note, caption, save_caption, caption_message, bulk)
 
 
-def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1):
-    """Read and check a dataset folder or TOML: summary, thumbnails, per-image table, buckets, tags, health."""
+def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: str = "", batch=1,
+           show: str = ALL):
+    """Read and check a dataset folder or TOML: the cheap scan's report at once, progress while the pictures
+    are measured, then the complete report (summary, page 1 of the grid and table, buckets, tags, health)."""
     try:
         side = _whole_number(resolution, 1024, "resolution", "a side in pixels such as 512 or 1024")
-        report = analyse((folder_text or "").strip(), resolution=side, ar_buckets=bool(ar_buckets),
-                         trigger=trigger or "", global_batch=_whole_number(batch, 1, "global batch", "1 or more"))
+        states = check_steps((folder_text or "").strip(), resolution=side, ar_buckets=bool(ar_buckets),
+                             trigger=trigger or "", global_batch=_whole_number(batch, 1, "global batch", "1 or more"))
+        for state in states:
+            yield _outputs(state, show)
     except (DatasetReportError, ValueError) as exc:
-        message = f"⚠ {exc}"
-        return message, [], [], [], [], "", None, None, "", "", ""
-    items = [(report.thumbs[i.path], f"{i.path.name}: {i.captions[0] if i.captions else '(no caption)'}")
-             for i in _gallery_images(report)]
-    summary = report.summary_markdown()
-    if len(report.thumbs) > GALLERY_LIMIT:
-        summary += f"\n\nThe gallery shows the first {GALLERY_LIMIT} images; the table lists them all."
+        yield f"⚠ {exc}", [], [], [], [], "", None, None, "", "", "", 1, ""
+
+
+def _outputs(state: CheckState, show: str) -> tuple:
+    report = state.report
+    summary = report.summary_markdown() if state.final else _measuring(report, state)
+    items, rows, number, note = page_view(report, show, 1)
     tags = [[tag, str(count)] for tag, count in report.tags[:200]]
-    return (summary, items, report.table(), report.bucket_table(), tags, report.health_markdown(), report, None,
-            "", "", "")
+    health = report.health_markdown() if state.final else "Measuring the pictures: the health list follows."
+    return (summary, items, rows, report.bucket_table(), tags, health, report, None, "", "", "", number, note)
 
 
-def _gallery_images(report: DatasetReport) -> list[ImageInfo]:
-    """The images the gallery shows, in its order (a click's index points into this list)."""
-    return [i for i in report.images if i.path in report.thumbs][:GALLERY_LIMIT]
+def _measuring(report: DatasetReport, state: CheckState) -> str:
+    share = state.done / max(state.total, 1)
+    bar = "▰" * round(20 * share) + "▱" * (20 - round(20 * share))
+    return (f"{report.summary_markdown()}\n\n⏳ {bar} **measuring {state.done:,} of {state.total:,} pictures** "
+            "(the trainer's decode check, sharpness, near-duplicates; cached for the next open)")
+
+
+def shown_images(report: DatasetReport | None, show: str) -> list[ImageInfo]:
+    """The images the filter keeps, in the table's order."""
+    if report is None:
+        return []
+    if show in (ALL, None, ""):
+        return report.images
+    if show == PROBLEMS:
+        return [i for i in report.images if i.issues]
+    return [i for i in report.images if any(kind(issue) == show for issue in i.issues)]
+
+
+def page_images(report: DatasetReport | None, show: str, page) -> tuple[list[ImageInfo], int, int]:
+    """The images of one page of the filter, the page number (clamped) and the number of pages."""
+    images = shown_images(report, show)
+    pages = max(1, -(-len(images) // PAGE_SIZE))
+    try:
+        number = min(max(int(page or 1), 1), pages)
+    except (TypeError, ValueError):
+        number = 1
+    return images[(number - 1) * PAGE_SIZE:number * PAGE_SIZE], number, pages
+
+
+def page_view(report: DatasetReport | None, show: str, page) -> tuple[list, list, int, str]:
+    """One page: gallery items (thumbnails from the check cache), table rows, the page number and its note."""
+    images, number, pages = page_images(report, show, page)
+    if report is None:
+        return [], [], 1, ""
+    items = [(str(report.thumbs[i.path]), f"{i.path.name}: {i.captions[0] if i.captions else '(no caption)'}")
+             for i in images if i.path in report.thumbs]
+    total = len(shown_images(report, show))
+    note = (f"page {number} of {pages} · {total:,} image{'' if total == 1 else 's'} "
+            f"{'' if show in (ALL, None, '') else f'({show}) '}· {PAGE_SIZE} per page")
+    return served.publish_items(items, [cache_root()]), report.table_rows(images), number, note
 
 
 def _whole_number(value, default: int, what: str, hint: str) -> int:
@@ -169,35 +234,46 @@ def save_caption(report: DatasetReport | None, name: str, text: str):
     except (DatasetReportError, OSError) as exc:
         raise user_mistake(str(exc)) from exc
     note = "" if info.trained else " It had no caption before: press **Browse** to count its buckets and steps."
-    return (f"✓ Saved `{target.name}`.{note}", _facts(info), report.table(), report.summary_markdown(),
-            report.health_markdown())
+    return (f"✓ Saved `{target.name}`.{note}", _facts(info), report.summary_markdown(), report.health_markdown())
 
 
 def browse_event(h: DatasetHandles) -> dict:
     """Keyword arguments of an event (or ``.then``) that browses what the tab's inputs say."""
-    return dict(fn=browse, inputs=[h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch],
+    return dict(fn=browse, inputs=[h.folder, h.resolution, h.ar_buckets, h.trigger, h.batch, h.show],
                 outputs=[h.summary, h.gallery, h.table, h.buckets, h.tags, h.health, h.report, h.preview, h.detail,
-                         h.selected, h.caption])
+                         h.selected, h.caption, h.page, h.page_note])
 
 
 def wire(h: DatasetHandles, services: Services) -> None:
     event = browse_event(h)
     inputs, outputs = event["inputs"], event["outputs"]
-    h.load.click(browse, inputs=inputs, outputs=outputs, api_name="browse_dataset")
-    h.folder.submit(browse, inputs=inputs, outputs=outputs, api_visibility="private")
+    # A newer browse replaces a running one (its worker processes stop with it).
+    running = h.load.click(browse, inputs=inputs, outputs=outputs, api_name="browse_dataset",
+                           trigger_mode="always_last")
+    h.folder.submit(browse, inputs=inputs, outputs=outputs, api_visibility="private", cancels=[running])
+    paging = {"outputs": [h.gallery, h.table, h.page, h.page_note], "api_visibility": "private",
+              "show_progress": "hidden"}
+    h.page.submit(page_view, inputs=[h.report, h.show, h.page], **paging)
+    h.show.input(lambda report, show: page_view(report, show, 1), inputs=[h.report, h.show], **paging)
+    h.prev_page.click(lambda report, show, page: page_view(report, show, (page or 1) - 1),
+                      inputs=[h.report, h.show, h.page], **paging)
+    h.next_page.click(lambda report, show, page: page_view(report, show, (page or 1) + 1),
+                      inputs=[h.report, h.show, h.page], **paging)
 
-    def on_gallery(report, evt: gr.SelectData):
-        shown = _gallery_images(report) if report else []
+    def on_gallery(report, show, page, evt: gr.SelectData):
+        shown = [i for i in page_images(report, show, page)[0] if report and i.path in report.thumbs]
         return image_detail(report, shown[evt.index].path.name if 0 <= evt.index < len(shown) else "")
 
-    def on_row(report, evt: gr.SelectData):
+    def on_row(report, show, page, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        images = report.images if report else []
+        images = page_images(report, show, page)[0]
         return image_detail(report, images[row].path.name if 0 <= row < len(images) else "")
 
     picked = [h.preview, h.detail, h.selected, h.caption]
-    h.gallery.select(on_gallery, inputs=h.report, outputs=picked, api_visibility="private")
-    h.table.select(on_row, inputs=h.report, outputs=picked, api_visibility="private")
+    where = [h.report, h.show, h.page]
+    h.gallery.select(on_gallery, inputs=where, outputs=picked, api_visibility="private")
+    h.table.select(on_row, inputs=where, outputs=picked, api_visibility="private")
     h.save_caption.click(save_caption, inputs=[h.report, h.selected, h.caption],
-                         outputs=[h.caption_message, h.detail, h.table, h.summary, h.health], api_visibility="private")
+                         outputs=[h.caption_message, h.detail, h.summary, h.health], api_visibility="private").then(
+        page_view, inputs=where, outputs=[h.gallery, h.table, h.page, h.page_note], api_visibility="private")
     dataset_bulk.wire(h.bulk, h.report)

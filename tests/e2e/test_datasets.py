@@ -133,3 +133,45 @@ def test_bulk_caption_edit_preview_apply_undo(page, studio, tmp_path):
     assert (folder / "one.txt").read_text() == "a cat\n"
     assert (folder / "three.txt").read_text() == "a bird\n"
     assert (folder / "two.txt").read_text() == "a dog by hand\n"
+
+
+def test_a_large_folder_is_paged_and_filtered(page, studio, tmp_path):
+    """Issue 11 item 13: the grid and the table show one page; Next shows the next images, a filter applies
+    before paging; clicking a picture on page 2 opens that picture."""
+    from PIL import Image
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(130):
+        picture = Image.new("RGB", (96, 96), (i, 2 * i % 255, 40))
+        picture.paste((255 - i, 0, 2 * i), (i % 60, i // 3, i % 60 + 30, i // 3 + 20))
+        picture.save(folder / f"p{i:03d}.png")
+        if i % 10:
+            (folder / f"p{i:03d}.txt").write_text(f"picture {i}")
+    page.goto(studio)
+    page.get_by_role("tab", name="Dataset browser").click()
+    _type(page, "datasets-folder", str(folder))
+    _type(page, "datasets-resolution", "64")
+    page.locator("#datasets-resolution input").press("Enter")
+    page.locator("#datasets-load").click()
+    page.wait_for_function(f"{_text('datasets-summary')}.includes('130 images') && "
+                           f"!{_text('datasets-summary')}.includes('measuring')")
+    page.wait_for_function(f"{_text('datasets-page-note')}.includes('page 1 of 3')")
+    assert page.locator("#datasets-gallery button img").count() == 60
+    table = page.locator("#datasets-table").inner_text()  # the table draws the rows in view: the first ones
+    assert "p000.png" in table and "p060.png" not in table
+    page.locator("#datasets-next").click()
+    page.wait_for_function(f"{_text('datasets-page-note')}.includes('page 2 of 3')")
+    table = page.locator("#datasets-table").inner_text()
+    assert "p060.png" in table and "p000.png" not in table and "p059.png" not in table
+    assert page.locator("#datasets-gallery button img").count() == 60
+    page.locator("#datasets-gallery button", has_text="p061.png").first.click()
+    page.wait_for_function(f"{_text('datasets-detail')}.includes('p061.png')")
+    # Filter, then page: the 13 pictures without a caption fit on page 1.
+    page.locator("#datasets-filter input").click()
+    page.get_by_role("option", name="no caption", exact=True).click()
+    page.wait_for_function(f"{_text('datasets-page-note')}.includes('13 images (no caption)')")
+    assert "page 1 of 1" in page.locator("#datasets-page-note").inner_text()
+    table = page.locator("#datasets-table").inner_text()
+    assert "p010.png" in table and "p020.png" in table and "p011.png" not in table
+    assert page.locator("#datasets-gallery button img").count() == 13

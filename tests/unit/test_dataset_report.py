@@ -122,9 +122,12 @@ def test_the_browser_names_a_bad_resolution_or_batch():
     from studio.tabs.datasets import browse
 
     folder = str(REPO / "assets" / "demo" / "dataset")
-    assert browse(folder, "big")[0] == "⚠ resolution 'big' is not a number: type a side in pixels such as 512 or 1024"
-    assert "global batch 0 must be a whole number" in browse(folder, 64, True, "", 0)[0]
-    assert browse(folder, "64", True, "", 2.0)[0].startswith("**24 images**")
+
+    def last(*args):
+        return list(browse(folder, *args))[-1]
+    assert last("big")[0] == "⚠ resolution 'big' is not a number: type a side in pixels such as 512 or 1024"
+    assert "global batch 0 must be a whole number" in last(64, True, "", 0)[0]
+    assert last("64", True, "", 2.0)[0].startswith("**24 images**")
 
 
 def test_small_upscales_are_not_listed_and_the_largest_upscale_leads_the_health_list(tmp_path):
@@ -140,3 +143,28 @@ def test_small_upscales_are_not_listed_and_the_largest_upscale_leads_the_health_
     health = report.health_markdown()
     assert health.index("no caption") < health.index("**upscaled** (2)")
     assert health.index("tiny.png") < health.index("double.png")
+
+
+def test_the_browser_pages_and_filters_a_large_folder(tmp_path):
+    """130 pictures: pages of PAGE_SIZE in the grid and the table alike, a filter applied before paging, page
+    numbers clamped; only the page's thumbnails are sent, as served copies of the check cache's files."""
+    from studio.tabs import datasets as tab
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(130):
+        Image.new("RGB", (96, 96), (i, 2 * i % 255, 40)).save(folder / f"p{i:03d}.png")
+        if i % 10:  # every tenth has no caption
+            (folder / f"p{i:03d}.txt").write_text(f"picture {i}")
+    *progress, final = list(tab.browse(str(folder), 64, False, "", 1))
+    report = final[6]
+    assert progress and "measuring" in progress[0][0] and "measuring" not in final[0]
+    items, rows, number, note = tab.page_view(report, tab.ALL, 2)
+    assert number == 2 and note.startswith("page 2 of 3 · 130 images")
+    assert [r[0] for r in rows] == [f"p{i:03d}.png" for i in range(60, 120)]
+    assert len(items) == 60 and all("/served/" in path for path, _ in items)
+    assert items[0][1] == "p060.png: (no caption)" and items[1][1] == "p061.png: picture 61"
+    items, rows, number, note = tab.page_view(report, "no caption", 9)  # filter first, then the (clamped) page
+    assert number == 1 and [r[0] for r in rows] == [f"p{i:03d}.png" for i in range(0, 130, 10)]
+    assert "13 images (no caption)" in note and len(items) == 13
+    assert {r[0] for r in rows} <= {i.path.name for i in tab.shown_images(report, tab.PROBLEMS)}

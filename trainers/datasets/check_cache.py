@@ -1,28 +1,26 @@
-"""What the dataset check learned about each picture (size, sharpness, perceptual hash, thumbnail), kept by file fingerprint.
+"""What the dataset check learned about each picture, kept by file fingerprint, so a second open reads no image.
 
 A picture's fingerprint is its resolved path, size and ``mtime_ns``: a file edited, replaced or touched is read
-again. Each entry is one JPEG thumbnail (quality 90, for the gallery; the hash is stored, not re-taken from it)
-with the facts as JSON in its comment, under ``<studio home>/dataset-cache/`` (``$DP_STUDIO_HOME``): nothing is written into the
-dataset folder. Pictures inside tar archives are not cached. Entries are written atomically; a cache that cannot
-be written only costs the next open its speed.
+again. Per dataset folder one index (JSON, ``<studio home>/dataset-cache/index/<hash of the folder>.json``) holds
+each picture's size, sharpness, perceptual hash and the trainer's verdict on it (decodes, or why it is
+skipped); its 256 px thumbnail is a JPEG of its own under ``dataset-cache/thumbs/``, read only when a page shows
+it. Nothing is written into the dataset folder. Pictures inside tar archives are not cached. Files are written
+atomically; a cache that cannot be written only costs the next open its speed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from trainers.files import atomic_write_bytes
+from trainers.files import atomic_write_text
 from trainers.paths import studio_home
 
 log = logging.getLogger(__name__)
-FORMAT = 3  # bump when what is measured changes, so old entries are not reused
+FORMAT = 4  # bump when what is measured changes, so old entries are not reused
 
 
 @dataclass(frozen=True)
@@ -30,8 +28,8 @@ class Facts:
     width: int
     height: int
     sharpness: float
-    phash: bytes  # the 64-bit perceptual hash of the thumbnail, packed
-    thumb: Image.Image
+    phash: str  # the 64-bit perceptual hash of the thumbnail, hex
+    bad: str = ""  # why the trainer skips it ("skipped: ..." / "unreadable: ..."); "" when it decodes
 
 
 def cache_root() -> Path:
@@ -39,7 +37,7 @@ def cache_root() -> Path:
 
 
 def fingerprint(path: Path) -> str | None:
-    """``path|size|mtime_ns``, or None for a file that cannot be stat'ed (e.g. a member of an archive)."""
+    """``format|path|size|mtime_ns``, or None for a file that cannot be stat'ed (e.g. a member of an archive)."""
     try:
         stat = path.stat()
     except OSError:
@@ -47,40 +45,56 @@ def fingerprint(path: Path) -> str | None:
     return f"{FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _entry(key: str) -> Path:
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    return cache_root() / digest[:2] / f"{digest}.jpg"
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load(path: Path) -> Facts | None:
-    """The cached facts of ``path`` as it is now on disk, or None."""
-    key = fingerprint(path)
-    entry = _entry(key) if key else None
-    if entry is None or not entry.is_file():
-        return None
-    try:
-        with Image.open(entry) as img:
-            img.load()
-            facts = json.loads(img.info["comment"])
-            if facts.get("key") != key:
-                return None
-            return Facts(int(facts["width"]), int(facts["height"]), float(facts["sharpness"]),
-                         bytes.fromhex(facts["phash"]), img.copy())
-    except (OSError, ValueError, KeyError, SyntaxError) as exc:
-        log.info("dataset cache entry %s unreadable (%s): measuring %s again", entry, exc, path.name)
-        return None
+def thumb_path(key: str) -> Path:
+    """Where the thumbnail of the picture with fingerprint ``key`` lives."""
+    digest = _digest(key)
+    return cache_root() / "thumbs" / digest[:2] / f"{digest}.jpg"
 
 
-def store(path: Path, facts: Facts) -> None:
-    key = fingerprint(path)
-    if key is None:
-        return
-    comment = json.dumps({"key": key, "width": facts.width, "height": facts.height,
-                          "sharpness": facts.sharpness, "phash": facts.phash.hex()})
-    buffer = io.BytesIO()
-    facts.thumb.save(buffer, format="JPEG", quality=90, comment=comment.encode("utf-8"))
-    try:
-        atomic_write_bytes(_entry(key), buffer.getvalue())
-    except OSError as exc:
-        log.warning("dataset cache %s not writable (%s): the next open measures %s again", cache_root(), exc,
-                    path.name)
+class FolderIndex:
+    """The cached facts of one folder's pictures: read once, looked up by fingerprint, saved atomically."""
+
+    def __init__(self, folder: Path):
+        self.file = cache_root() / "index" / f"{_digest(str(Path(folder).resolve()))}.json"
+        self.entries: dict[str, dict] = {}
+        self.dirty = False
+        try:
+            raw = json.loads(self.file.read_text(encoding="utf-8"))
+            if raw.get("format") == FORMAT and isinstance(raw.get("entries"), dict):
+                self.entries = raw["entries"]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as exc:
+            log.info("dataset cache index %s unreadable (%s): measuring again", self.file, exc)
+
+    def get(self, path: Path, key: str | None = None) -> Facts | None:
+        """The facts of ``path`` as it is now on disk (``key``: its fingerprint, when known), or None."""
+        key = key or fingerprint(path)
+        entry = self.entries.get(path.name) if key else None
+        if not entry or entry.get("key") != key:
+            return None
+        try:
+            facts = Facts(int(entry["width"]), int(entry["height"]), float(entry["sharpness"]), str(entry["phash"]),
+                          str(entry.get("bad", "")))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not facts.bad and not thumb_path(key).is_file():
+            return None  # the thumbnail was removed: measure (and draw) it again
+        return facts
+
+    def put(self, path: Path, key: str, facts: Facts) -> None:
+        self.entries[path.name] = {"key": key, **asdict(facts)}
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            atomic_write_text(self.file, json.dumps({"format": FORMAT, "entries": self.entries}))
+            self.dirty = False
+        except OSError as exc:
+            log.warning("dataset cache %s not writable (%s): the next open measures again", cache_root(), exc)

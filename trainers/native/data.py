@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from trainers.native.media import (
 )
 
 log = logging.getLogger(__name__)
+SizeOf = Callable[[Path], tuple[int, int]]  # an image's (width, height), or BadMedia
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets",
@@ -317,12 +319,12 @@ def _skip_or_raise(exc: BadMedia, strict: bool) -> list[Item]:
     return []
 
 
-def _items_for(path: Path, d: _Directory, strict: bool = False) -> list[Item]:
+def _items_for(path: Path, d: _Directory, strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         log.warning("skipping %s: videos are not supported by the native trainer", path.name)
         return []
     try:
-        size = probe_image(path)
+        size = size_of(path)
         captions = captions_of(path, d.captions)
     except BadMedia as exc:
         return _skip_or_raise(exc, strict)
@@ -344,16 +346,17 @@ def _items_for(path: Path, d: _Directory, strict: bool = False) -> list[Item]:
 
 
 def scan_directory(directory: dict, settings: dict, seed: int, multiple: int = SIDE_MULTIPLE,
-                   model: str = "chroma", strict: bool = False) -> list[Item]:
+                   model: str = "chroma", strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
     """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio. A bad
     file (corrupt, truncated, animated WebP, undecodable caption, symlink loop) is skipped with a warning naming
-    it, or stops the scan when ``strict``."""
+    it, or stops the scan when ``strict``. ``size_of`` gives an image's size or raises BadMedia: the trainer
+    decodes every image (``probe_image``); the dataset browser passes what its check cache already knows."""
     d = _read_directory(directory, settings, seed, multiple, model)
-    return [item for path in media_files(d.folder) for item in _items_for(path, d, strict)]
+    return [item for path in media_files(d.folder) for item in _items_for(path, d, strict, size_of)]
 
 
 def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma",
-                 strict: bool = False) -> list[Item]:
+                 strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
     """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple; ``strict``
     (``[studio] strict_dataset``) turns a skipped bad file into an error."""
     directories = dataset.get("directory", [])
@@ -363,7 +366,7 @@ def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model:
     items: list[Item] = []
     for directory in directories:
         items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model,
-                                    strict))
+                                    strict, size_of))
     if not items:
         raise RuntimeError("the dataset is empty: no image with a caption was found")
     return items

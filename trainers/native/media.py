@@ -59,6 +59,13 @@ def open_image(path: Path) -> Image.Image:
 def probe_image(path: Path) -> tuple[int, int]:
     """The (width, height) of an image after decoding all of it (JPEGs at 1/8 scale, which still reads every
     byte), so a corrupt or truncated file is found while scanning, not mid-run. Raises BadMedia naming it."""
+    return decode_checked(path, (1, 1))[0]
+
+
+def decode_checked(path: Path, draft: tuple[int, int]) -> tuple[tuple[int, int], Image.Image]:
+    """The image's (width, height) and its pixels fully decoded (JPEGs at the smallest scale still at least
+    ``draft``): the check :func:`probe_image` makes, with the decoded picture for whoever needs it too (the
+    dataset check measures on it). Raises BadMedia naming the file."""
     link = link_problem(path)
     if link:
         raise BadMedia(path, link)
@@ -71,9 +78,9 @@ def probe_image(path: Path) -> tuple[int, int]:
                 raise BadMedia(path, f"animated WebP ({frames} frames): only still images are trained; save one "
                                "frame as PNG or remove the file")
             size = img.size
-            img.draft("RGB", (1, 1))
+            img.draft("RGB", draft)
             img.load()
-            return size
+            return size, img
     except Image.DecompressionBombError as exc:
         raise BadMedia(path, _bomb_reason(exc)) from None
     except BadMedia:

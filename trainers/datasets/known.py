@@ -1,0 +1,67 @@
+"""What one dataset check knows of each picture: the check cache's facts, or the header's size until the
+picture is measured. It is the ``size_of`` the trainer's dataset reader asks (trainers/native/data.py), so the
+cheap scan reads headers only, and a picture the trainer would skip is skipped here as soon as it is measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from trainers.datasets.check_cache import Facts, FolderIndex, fingerprint
+from trainers.native import media
+
+
+class Known:
+    """Facts by picture for one check, backed by one check-cache index per folder."""
+
+    def __init__(self) -> None:
+        self.facts: dict[Path, Facts] = {}
+        self.keys: dict[Path, str | None] = {}  # fingerprints (None: not cacheable, e.g. a tar member)
+        self.headers: dict[Path, tuple[int, int]] = {}
+        self._indexes: dict[Path, FolderIndex] = {}
+
+    def _index(self, path: Path) -> FolderIndex:
+        folder = path.parent
+        if folder not in self._indexes:
+            self._indexes[folder] = FolderIndex(folder)
+        return self._indexes[folder]
+
+    def size_of(self, path: Path) -> tuple[int, int]:
+        """The picture's size, or BadMedia with the trainer's own reason once it was measured."""
+        facts = self.facts.get(path)
+        if facts is None and path not in self.keys:
+            key = self.keys[path] = fingerprint(path)
+            facts = self._index(path).get(path, key) if key else None
+            if facts is not None:
+                self.facts[path] = facts
+        if facts is not None:
+            if facts.bad:
+                raise media.BadMedia(path, facts.bad.split(": ", 1)[-1])
+            return facts.width, facts.height
+        return self._header(path)
+
+    def _header(self, path: Path) -> tuple[int, int]:
+        link = media.link_problem(path)
+        if link:
+            raise media.BadMedia(path, link)
+        try:
+            with media.open_image(path) as img:
+                self.headers[path] = img.size
+                return img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise media.BadMedia(path, f"not a readable image: Pillow cannot open it ({exc})") from None
+
+    def unmeasured(self) -> list[tuple[Path, str | None]]:
+        """(picture, fingerprint) of every picture seen whose facts are not known yet."""
+        return [(path, key) for path, key in self.keys.items() if path not in self.facts]
+
+    def record(self, path: Path, key: str | None, facts: Facts) -> None:
+        self.facts[path] = facts
+        if key is not None:
+            self._index(path).put(path, key, facts)
+
+    def save(self) -> None:
+        for index in self._indexes.values():
+            index.save()

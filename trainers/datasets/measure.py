@@ -1,0 +1,111 @@
+"""The expensive part of the dataset check, per picture: the trainer's own decode check, sharpness, perceptual
+hash and a 256 px thumbnail (written to the check cache). Pictures are measured in a pool of worker processes,
+a chunk at a time, so the browser shows progress and a 10,000-image folder takes seconds, not minutes
+(docs/benchmarks.md, Dataset check at scale). Torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from trainers.datasets.check_cache import Facts, thumb_path
+from trainers.native import media
+
+THUMB = 256
+SHARPNESS_SIDE = 512  # sharpness is measured near this size (JPEGs decode at it directly)
+CHUNK = 48  # pictures per task: small enough for steady progress, large enough to amortise the hand-off
+IN_PROCESS_BELOW = 64  # fewer pictures than this are measured in the calling process (no pool start-up)
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """How crisp the strongest edges are: the 99.5th percentile of the Laplacian's magnitude over the picture's
+    contrast (1st to 99th percentile of brightness). Flat artwork with clean edges scores as high as a detailed
+    photo; a blurred picture of either scores a fraction of it."""
+    g = gray.astype(np.float32)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = np.abs(-4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
+    low, high = np.percentile(g.ravel()[::7], [1, 99])  # a sample of the pixels estimates them as well
+    return float(np.percentile(lap.ravel()[::6], 99.5)) / max(float(high - low), 1.0)  # ~40k samples at 512 px
+
+
+def _write_thumb(view: Image.Image, key: str) -> None:
+    """The thumbnail, written to a temporary name and renamed (no fsync: the cache is rebuilt if lost)."""
+    target = thumb_path(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    view.save(buffer, format="JPEG", quality=88)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, target)
+
+
+def measure_image(path: Path, key: str | None) -> Facts:
+    """Measure one picture; its thumbnail goes to the cache when ``key`` (its fingerprint) is given. A file the
+    trainer skips gets its reason in ``bad``, as the trainer words it."""
+    try:
+        # the trainer's own check (every byte decoded), at the scale sharpness is measured: one decode for both
+        (width, height), img = media.decode_checked(path, (SHARPNESS_SIDE, SHARPNESS_SIDE))
+        view = media.rgb_on_white(img)
+    except media.BadMedia as exc:
+        return Facts(0, 0, 0.0, "", f"skipped: {exc.reason}")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return Facts(0, 0, 0.0, "", f"unreadable: Pillow cannot open it ({exc})")
+    factor = min(view.width, view.height) // SHARPNESS_SIDE
+    if factor > 1:
+        view = view.reduce(factor)  # a box filter by a whole factor: fast, and it keeps edges honest
+    sharp = sharpness(np.asarray(view.convert("L")))
+    shrink = max(view.width, view.height) // THUMB
+    if shrink > 1:
+        view = view.reduce(shrink)  # whole-factor box filter first; the thumbnail then resizes the rest
+    view.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
+    small = view.reduce(max(1, min(view.width, view.height) // 64))  # phash shrinks it to 32 px anyway
+    phash = np.packbits(imagehash.phash(small).hash.ravel()).tobytes().hex()
+    if key is not None:
+        _write_thumb(view, key)
+    return Facts(width, height, sharp, phash)
+
+
+def _measure_chunk(chunk: list[tuple[str, str | None]], home: str | None) -> list[Facts]:
+    if home:  # the worker writes thumbnails where the parent's cache is
+        os.environ["DP_STUDIO_HOME"] = home
+    return [measure_image(Path(path), key) for path, key in chunk]
+
+
+def _context():
+    """forkserver: workers fork from a clean server process that has this module (numpy, Pillow, imagehash)
+    imported, so they start in milliseconds; a fork of the web server itself could inherit a lock held by one
+    of its threads."""
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def measure_all(todo: list[tuple[Path, str | None]], workers: int | None = None) -> Iterator[tuple[int, Facts]]:
+    """``(index into todo, facts)`` for every picture of ``todo`` (path, fingerprint), as chunks finish."""
+    if len(todo) < IN_PROCESS_BELOW:
+        for index, (path, key) in enumerate(todo):
+            yield index, measure_image(path, key)
+        return
+    workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
+    chunks = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
+    home = os.environ.get("DP_STUDIO_HOME")
+    with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+        futures = [(start, pool.submit(_measure_chunk, [(str(p), k) for p, k in chunk], home))
+                   for start, chunk in zip(range(0, len(todo), CHUNK), chunks, strict=True)]
+        try:
+            for start, future in futures:
+                for offset, facts in enumerate(future.result()):
+                    yield start + offset, facts
+        finally:
+            for _, future in futures:
+                future.cancel()
