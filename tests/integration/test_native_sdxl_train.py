@@ -93,6 +93,11 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path):
                                   ("lora_te1_", ref.text_encoder, ("",)), ("lora_te2_", ref.text_encoder_2, ("",))):
         expected |= {prefix + n.replace(".", "_"): m for n, m in module.named_modules()
                      if isinstance(m, torch.nn.Linear) and n.startswith(roots)}
+    # kohya's text-encoder names, as every SDXL LoRA has them (transformers 5 dropped the first one's text_model)
+    expected = {k.replace("lora_te1_encoder_", "lora_te1_text_model_encoder_"): m for k, m in expected.items()}
+    assert all(k.startswith("lora_te1_text_model_encoder_layers_") for k in expected if k.startswith("lora_te1_"))
+    assert all(k.startswith(("lora_te2_text_model_encoder_layers_", "lora_te2_text_projection"))
+               for k in expected if k.startswith("lora_te2_"))
     assert sorted(tensors) == sorted(f"{m}.{s}" for m in expected for s in ("alpha", "lora_down.weight",
                                                                                "lora_up.weight"))
     for module, linear in expected.items():

@@ -85,6 +85,14 @@ def _add_lora(module: torch.nn.Module, config, unet: bool) -> None:
     inject_adapter_in_model(config, module, adapter_name="default")
 
 
+def original_name(component: str, name: str) -> str:
+    """A module's name as SDXL files and diffusion-pipe's saves name it: transformers 5's CLIPTextModel has no
+    ``text_model`` level any more, but kohya's ``lora_te1_text_model_...`` keys (and every loader) keep it."""
+    if component == "text_encoder" and not name.startswith("text_model."):
+        return f"text_model.{name}"
+    return name
+
+
 class SDXLLoraMixin:
     """The LoRA half of SDXLFamily (``self.models`` holds ``unet``, ``text_encoder``, ``text_encoder_2``)."""
 
@@ -101,7 +109,7 @@ class SDXLLoraMixin:
         out = {}
         for target in self.lora_targets():
             component, name = target.split(".", 1)
-            out[KOHYA_PREFIX[component] + name.replace(".", "_")] = (component, name)
+            out[KOHYA_PREFIX[component] + original_name(component, name).replace(".", "_")] = (component, name)
         return out
 
     def attach_new_lora(self, rank: int, dropout: float, dtype: torch.dtype | None = None,
@@ -129,7 +137,11 @@ class SDXLLoraMixin:
         None: the format has no adapter_config.json."""
         from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
-        return convert_state_dict_to_kohya(state_dict), None
+        named = {}
+        for key, tensor in state_dict.items():
+            component, name = key.split(".", 1)
+            named[f"{component}.{original_name(component, name)}"] = tensor
+        return convert_state_dict_to_kohya(named), None
 
     def lr_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[list, float | None]]:
         """Optimizer groups with their own learning rate: the UNet's, the first and the second text encoder's
