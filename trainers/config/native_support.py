@@ -28,6 +28,14 @@ AUTO_BACKEND = "auto"
 BACKENDS = (AUTO_BACKEND, NATIVE_BACKEND, OTHER_BACKEND)
 NATIVE_TYPE = "chroma"  # the first native family (kept for callers that name one)
 NATIVE_TYPES = tuple(NATIVE_FAMILIES)  # [model] types the native trainer trains (registry.py ``native``)
+
+
+def _listed(names, last: str = "and") -> str:
+    """``a, b and c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
+
+
 SWITCH = f"or set [studio] backend = '{OTHER_BACKEND}'"
 
 
@@ -142,16 +150,19 @@ _TOP = {
         "'single_beginning' (the default, which changes nothing for images)", _one_of("single_middle")),
 }
 
+SDXL_KEYS = ("checkpoint_path", "v_pred", "min_snr_gamma", "debiased_estimation_loss", "unet_lr",
+             "text_encoder_1_lr", "text_encoder_2_lr")
 _MODEL = {
     **_honoured("dtype", "diffusers_path", "transformer_path", "transformer_dtype", "timestep_sample_method",
                 "sigmoid_scale", "shift", "flux_shift"),
     "guidance": KeySupport("honoured", "flux only"),
     "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
+    **{key: KeySupport("honoured", "sdxl only") for key in SDXL_KEYS},
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
 # [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
-MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux"}
+MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl")}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -294,7 +305,7 @@ def wrong_type_finding(main: Mapping[str, Any]) -> NativeFinding | None:
     kind = model_type_of(main)
     if kind is None or kind in NATIVE_TYPES:
         return None
-    return NativeFinding("main", "model.type", f"the native trainer trains {' and '.join(NATIVE_TYPES)} only, "
+    return NativeFinding("main", "model.type", f"the native trainer trains {_listed(NATIVE_TYPES)} only, "
                          f"not {kind!r}",
                          f"set [studio] backend = '{OTHER_BACKEND}' or 'auto' (or remove it: auto is the default)")
 
@@ -358,7 +369,7 @@ def native_warnings(main: Mapping[str, Any], dataset: Mapping[str, Any] | None =
 
 
 _TITLES = {
-    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": "`[model]` (type = 'chroma' or 'flux')",
+    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": f"`[model]` (type = {_listed([repr(t) for t in NATIVE_TYPES], 'or')})",
     "adapter": "`[adapter]`", "adapter.fuse_adapters[]": "`[adapter] fuse_adapters` entries",
     "optimizer": "`[optimizer]` (other keys: the optimizer's keywords, passed to it)", "monitoring": "`[monitoring]`",
     "studio": "`[studio]`", "directory[]": "`[[directory]]` (the shared keys as at the top level)",

@@ -76,7 +76,11 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
                   optional=("v_pred", "min_snr_gamma", "debiased_estimation_loss", "unet_lr", "text_encoder_1_lr",
                             "text_encoder_2_lr"),
                   full_finetune=True, fp8=False, fp8_key=None, lora_format="kohya", lora_file="lora.safetensors",
-                  lokr=False, notes="text encoders are LoRA-trained too"),
+                  lokr=False, notes="text encoders are LoRA-trained too",
+                  # the UNet (2.57e9); LoRA per rank: every Linear of the UNet's down/mid/up blocks (2,695,360)
+                  # plus both text encoders' (165,888 + 739,840), from SDXL base's released configs
+                  native="trainers.native.families.sdxl:SDXLFamily", native_params=2.567e9,
+                  lora_params_per_rank=3_601_088),
     ModelTypeInfo("flux", "Flux", required=("diffusers_path",),
                   optional=("transformer_path", "transformer_dtype", *FLOW, "guidance", "bypass_guidance_embedding"),
                   full_finetune=True, block_swap=True, block_swap_max=34, lora_format=DIFFUSERS_LORA[0],

@@ -51,6 +51,20 @@ def eval_sets_from_config(config: dict, base: Path) -> list[tuple[str, Path]]:
     return sets
 
 
+def _loss_at(family, q: float, x0, text, weights, generator, tcfg: TimestepConfig, loss_cfg: LossConfig):
+    """One batch's loss at timestep quantile ``q``: flow matching, or the family's own objective (SDXL:
+    ``timesteps_at`` + ``noised``, plain MSE weighted per sample, models/sdxl.py:555-557)."""
+    if hasattr(family, "timesteps_at"):
+        noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
+        t = family.timesteps_at(q, x0.shape[0]).to(family.device)
+        x_t, t, target, per_sample = family.noised(x0.float(), noise, t)
+        return flow_loss(family.predict(x_t, t, text), target, LossConfig(), weights, per_sample)
+    t = sample_timesteps(tcfg, x0.shape[0], family.image_seq_len(x0.shape), generator, quantile=q)
+    noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
+    x_t, target = noisy_input(x0, noise, t.to(family.device))
+    return flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg, weights)
+
+
 @torch.no_grad()
 def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConfig,
              micro_batch: cache_mod.BatchSize, grad_accum: int = 1) -> tuple[float, dict[str, float], float]:
@@ -68,11 +82,8 @@ def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConf
                 for batch in micro_batches:
                     x0, text, mask = cache_mod.batch_tensors(eval_set.cache, batch, 0.0, None)
                     x0 = x0.to(family.device, family.dtype)
-                    t = sample_timesteps(tcfg, x0.shape[0], family.image_seq_len(x0.shape), generator, quantile=q)
-                    noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
-                    x_t, target = noisy_input(x0, noise, t.to(family.device))
                     weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
-                    loss = flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg, weights)
+                    loss = _loss_at(family, q, x0, text, weights, generator, tcfg, loss_cfg)
                     total += float(loss) * x0.shape[0]
                     count += x0.shape[0]
             if count == 0:

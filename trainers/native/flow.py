@@ -124,8 +124,10 @@ def latent_mask(mask_pixels: torch.Tensor, latent_hw: tuple[int, int] | torch.Si
 
 
 def flow_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossConfig(),
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean loss between prediction and target (in float32).
+              mask: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss between prediction and target (in float32); ``sample_weights`` (B,) scale each sample's loss
+    (SDXL's min-SNR / debiased weighting: every sample has as many elements, so this is diffusion-pipe's mean of
+    weighted per-sample means).
 
     With a latent-space ``mask`` (B, h, w) every element's loss is weighted by its position's mask value
     and the mean is still over all elements, masked ones included, as diffusion-pipe averages it.
@@ -143,4 +145,6 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossCo
                              f"{tuple(loss.shape)}; resize it with latent_mask(mask, latents.shape[-2:])")
         loss = loss * mask.to(loss.device, torch.float32).view(mask.shape[0], *([1] * (loss.dim() - 3)),
                                                               *mask.shape[1:])
+    if sample_weights is not None:
+        loss = loss * sample_weights.to(loss.device, torch.float32).view(-1, *([1] * (loss.dim() - 1)))
     return loss.mean()

@@ -164,7 +164,9 @@ class Trainer:
             check_supported(config, dataset)
             self.eval_sets.append(EvalSet(name, self._cache_dataset(dataset, f"eval set {name}")))
         self._plan()
-        self.optimizer = build_optimizer(self.params, config.get("optimizer", {}))
+        lr_groups = getattr(self.family, "lr_groups", None)  # per-component learning rates (SDXL)
+        self.optimizer = build_optimizer(self.params, config.get("optimizer", {}),
+                                         lr_groups(self.params) if lr_groups else None)
         set_optimizer_mode(self.optimizer, True)
         self.base_lr = float(config.get("force_constant_lr", config["optimizer"]["lr"]))
         resumed_at = None
@@ -403,10 +405,14 @@ class Trainer:
     def _micro_batch_loss(self, batch: cache_mod.Batch) -> torch.Tensor:
         x0, text, mask = cache_mod.batch_tensors(self.cache, batch, self.s.uncond_fraction, self.rng)
         x0 = x0.to(self.device, self.family.dtype)
+        weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
+        own = getattr(self.family, "training_inputs", None)  # a family's own objective (SDXL: DDPM eps / v)
+        if own is not None:  # its loss is plain MSE weighted per sample (models/sdxl.py get_loss_fn)
+            x_t, t, target, per_sample = own(x0, self.generator)
+            return flow_loss(self.family.predict(x_t, t, text), target, LossConfig(), weights, per_sample)
         t = sample_timesteps(self.tcfg, x0.shape[0], self.family.image_seq_len(x0.shape), self.generator)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)  # float32
         x_t, target = noisy_input(x0, noise, t.to(self.device))
-        weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
         return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg, weights)
 
     def _emit_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float) -> None:

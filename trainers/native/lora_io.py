@@ -97,7 +97,10 @@ def save_lora(folder: Path, tensors: dict[str, torch.Tensor], config: dict | Non
     """Write the LoRA (``file_name``: the family's, ``adapter_model.safetensors`` by default), its
     ``adapter_config.json`` (unless ``config`` is None: formats without one) and the main config copy."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.to(save_dtype) if save_dtype else v).contiguous() for k, v in tensors.items()}
+    # save_dtype converts weights only (kohya's integer .alpha tensors stay as they are, as in diffusion-pipe,
+    # which converts before the kohya conversion adds them)
+    tensors = {k: (v.to(save_dtype) if save_dtype and v.is_floating_point() else v).contiguous()
+               for k, v in tensors.items()}
     tmp = folder / f".{file_name}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, folder / file_name)

@@ -98,8 +98,10 @@ def check_kwargs(cls, kwargs: dict, kind: str) -> None:
                             f"its options: {', '.join(named)}")
 
 
-def build_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], table: dict) -> torch.optim.Optimizer:
-    """The optimizer for the trainable parameters, decay off for 1-D ones."""
+def build_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], table: dict,
+                    lr_groups: list[tuple[list, float | None]] | None = None) -> torch.optim.Optimizer:
+    """The optimizer for the trainable parameters, decay off for 1-D ones. ``lr_groups``: (named parameters, own
+    lr or None) per group with a learning rate of its own; ``set_lr`` keeps each at its ratio to ``lr``."""
     if "type" not in table:
         raise KeyError("[optimizer] type is required")
     if table.get("gradient_release"):
@@ -107,11 +109,15 @@ def build_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], table: d
     kwargs = constructor_kwargs(table)
     cls = optimizer_class(str(table["type"]))
     check_kwargs(cls, kwargs, str(table["type"]))
-    decay = [p for _, p in named_params if p.ndim > 1]
-    no_decay = [p for _, p in named_params if p.ndim <= 1]
-    groups = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    groups = []
+    for named, lr in lr_groups or [(named_params, None)]:
+        extra = {} if lr is None else {"lr": lr, "lr_scale": lr / float(kwargs["lr"])}
+        decay = [p for _, p in named if p.ndim > 1]
+        no_decay = [p for _, p in named if p.ndim <= 1]
+        if decay or not groups:
+            groups.append({"params": decay, **extra})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
     try:
         return cls(groups, **kwargs)
     except TypeError as exc:
@@ -147,6 +153,7 @@ def lr_at(completed: int, base_lr: float, warmup_steps: int, scheduler: str, tot
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every param group's learning rate."""
+    """Set every param group's learning rate (groups with a learning rate of their own keep their ratio to the
+    base one, as the per-group initial_lr of torch's schedulers does in diffusion-pipe)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
