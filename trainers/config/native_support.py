@@ -28,6 +28,13 @@ AUTO_BACKEND = "auto"
 BACKENDS = (AUTO_BACKEND, NATIVE_BACKEND, OTHER_BACKEND)
 NATIVE_TYPE = "chroma"  # the first native family (kept for callers that name one)
 NATIVE_TYPES = tuple(NATIVE_FAMILIES)  # [model] types the native trainer trains (registry.py ``native``)
+
+
+def _listed(names, last: str = "and") -> str:
+    """``a, b and c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
+
 SWITCH = f"or set [studio] backend = '{OTHER_BACKEND}'"
 
 
@@ -147,11 +154,14 @@ _MODEL = {
                 "sigmoid_scale", "shift", "flux_shift"),
     "guidance": KeySupport("honoured", "flux only"),
     "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
+    "text_encoder_path": KeySupport("honoured", "qwen_image only"),
+    "vae_path": KeySupport("honoured", "qwen_image only"),
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
 # [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
-MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux"}
+MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", "text_encoder_path": "qwen_image",
+                      "vae_path": "qwen_image"}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -210,7 +220,8 @@ DATASET_SUPPORT: dict[str, dict[str, KeySupport]] = {
     "": {**_DATASET_SHARED, **_honoured("subsample_ratio", "directory")},
     "directory[]": {
         **_DATASET_SHARED, **_honoured("path", "mask_path", "default_mask_file"),
-        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext) are not supported natively", "remove it"),
+        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext, Qwen-Image-Edit) are not supported "
+                                   "natively", "remove it"),
     },
 }
 # Sections whose unlisted keys are still passed on: [optimizer] keywords go to the optimizer's constructor.
@@ -294,7 +305,7 @@ def wrong_type_finding(main: Mapping[str, Any]) -> NativeFinding | None:
     kind = model_type_of(main)
     if kind is None or kind in NATIVE_TYPES:
         return None
-    return NativeFinding("main", "model.type", f"the native trainer trains {' and '.join(NATIVE_TYPES)} only, "
+    return NativeFinding("main", "model.type", f"the native trainer trains {_listed(NATIVE_TYPES)} only, "
                          f"not {kind!r}",
                          f"set [studio] backend = '{OTHER_BACKEND}' or 'auto' (or remove it: auto is the default)")
 
@@ -358,7 +369,7 @@ def native_warnings(main: Mapping[str, Any], dataset: Mapping[str, Any] | None =
 
 
 _TITLES = {
-    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": "`[model]` (type = 'chroma' or 'flux')",
+    "": "top level", "eval_datasets[]": "`eval_datasets` entries", "model": f"`[model]` (type = {_listed([repr(t) for t in NATIVE_TYPES], 'or')})",
     "adapter": "`[adapter]`", "adapter.fuse_adapters[]": "`[adapter] fuse_adapters` entries",
     "optimizer": "`[optimizer]` (other keys: the optimizer's keywords, passed to it)", "monitoring": "`[monitoring]`",
     "studio": "`[studio]`", "directory[]": "`[[directory]]` (the shared keys as at the top level)",
