@@ -97,6 +97,8 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path):
     assert config["peft_type"] == "LORA" and config["r"] == config["lora_alpha"] == RANK
     assert config["lora_dropout"] == 0.1 and config["bias"] == "none"
     assert sorted(config["target_modules"]) == sorted(linears)
+    # the key check after the save (trainers/lora_check_qwen.py) against the transformer file
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
 
 
 def test_previews_are_rendered_with_true_cfg(trained: Path):
@@ -151,6 +153,28 @@ def test_a_saved_lora_attaches_back_exactly(trained: Path, tiny):
     assert rank == RANK and len(named) == len(saved)
     params = {n.replace(".default", ""): p for n, p in named}
     assert all(torch.equal(params[k.removeprefix("diffusion_model.")], v) for k, v in saved.items())
+
+
+def test_exports_load_in_diffusers_and_kohya_is_refused(trained: Path, tiny, tmp_path: Path, caplog):
+    from diffusers import QwenImagePipeline
+
+    from trainers.native.export import ExportError, export
+
+    saved = load_file(str(trained / "step2" / "adapter_model.safetensors"))
+    comfy = export(trained / "step2", "comfyui", tmp_path / "comfy.safetensors")
+    with safe_open(str(comfy), "pt") as fh:
+        assert fh.metadata()["dp_studio.base_model"] == "qwen_image"
+        assert all(torch.equal(fh.get_tensor(k), v) for k, v in saved.items()) and len(fh.keys()) == len(saved)
+    diffusers_file = export(trained / "step2", "diffusers", tmp_path / "diffusers.safetensors")
+    assert sorted(load_file(str(diffusers_file))) == sorted("transformer." + k.removeprefix("diffusion_model.")
+                                                            for k in saved)
+    for file in (comfy, diffusers_file):
+        pipe = QwenImagePipeline.from_pretrained(tiny[0], local_files_only=True)
+        with caplog.at_level(logging.WARNING):
+            pipe.load_lora_weights(file)
+        assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
+    with pytest.raises(ExportError, match="kohya layout is not available for Qwen-Image"):
+        export(trained / "step2", "kohya", tmp_path / "kohya.safetensors")
 
 
 def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):

@@ -1,0 +1,81 @@
+"""Qwen-Image's registry numbers and LoRA key check (trainers/lora_check_qwen.py), from the released config and
+the tiny model's files. diffusion-pipe models/qwen_image.py:180 targets every Linear inside the
+QwenImageTransformerBlocks (models/base.py:262-270) and saves them with ``diffusion_model.`` keys (:284-288)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.fixtures import qwen_image_tiny as qt
+from trainers.config.registry import MODEL_TYPES
+from trainers.lora_check import check_lora
+from trainers.lora_check_qwen import FULL_SIZE, block_linears, is_qwen_lora, is_qwen_model
+from trainers.native.families import qwen_image as qi
+
+RANK = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return qt.build(tmp_path_factory.mktemp("qwen"))
+
+
+def _released_transformer():
+    import accelerate
+    from diffusers import QwenImageTransformer2DModel
+
+    with accelerate.init_empty_weights():  # diffusers' defaults are the released config (configs/qwen_image)
+        return QwenImageTransformer2DModel()
+
+
+def test_the_registry_numbers_are_the_released_models():
+    model = _released_transformer()
+    info = MODEL_TYPES["qwen_image"]
+    modules = dict(model.named_modules())
+    targets = qi.lora_targets(model)
+    assert info.lora_params_per_rank == sum(modules[n].in_features + modules[n].out_features for n in targets)
+    assert info.native_params == pytest.approx(sum(p.numel() for p in model.parameters()), rel=0.01)
+    # the key check's released shapes are the same Linears
+    linears = block_linears(FULL_SIZE["hidden"], FULL_SIZE["blocks"])
+    assert sorted(linears) == sorted(targets)
+    assert all(linears[n] == (modules[n].out_features, modules[n].in_features) for n in targets)
+
+
+def _lora(transformer: torch.nn.Module, path, prefix: str = "diffusion_model.", rank: int = RANK, extra=()):
+    tensors = {}
+    for name in qi.lora_targets(transformer):
+        linear = transformer.get_submodule(name)
+        tensors[f"{prefix}{name}.lora_A.weight"] = torch.zeros(rank, linear.in_features)
+        tensors[f"{prefix}{name}.lora_B.weight"] = torch.zeros(linear.out_features, rank)
+    tensors.update(dict(extra))
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_saved_lora_fits_the_single_file_and_the_diffusers_folder(tiny, tmp_path):
+    lora = _lora(qt.transformer(), tmp_path / "adapter_model.safetensors")
+    for model in (tiny[1]["transformer_path"], tiny[0], tiny[0] / "transformer"):
+        assert is_qwen_model(model)
+        report = check_lora(lora, model)
+        assert report.ok, report.problems
+        assert (report.covered, report.targets, report.ranks, report.layout) == (14, 14, [RANK], "comfyui")
+
+
+def test_wrong_keys_and_shapes_are_reported(tiny, tmp_path):
+    extra = {"diffusion_model.transformer_blocks.7.attn.to_q.lora_A.weight": torch.zeros(RANK, 128),
+             "diffusion_model.transformer_blocks.7.attn.to_q.lora_B.weight": torch.zeros(128, RANK)}
+    lora = _lora(qt.transformer(), tmp_path / "a.safetensors", extra=extra)
+    report = check_lora(lora, tiny[1]["transformer_path"])
+    assert report.unmatched == ["diffusion_model.transformer_blocks.7.attn.to_q"]
+    wide = _lora(qt.transformer(num_attention_heads=2), tmp_path / "b.safetensors")
+    assert len(check_lora(wide, tiny[1]["transformer_path"]).mismatched) == 14
+
+
+def test_without_the_model_the_released_shapes_are_used(tmp_path):
+    lora = _lora(qt.transformer(), tmp_path / "a.safetensors")
+    assert is_qwen_lora(list(load_file(str(lora))))
+    report = check_lora(lora, tmp_path / "missing.safetensors")
+    assert not report.exact and report.targets == 840 and len(report.mismatched) == 14
+    assert "released Qwen-Image" in report.markdown()
