@@ -4,6 +4,7 @@ QwenImageTransformerBlocks (models/base.py:262-270) and saves them with ``diffus
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,3 +80,77 @@ def test_without_the_model_the_released_shapes_are_used(tmp_path):
     report = check_lora(lora, tmp_path / "missing.safetensors")
     assert not report.exact and report.targets == 840 and len(report.mismatched) == 14
     assert "released Qwen-Image" in report.markdown()
+
+
+def _random_lora(path, seed: int = 3):
+    """A saved LoRA folder (ComfyUI keys as diffusion-pipe writes them) with random A and B."""
+    gen = torch.Generator().manual_seed(seed)
+    transformer = qt.transformer()
+    tensors = {}
+    for name in qi.lora_targets(transformer):
+        linear = transformer.get_submodule(name)
+        tensors[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(RANK, linear.in_features, generator=gen) * 0.1
+        tensors[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(linear.out_features, RANK, generator=gen) * 0.1
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def _inputs(family):
+    text = family.encode_prompts(["a red cat", "a dog"])
+    return torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0.4, 0.9]), text
+
+
+def test_fused_and_attached_loras_predict_the_same(tiny, tmp_path):
+    # [adapter] fuse_adapters: W += weight * B @ A before training (diffusion-pipe load_and_fuse_adapter)
+    folder = _random_lora(tmp_path / "lora")
+    fused = qi.QwenImageFamily.load(qt.model_table(tiny[0]), torch.device("cpu"),
+                                    fuse_adapters=[{"path": str(folder), "weight": 1.0}])
+    attached = qi.QwenImageFamily.load(qt.model_table(tiny[0]), torch.device("cpu"))
+    rank, _ = attached.attach_saved_lora(folder)
+    plain = qi.QwenImageFamily.load(qt.model_table(tiny[0]), torch.device("cpu"))
+    x, t, text = _inputs(plain)
+    with torch.no_grad():
+        a, b, c = fused.predict(x, t, text), attached.predict(x, t, text), plain.predict(x, t, text)
+    assert rank == RANK
+    assert (a - b).abs().max() < 1e-4 and (a - c).abs().max() > 1e-3
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny):
+    grads = []
+    for checkpointing in (False, True):
+        family = qi.QwenImageFamily.load(qt.model_table(tiny[0]), torch.device("cpu"))
+        torch.manual_seed(0)  # the same A initialisation in both runs
+        params = family.attach_new_lora(RANK, 0.0)
+        with torch.no_grad():
+            for name, param in params:
+                if "lora_B" in name:
+                    param.normal_(generator=torch.Generator().manual_seed(len(name)))
+        if checkpointing:
+            family.enable_activation_checkpointing()
+        family.transformer.train()
+        x, t, text = _inputs(family)
+        family.predict(x, t, text).square().mean().backward()
+        # the last block's text-stream outputs are discarded, so its text MLP and to_add_out get no gradient
+        grads.append({n: p.grad.clone() for n, p in params if p.grad is not None})
+    assert sorted(grads[0]) == sorted(grads[1]) and len(grads[0]) >= 20
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    assert any(g.abs().sum() > 0 for g in grads[1].values())
+
+
+def test_previews_use_true_cfg_with_the_negative_prompt(tiny):
+    from trainers.native.families.base import SampleRequest
+
+    family = qi.QwenImageFamily.load(qt.model_table(tiny[0]), torch.device("cpu"))
+
+    def render(guidance: float, negative: str = "") -> torch.Tensor:
+        image = family.sample([SampleRequest("a red cat", 7, 64, 48, 2, guidance, negative)])[0]
+        assert image.size == (64, 48)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32))
+
+    plain, again = render(1.0), render(1.0)
+    assert torch.equal(plain, again)  # seeded
+    assert not torch.equal(render(4.0, "a blue dog"), plain)
+    assert not torch.equal(render(4.0, "a blue dog"), render(4.0, "a cat photo"))  # the negative prompt is used
+    with pytest.raises(ValueError, match="multiples of 16"):
+        family.sample([SampleRequest("a red cat", 7, 72, 64, 2, 1.0)])
