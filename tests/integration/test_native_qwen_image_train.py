@@ -101,6 +101,22 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path):
     assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
 
 
+def test_the_adapter_config_is_the_one_peft_writes_for_diffusion_pipe(trained: Path, tmp_path: Path):
+    # models/base.py:277-297 builds this LoraConfig and get_peft_model; models/qwen_image.py:285 saves it
+    import peft
+
+    transformer = qt.transformer()
+    targets = qi.lora_targets(transformer)
+    config = peft.LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.1, bias="none", target_modules=targets,
+                             exclude_modules=None)
+    peft.get_peft_model(transformer, config)
+    config.save_pretrained(tmp_path)
+    theirs = json.loads((tmp_path / "adapter_config.json").read_text())
+    ours = json.loads((trained / "step2" / "adapter_config.json").read_text())
+    theirs["target_modules"], ours["target_modules"] = sorted(theirs["target_modules"]), sorted(ours["target_modules"])
+    assert ours == theirs
+
+
 def test_previews_are_rendered_with_true_cfg(trained: Path):
     samples = [e for e in load_all(trained) if e.kind == "sample"]
     assert samples, "no preview was rendered"
