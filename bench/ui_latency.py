@@ -60,7 +60,7 @@ def bench_builder(page, url: str, rounds: int) -> dict[str, list[float]]:
     page.get_by_role("tab", name="Config builder").click()
     page.locator("#builder-main .cm-content").wait_for()
     out: dict[str, list[float]] = {"builder: model type change": [], "builder: Validate": []}
-    for i in range(rounds):
+    for _ in range(rounds):
         for value, label in (("flux", "Flux (flux)"), ("chroma", "Chroma (chroma)")):
             page.locator("#builder-type input").fill(value)
             option = page.get_by_role("option", name=label, exact=True)
@@ -108,7 +108,7 @@ def bench_browse(page, url: str, folders: list[Path], rounds: int) -> dict[str, 
 
 
 def bench_monitor(page, url: str, live: str, done: str, rounds: int) -> dict[str, list[float]]:
-    from tests.e2e.test_monitor_controls import pick_run, status_has
+    from tests.e2e.test_monitor_controls import status_has
 
     page.goto(url)
     page.get_by_role("tab", name="Live monitor").click()

@@ -54,7 +54,16 @@ def test_a_flux_pair_using_diffusion_pipe_only_keys_names_the_backend_switch_on_
     assert all("backend = 'diffusion-pipe'" in i.fix for i in errors)
 
 
-@pytest.mark.parametrize(("main", "dataset"), [p for p in PAIRS if not p[0].startswith("flux")])
+def test_a_qwen_image_edit_pair_names_the_backend_switch_on_auto() -> None:
+    # Qwen-Image trains natively on auto; its edit datasets (control_path) and diffusion-pipe's block swap and
+    # optimizers are errors whose fix names the diffusion-pipe backend.
+    texts = (VALID / "qwen_image_24gb.toml").read_text(), (VALID / "edit_dataset.toml").read_text()
+    errors = [i for i in validate_texts(*texts, skip_path_checks=True) if i.is_error]
+    assert "directory[0].control_path" in {i.key for i in errors}, [i.format() for i in errors]
+    assert all("backend = 'diffusion-pipe'" in i.fix for i in errors)
+
+
+@pytest.mark.parametrize(("main", "dataset"), [p for p in PAIRS if not p[0].startswith(("flux", "qwen_image"))])
 def test_example_pairs_of_other_types_pass_on_auto_and_are_one_error_for_the_native_backend(main: str,
                                                                                           dataset: str) -> None:
     texts = (VALID / main).read_text(), (VALID / dataset).read_text()
@@ -64,7 +73,7 @@ def test_example_pairs_of_other_types_pass_on_auto_and_are_one_error_for_the_nat
     issues = validate_texts(*texts, main_file=main, dataset_file=dataset, skip_path_checks=True, backend="native")
     errors = [i for i in issues if i.is_error]
     assert [i.key for i in errors] == ["model.type"]
-    assert "trains chroma, sdxl and flux only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
+    assert "trains chroma, sdxl, flux and qwen_image only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
 
 
 @pytest.mark.parametrize("path", sorted(VALID.glob("*.toml")) + PROFILES, ids=lambda p: p.name)

@@ -158,11 +158,14 @@ _MODEL = {
     "guidance": KeySupport("honoured", "flux only"),
     "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
     **{key: KeySupport("honoured", "sdxl only") for key in SDXL_KEYS},
+    "text_encoder_path": KeySupport("honoured", "qwen_image only"),
+    "vae_path": KeySupport("honoured", "qwen_image only"),
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
 # [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
-MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl")}
+MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl"),
+                      "text_encoder_path": "qwen_image", "vae_path": "qwen_image"}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -221,7 +224,8 @@ DATASET_SUPPORT: dict[str, dict[str, KeySupport]] = {
     "": {**_DATASET_SHARED, **_honoured("subsample_ratio", "directory")},
     "directory[]": {
         **_DATASET_SHARED, **_honoured("path", "mask_path", "default_mask_file"),
-        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext) are not supported natively", "remove it"),
+        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext, Qwen-Image-Edit) are not supported "
+                                   "natively", "remove it"),
     },
 }
 # Sections whose unlisted keys are still passed on: [optimizer] keywords go to the optimizer's constructor.

@@ -201,9 +201,8 @@ def cache_texts(family: Family, items: list[Item], stores: Stores, key: str, bat
                 store.save("text", digests[caption], rows[caption], caption)
         stats.captions_encoded += len(chunk)
     pooled = [rows[c].get("pooled") for c in captions]
-    text = TextBatch(torch.stack([rows[c]["embeds"] for c in captions]),
-                     torch.stack([rows[c]["mask"] for c in captions]),
-                     None if any(p is None for p in pooled) else torch.stack(pooled))
+    text = TextBatch.stack([rows[c]["embeds"] for c in captions], [rows[c]["mask"] for c in captions],
+                           None if any(p is None for p in pooled) else pooled)
     return text, {c: i for i, c in enumerate(captions)}
 
 

@@ -1,5 +1,6 @@
 """Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files; a saved Flux
-LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`).
+LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`); a saved Qwen-Image LoRA (ComfyUI's
+layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`).
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
@@ -145,6 +146,8 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
     tmp = out.with_name(f".{out.name}.tmp")
     if (Path(folder) / FLUX_FILE).is_file():
         export_flux(Path(folder), layout, tmp, extra)
+    elif is_qwen_save(Path(folder)):
+        export_qwen(Path(folder), layout, tmp, extra)
     elif layout in ("comfyui", "kohya"):
         config = _read_config(folder)
         _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
@@ -190,6 +193,47 @@ def export_flux(folder: Path, layout: str, dst: Path, extra: dict | None) -> Non
     ranks = {a["shape"][0] for a, _ in _flux_modules(header).values()}
     config = {"r": ranks.pop()} if len(ranks) == 1 else {}
     _copy_with_metadata(src, dst, metadata(folder, config, layout, extra, base="flux"), check=_flux_modules)
+
+
+def is_qwen_save(folder: Path) -> bool:
+    """Whether a saved folder holds a Qwen-Image LoRA (its keys name Linears only Qwen-Image's blocks have)."""
+    from trainers.checkpoint_probe import ProbeError, read_header
+    from trainers.lora_check_qwen import is_qwen_lora
+
+    try:
+        return is_qwen_lora(list(read_header(Path(folder) / ADAPTER_FILE)))
+    except (ProbeError, OSError):
+        return False
+
+
+def _qwen_modules(header: dict) -> dict[str, tuple[dict, dict]]:
+    """diffusers module -> (A, B) header entries of a saved Qwen-Image LoRA; raises on any other key."""
+    out: dict[str, dict[str, dict]] = {}
+    for key, entry in header.items():
+        if not key.startswith(PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise ExportError(f"unexpected key {key!r}: not a diffusion-pipe Qwen-Image LoRA")
+        module, which = key[len(PREFIX):].rsplit(".lora_", 1)
+        out.setdefault(module, {})[which[0]] = entry
+    return {m: (ab["A"], ab["B"]) for m, ab in out.items()}
+
+
+def export_qwen(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
+    """A saved Qwen-Image LoRA (``diffusion_model.`` + diffusers module names, as diffusion-pipe saves it) under a
+    new header (comfyui: the saved file, which ComfyUI and diffusers' QwenImagePipeline load as it is) or with
+    diffusers' ``transformer.`` keys (diffusers)."""
+    if layout == "kohya":
+        raise ExportError("a Qwen-Image LoRA exports as comfyui or diffusers (both load in ComfyUI and diffusers); "
+                          "the kohya layout is not available for Qwen-Image")
+    config = _read_config(folder)
+    meta = metadata(folder, config, layout, extra, base="qwen_image")
+    if layout == "comfyui":
+        _copy_with_metadata(folder / ADAPTER_FILE, dst, meta, check=_qwen_modules)
+        return
+    from safetensors.torch import save_file
+
+    tensors, _ = read_saved(folder)
+    _qwen_modules({k: {} for k in tensors})
+    save_file({"transformer." + k[len(PREFIX):]: v.contiguous() for k, v in tensors.items()}, str(dst), metadata=meta)
 
 
 def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False, check=None) -> None:

@@ -34,9 +34,29 @@ class TextBatch:
 
     @staticmethod
     def cat(parts: list[TextBatch]) -> TextBatch:
-        """Concatenate batches along the batch dimension."""
+        """Concatenate batches along the batch dimension; sequences of different lengths (families that encode
+        each prompt to its own length, like Qwen-Image) are padded with zeros, mask included, to the longest."""
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
-        return TextBatch(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]), pooled)
+        length = max(p.embeds.shape[1] for p in parts)
+        return TextBatch(torch.cat([pad_tokens(p.embeds, length) for p in parts]),
+                         torch.cat([pad_tokens(p.mask, length) for p in parts]), pooled)
+
+    @staticmethod
+    def stack(embeds: list[torch.Tensor], masks: list[torch.Tensor], pooled: list[torch.Tensor] | None = None,
+              ) -> TextBatch:
+        """One batch from single rows (``(L, D)`` embeddings, ``(L,)`` masks), padded like :meth:`cat`."""
+        length = max(e.shape[0] for e in embeds)
+        return TextBatch(torch.stack([pad_tokens(e[None], length)[0] for e in embeds]),
+                         torch.stack([pad_tokens(m[None], length)[0] for m in masks]),
+                         None if pooled is None else torch.stack(pooled))
+
+
+def pad_tokens(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """``tensor`` (batch, tokens, ...) padded with zeros to ``length`` tokens (unchanged when already that long)."""
+    missing = length - tensor.shape[1]
+    if missing <= 0:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], missing, *tensor.shape[2:])], dim=1)
 
 
 @dataclass(frozen=True)
