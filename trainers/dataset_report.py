@@ -280,7 +280,7 @@ def _complete(report: DatasetReport, known: Known) -> None:
 def _scan(dataset: dict, seed: int, known: Known) -> list[data.Item]:
     quiet, data.log.disabled = data.log.disabled, True  # its skip warnings become the report's issues
     try:
-        return data.scan_dataset(dataset, seed, size_of=known.size_of)
+        return data.scan_dataset(dataset, seed, reader=known.reader)
     except RuntimeError:
         return []  # no captioned image: still show the folder and say why
     except (ValueError, FileNotFoundError) as exc:
@@ -302,7 +302,7 @@ def _report(source: Path, dataset: dict, settings_text: str, known: Known, trigg
         skip_empty = bool(settings.get("skip_empty_caption", True))
         prefix = str(settings.get("caption_prefix", ""))
         captions_json = data.read_captions(folder)
-        for path in data.media_files(folder):
+        for path in known.media_files(folder):
             info = ImageInfo(path)
             infos.append(info)
             if not _picture_facts(info, known):
@@ -310,7 +310,7 @@ def _report(source: Path, dataset: dict, settings_text: str, known: Known, trigg
             if info.measured and known.keys.get(path):
                 thumbs[path] = thumb_path(known.keys[path])
             try:
-                raw = data.captions_of(path, captions_json)
+                raw = known.captions_of(path, captions_json)
             except data.BadMedia as exc:  # a caption file the trainer skips its image for
                 info.issues.append(f"skipped: {exc.path.name}: {exc.reason}")
                 continue

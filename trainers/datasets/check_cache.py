@@ -10,6 +10,7 @@ atomically; a cache that cannot be written only costs the next open its speed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,7 +43,13 @@ def fingerprint(path: Path) -> str | None:
         stat = path.stat()
     except OSError:
         return None
-    return f"{FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{FORMAT}|{_resolved(str(path.parent))}/{path.name}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(folder: str) -> str:
+    """A folder's real path, once per folder (resolving walks every component: costly per picture)."""
+    return str(Path(folder).resolve())
 
 
 def _digest(text: str) -> str:

@@ -1,5 +1,5 @@
 """What one dataset check knows of each picture: the check cache's facts, or the header's size until the
-picture is measured. It is the ``size_of`` the trainer's dataset reader asks (trainers/native/data.py), so the
+picture is measured. It is the ``Reader`` the trainer's dataset reader is given (trainers/native/data.py), so the
 cheap scan reads headers only, and a picture the trainer would skip is skipped here as soon as it is measured.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from trainers.datasets.check_cache import Facts, FolderIndex, fingerprint
-from trainers.native import media
+from trainers.native import data, media
 
 
 class Known:
@@ -21,6 +21,27 @@ class Known:
         self.keys: dict[Path, str | None] = {}  # fingerprints (None: not cacheable, e.g. a tar member)
         self.headers: dict[Path, tuple[int, int]] = {}
         self._indexes: dict[Path, FolderIndex] = {}
+        self._captions: dict[Path, list[str] | None | media.BadMedia] = {}
+        self._listings: dict[Path, list[Path]] = {}
+        self.reader = data.Reader(self.size_of, self.captions_of, self.media_files)
+
+    def media_files(self, folder: Path) -> list[Path]:
+        """The folder's media files, listed once for the scan and the report."""
+        if folder not in self._listings:
+            self._listings[folder] = media.media_files(folder)
+        return self._listings[folder]
+
+    def captions_of(self, path: Path, folder_captions: dict[str, list[str]] | None) -> list[str] | None:
+        """The picture's captions (or its BadMedia), read once for the scan and the report."""
+        if path not in self._captions:
+            try:
+                self._captions[path] = media.captions_of(path, folder_captions)
+            except media.BadMedia as exc:
+                self._captions[path] = exc
+        found = self._captions[path]
+        if isinstance(found, media.BadMedia):
+            raise found
+        return found
 
     def _index(self, path: Path) -> FolderIndex:
         folder = path.parent
@@ -43,7 +64,7 @@ class Known:
         return self._header(path)
 
     def _header(self, path: Path) -> tuple[int, int]:
-        link = media.link_problem(path)
+        link = None if self.keys.get(path) else media.link_problem(path)  # stat'ed fine: not a broken link
         if link:
             raise media.BadMedia(path, link)
         try:

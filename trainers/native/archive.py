@@ -36,6 +36,8 @@ def members(archive: Path) -> list[Path]:
 
 def split(path: Path) -> tuple[Path, str] | None:
     """(archive, member name) when ``path`` lies inside a ``.tar`` archive, else None."""
+    if f"{ARCHIVE_SUFFIX}/" not in str(path):  # the common case, without walking the parents
+        return None
     for parent in path.parents:
         if parent.suffix == ARCHIVE_SUFFIX and parent.is_file():
             return parent, PurePosixPath(*path.relative_to(parent).parts).as_posix()
@@ -44,7 +46,7 @@ def split(path: Path) -> tuple[Path, str] | None:
 
 def read_bytes(path: Path) -> bytes:
     """The bytes of a file, or of an archive member addressed as ``<archive>.tar/<member>``."""
-    inside = None if path.exists() else split(path)
+    inside = split(path)  # None for a plain file (a file cannot lie below another file)
     if inside is None:
         return path.read_bytes()
     archive, name = inside
@@ -59,4 +61,4 @@ def read_bytes(path: Path) -> bytes:
 
 def open_binary(path: Path):
     """A binary file object for a file or an archive member (for Pillow)."""
-    return open(path, "rb") if path.exists() or split(path) is None else io.BytesIO(read_bytes(path))
+    return open(path, "rb") if split(path) is None else io.BytesIO(read_bytes(path))

@@ -37,6 +37,20 @@ from trainers.native.media import (
 log = logging.getLogger(__name__)
 SizeOf = Callable[[Path], tuple[int, int]]  # an image's (width, height), or BadMedia
 
+
+@dataclass(frozen=True)
+class Reader:
+    """How a scan reads the disk. The trainer's: every image decoded (``probe_image``), captions and folder
+    listings read as they are. The dataset browser's check passes one backed by its cache (known sizes and
+    verdicts, each caption and listing read once for the scan and the report)."""
+
+    size_of: SizeOf = probe_image
+    captions_of: Callable[[Path, dict[str, list[str]] | None], list[str] | None] = captions_of
+    media_files: Callable[[Path], list[Path]] = media_files
+
+
+TRAINER_READER = Reader()
+
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 OVERRIDABLE = ("enable_ar_bucket", "resolutions", "min_ar", "max_ar", "num_ar_buckets", "ar_buckets",
                "frame_buckets", "size_buckets", "num_repeats", "caption_prefix", "shuffle_tags",
@@ -319,13 +333,13 @@ def _skip_or_raise(exc: BadMedia, strict: bool) -> list[Item]:
     return []
 
 
-def _items_for(path: Path, d: _Directory, strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
+def _items_for(path: Path, d: _Directory, strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         log.warning("skipping %s: videos are not supported by the native trainer", path.name)
         return []
     try:
-        size = size_of(path)
-        captions = captions_of(path, d.captions)
+        size = reader.size_of(path)
+        captions = reader.captions_of(path, d.captions)
     except BadMedia as exc:
         return _skip_or_raise(exc, strict)
     if captions is None:
@@ -346,17 +360,17 @@ def _items_for(path: Path, d: _Directory, strict: bool = False, size_of: SizeOf 
 
 
 def scan_directory(directory: dict, settings: dict, seed: int, multiple: int = SIDE_MULTIPLE,
-                   model: str = "chroma", strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
+                   model: str = "chroma", strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
     """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio. A bad
     file (corrupt, truncated, animated WebP, undecodable caption, symlink loop) is skipped with a warning naming
-    it, or stops the scan when ``strict``. ``size_of`` gives an image's size or raises BadMedia: the trainer
+    it, or stops the scan when ``strict``. ``reader.size_of`` gives an image's size or raises BadMedia: the trainer
     decodes every image (``probe_image``); the dataset browser passes what its check cache already knows."""
     d = _read_directory(directory, settings, seed, multiple, model)
-    return [item for path in media_files(d.folder) for item in _items_for(path, d, strict, size_of)]
+    return [item for path in reader.media_files(d.folder) for item in _items_for(path, d, strict, reader)]
 
 
 def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma",
-                 strict: bool = False, size_of: SizeOf = probe_image) -> list[Item]:
+                 strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
     """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple; ``strict``
     (``[studio] strict_dataset``) turns a skipped bad file into an error."""
     directories = dataset.get("directory", [])
@@ -366,7 +380,7 @@ def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model:
     items: list[Item] = []
     for directory in directories:
         items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model,
-                                    strict, size_of))
+                                    strict, reader))
     if not items:
         raise RuntimeError("the dataset is empty: no image with a caption was found")
     return items

@@ -51,7 +51,7 @@ def link_problem(path: Path) -> str | None:
 
 def open_image(path: Path) -> Image.Image:
     """Pillow's lazy image of a file or of a ``.tar`` member (``<archive>.tar/<member>``)."""
-    if path.exists() or tar.split(path) is None:
+    if tar.split(path) is None or path.exists():  # split first: no system call for a plain file
         return Image.open(path)
     return Image.open(tar.open_binary(path))
 
@@ -136,14 +136,23 @@ def captions_of(path: Path, folder_captions: dict[str, list[str]] | None) -> lis
     if folder_captions is not None:  # an archive member's key is its full member name, as in diffusion-pipe
         return folder_captions.get(inside[1] if inside else path.name)
     txt = path.with_suffix(".txt")
-    if inside is None and not txt.is_file():
-        return None
     if inside is not None and str(Path(inside[1]).with_suffix(".txt")) not in tar.index_of(inside[0]):
         return None
     try:
-        return [tar.read_bytes(txt).decode("utf-8").strip()]
+        raw = tar.read_bytes(txt) if inside is not None else txt.read_bytes()  # one open, no stat first
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    try:
+        return [raw.decode("utf-8").strip()]
     except UnicodeDecodeError as exc:
         raise BadMedia(txt, f"the caption is not valid UTF-8 ({_utf8_problem(exc)}); re-save it as UTF-8") from None
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symlink loop: reported by link_problem
+        return False
 
 
 def media_files(folder: Path) -> list[Path]:
@@ -151,8 +160,11 @@ def media_files(folder: Path) -> list[Path]:
     too, so that it is reported rather than silently left out. A ``.tar`` archive stands for its members
     (``<archive>.tar/<member>``, in archive order); an unreadable one stays listed, to be reported."""
     found = []
-    for p in sorted(folder.iterdir()):
-        if not (p.is_file() or link_problem(p)) or p.suffix.lower() in SKIP_SUFFIXES:
+    with os.scandir(folder) as entries:  # the directory's own file types: no stat per plain file
+        listed = sorted(entries, key=lambda e: e.name)
+    for entry in listed:
+        p = folder / entry.name
+        if not (_is_file(entry) or (entry.is_symlink() and link_problem(p))) or p.suffix.lower() in SKIP_SUFFIXES:
             continue
         if p.suffix == tar.ARCHIVE_SUFFIX and p.is_file():
             try:
