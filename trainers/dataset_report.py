@@ -425,18 +425,36 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def _duplicates(infos: list[ImageInfo]) -> list[tuple[str, str, int]]:
-    """Pairs whose 64-bit perceptual hashes differ in at most DUPLICATE_DISTANCE bits (numpy row by row, so a
-    few thousand images take a second, not minutes)."""
+    """Pairs whose 64-bit perceptual hashes differ in at most DUPLICATE_DISTANCE bits, in folder order. Two such
+    hashes agree exactly on at least one of DUPLICATE_DISTANCE + 1 slices of the 64 bits (pigeonhole), so only
+    pairs sharing a slice are compared: 10,000 images take milliseconds where comparing every pair took seconds."""
     measured = [info for info in infos if info.measured and info.phash]
     paths = [info.path for info in measured]
     if len(paths) < 2:
         return []
-    bits = np.stack([np.frombuffer(info.phash, dtype=np.uint8) for info in measured])  # (n, 8) bytes
-    pairs = []
-    for i in range(len(paths) - 1):
-        distances = _POPCOUNT[np.bitwise_xor(bits[i + 1:], bits[i])].sum(axis=1)
-        for j in np.flatnonzero(distances <= DUPLICATE_DISTANCE):
-            pairs.append((paths[i].name, paths[i + 1 + j].name, int(distances[j])))
+    hashes = np.array([int.from_bytes(info.phash, "big") for info in measured], dtype=np.uint64)
+    slices = DUPLICATE_DISTANCE + 1
+    edges = [round(64 * k / slices) for k in range(slices + 1)]
+    firsts, seconds = [], []
+    for low, high in zip(edges, edges[1:], strict=False):
+        keys = (hashes >> np.uint64(low)) & np.uint64((1 << (high - low)) - 1)
+        order = np.argsort(keys, kind="stable")  # equal keys side by side, each run in folder order
+        sorted_keys = keys[order]
+        offset = 1
+        while offset < len(order):  # every pair of a run: the members `offset` apart, for each offset
+            same = np.flatnonzero(sorted_keys[offset:] == sorted_keys[:-offset])
+            if not len(same):
+                break
+            firsts.append(order[same])
+            seconds.append(order[same + offset])
+            offset += 1
+    if not firsts:
+        return []
+    candidates = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
+    xor = (hashes[candidates[:, 0]] ^ hashes[candidates[:, 1]]).view(np.uint8).reshape(-1, 8)
+    distances = _POPCOUNT[xor].sum(axis=1)
+    pairs = [(paths[i].name, paths[j].name, int(d))
+             for (i, j), d in zip(candidates.tolist(), distances.tolist(), strict=True) if d <= DUPLICATE_DISTANCE]
     by_name = {info.path.name: info for info in infos}
     for a, b, distance in pairs:
         by_name[b].issues.append(f"near-duplicate: of {a} (hash distance {distance})")

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.fixtures.datasets import flawed_dataset
+from trainers import dataset_report as dr
 from trainers.dataset_report import DatasetReportError, analyse, crop_box, crop_preview, estimate_tokens
 from trainers.native import data
 
@@ -168,3 +169,24 @@ def test_the_browser_pages_and_filters_a_large_folder(tmp_path):
     assert number == 1 and [r[0] for r in rows] == [f"p{i:03d}.png" for i in range(0, 130, 10)]
     assert "13 images (no caption)" in note and len(items) == 13
     assert {r[0] for r in rows} <= {i.path.name for i in tab.shown_images(report, tab.PROBLEMS)}
+
+
+def test_near_duplicates_are_every_pair_within_the_distance_in_folder_order() -> None:
+    """The slice index finds exactly the pairs a comparison of every pair finds: planted near-copies (0-6 bits
+    flipped, so some just past the limit), a run of identical hashes, and random ones."""
+    rng = np.random.default_rng(7)
+    hashes = [int(h) for h in rng.integers(0, 2**63, size=600, dtype=np.int64)]
+    hashes[10:40] = [hashes[10]] * 30
+    for _ in range(120):
+        i, j = (int(k) for k in rng.integers(0, len(hashes), 2))
+        hashes[j] = hashes[i] ^ sum(1 << int(b) for b in rng.choice(64, int(rng.integers(0, 7)), replace=False))
+    infos = []
+    for k, value in enumerate(hashes):
+        info = dr.ImageInfo(Path(f"/data/{k:04d}.jpg"))
+        info.measured, info.phash = True, value.to_bytes(8, "big")
+        infos.append(info)
+    expected = [(f"{i:04d}.jpg", f"{j:04d}.jpg", bin(hashes[i] ^ hashes[j]).count("1"))
+                for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+                if bin(hashes[i] ^ hashes[j]).count("1") <= dr.DUPLICATE_DISTANCE]
+    assert len(expected) > 200 and {d for *_, d in expected} == set(range(dr.DUPLICATE_DISTANCE + 1))
+    assert dr._duplicates(infos) == expected
