@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -187,12 +188,19 @@ def on_import(main_file: str | None, dataset_file: str | None, name: str) -> tup
     return (pv.report_message("imported", report), *refresh_all(report.profile.name))
 
 
+@functools.cache
+def _export_folder() -> Path:
+    """One private temporary folder per server for the zips handed to the browser (a new export of a profile
+    replaces its previous zip), not one more folder per click."""
+    return Path(tempfile.mkdtemp(prefix="dp-studio-export-"))
+
+
 def export_profile(name: str | None) -> tuple:
     """Zip the profile's newest version (original file names, bytes unchanged; never a secret)."""
     if not name:
         return gr.update(visible=False), "⚠ Pick a profile to export."
     try:
-        out = Path(tempfile.mkdtemp(prefix="dp-studio-export-")) / f"{slugify(name)}.zip"
+        out = _export_folder() / f"{slugify(name)}.zip"
         export_zip(ProfileStore(), name, out)
     except ProfileError as exc:
         return gr.update(visible=False), f"⚠ Not exported: {exc}"

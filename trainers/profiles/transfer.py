@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -65,11 +66,13 @@ def export_zip(store: ProfileStore, name: str, out_path: Path, version: int | No
     staging = out_path.parent / f".{out_path.name}.tmp"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     store.export(name, staging, version)  # refuses documents that still carry a secret
-    with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as archive:
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
         for file_name in (pair.main_name, pair.dataset_name):
             archive.write(staging / file_name, file_name)
             (staging / file_name).unlink()
     staging.rmdir()
+    os.replace(partial, out_path)  # a reader never sees half a zip
     return out_path
 
 
