@@ -234,12 +234,13 @@ def analyse(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = Tr
 
 
 def check_steps(source: Path | str, *, resolution: int = 1024, ar_buckets: bool = True, trigger: str = "",
-                global_batch: int = 1, seed: int = 0, progress_every: int = 200,
+                global_batch: int = 1, seed: int = 0, progress_every: int = 200, first_after: int = 60,
                 workers: int | None = None) -> Iterator[CheckState]:
     """The check step by step: the report of the cheap scan first (headers, captions, buckets, and whatever the
     check cache knows: a second open is complete here), then progress every ``progress_every`` pictures while
-    the rest are measured (decode check, sharpness, hash, thumbnail) in worker processes, then the complete
-    report (blur outliers and near-duplicates need every picture)."""
+    the rest are measured (decode check, sharpness, hash, thumbnail) in worker processes, in folder order, with
+    one more after the first ``first_after`` (a grid's first page of thumbnails), then the complete report
+    (blur outliers and near-duplicates need every picture). Thumbnails join the report as they are made."""
     source = user_path(str(source))
     if global_batch < 1:
         raise DatasetReportError(f"global batch {global_batch} must be at least 1 (micro batch × accumulation)")
@@ -252,8 +253,11 @@ def check_steps(source: Path | str, *, resolution: int = 1024, ar_buckets: bool 
         return
     try:
         for done, (index, facts) in enumerate(measure_all(todo, workers), start=1):
-            known.record(*todo[index], facts)
-            if done % progress_every == 0 and done < len(todo):
+            path, key = todo[index]
+            known.record(path, key, facts)
+            if key and not facts.bad:
+                report.thumbs[path] = thumb_path(key)
+            if (done % progress_every == 0 or done == first_after) and done < len(todo):
                 yield CheckState(report, done, len(todo))
     finally:
         known.save()

@@ -130,19 +130,35 @@ def browse(folder_text: str, resolution=1024, ar_buckets: bool = True, trigger: 
         side = _whole_number(resolution, 1024, "resolution", "a side in pixels such as 512 or 1024")
         states = check_steps((folder_text or "").strip(), resolution=side, ar_buckets=bool(ar_buckets),
                              trigger=trigger or "", global_batch=_whole_number(batch, 1, "global batch", "1 or more"))
-        for state in states:
-            yield _outputs(state, show)
+        for number, state in enumerate(states):
+            yield _outputs(state, show) if number == 0 else _later_outputs(state, show, grid=number == 1)
     except (DatasetReportError, ValueError) as exc:
         yield f"⚠ {exc}", [], [], [], [], "", None, None, "", "", "", 1, ""
 
 
-def _outputs(state: CheckState, show: str) -> tuple:
+def _outputs(state: CheckState, show: str, fresh: bool = True) -> tuple:
+    """Every output for ``state``, page 1 of the grid; ``fresh`` (a new check) also clears the picture shown."""
     report = state.report
     summary = report.summary_markdown() if state.final else _measuring(report, state)
     items, rows, number, note = page_view(report, show, 1)
     tags = [[tag, str(count)] for tag, count in report.tags[:200]]
     health = report.health_markdown() if state.final else "Measuring the pictures: the health list follows."
-    return (summary, items, rows, report.bucket_table(), tags, health, report, None, "", "", "", number, note)
+    picked = (None, "", "", "") if fresh else (gr.skip(),) * 4
+    return (summary, items, rows, report.bucket_table(), tags, health, report, *picked, number, note)
+
+
+def _later_outputs(state: CheckState, show: str, grid: bool) -> tuple:
+    """A later state of the same check: the picture being looked at, its caption being edited and the page
+    being read stay as they are. The grid's first page is shown once its thumbnails exist (``grid``) and
+    when the check is complete; otherwise only the progress and the report behind the paging move."""
+    report, keep = state.report, gr.skip()
+    if state.final:
+        return _outputs(state, show, fresh=False)
+    if grid:
+        items, rows, number, note = page_view(report, show, 1)
+        return (_measuring(report, state), items, rows, keep, keep, keep, report, keep, keep, keep, keep, number,
+                note)
+    return (_measuring(report, state), keep, keep, keep, keep, keep, report, keep, keep, keep, keep, keep, keep)
 
 
 def _measuring(report: DatasetReport, state: CheckState) -> str:

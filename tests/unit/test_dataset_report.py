@@ -190,3 +190,24 @@ def test_near_duplicates_are_every_pair_within_the_distance_in_folder_order() ->
                 if bin(hashes[i] ^ hashes[j]).count("1") <= dr.DUPLICATE_DISTANCE]
     assert len(expected) > 200 and {d for *_, d in expected} == set(range(dr.DUPLICATE_DISTANCE + 1))
     assert dr._duplicates(infos) == expected
+
+
+def test_a_running_check_fills_the_first_page_and_leaves_the_picture_being_edited_alone(tmp_path):
+    """While the pictures are measured, the page's later updates show the first page once its thumbnails
+    exist, and never clear the picture, details and caption the user may be editing."""
+    import gradio as gr
+
+    from studio.tabs import datasets as tab
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(130):
+        Image.new("RGB", (96, 96), (i, 2 * i % 255, 40)).save(folder / f"p{i:03d}.png")
+        (folder / f"p{i:03d}.txt").write_text(f"picture {i}")
+    first, grid, final = list(tab.browse(str(folder), 64, False, "", 1))
+    assert first[1] == [] and first[7:11] == (None, "", "", "")  # a new check: nothing measured, nothing picked
+    assert "measuring 60 of 130" in grid[0] and len(grid[1]) == tab.PAGE_SIZE
+    assert [caption for _, caption in grid[1]][:2] == ["p000.png: picture 0", "p001.png: picture 1"]
+    for later in (grid, final):
+        assert list(later[7:11]) == [gr.skip()] * 4
+    assert grid[3] == gr.skip() and final[3] == final[6].bucket_table()
