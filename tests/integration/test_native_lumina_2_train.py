@@ -109,6 +109,8 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path, tiny):
     assert config["peft_type"] == "LORA" and config["r"] == config["lora_alpha"] == RANK
     assert config["lora_dropout"] == 0.1 and config["bias"] == "none"
     assert sorted(config["target_modules"]) == sorted(linears)
+    # the key check after the save (trainers/lora_check_lumina.py) against the transformer file
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
 
 
 def test_previews_are_rendered(trained: Path):
@@ -170,6 +172,31 @@ def test_a_saved_lora_attaches_back_exactly(trained: Path, tiny):
     tensors, _ = family.export_lora(lora_state_dict(family.transformer))
     assert sorted(tensors) == sorted(saved)
     assert all(torch.equal(tensors[k], v) for k, v in saved.items())
+
+
+def test_exports_load_in_diffusers_and_kohya_is_refused(trained: Path, tiny, tmp_path: Path, caplog):
+    from trainers.native.export import ExportError, export
+
+    saved = load_file(str(trained / "step2" / "adapter_model.safetensors"))
+    comfy = export(trained / "step2", "comfyui", tmp_path / "comfy.safetensors")
+    with safe_open(str(comfy), "pt") as fh:
+        assert fh.metadata()["dp_studio.base_model"] == "lumina_2"
+        assert all(torch.equal(fh.get_tensor(k), v) for k, v in saved.items()) and len(fh.keys()) == len(saved)
+    diffusers_file = export(trained / "step2", "diffusers", tmp_path / "diffusers.safetensors")
+    assert all(k.startswith("transformer.") and ".attention." not in k for k in load_file(str(diffusers_file)))
+    pipe = _pipe(tiny)
+    states = []
+    for name, file in (("comfy", comfy), ("diffusers", diffusers_file)):
+        with caplog.at_level(logging.WARNING):
+            pipe.load_lora_weights(file, adapter_name=name)
+        assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
+        from peft import get_peft_model_state_dict
+
+        states.append(get_peft_model_state_dict(pipe.transformer, adapter_name=name))
+    assert sorted(states[0]) == sorted(states[1])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(ExportError, match="kohya layout is not available for Lumina 2"):
+        export(trained / "step2", "kohya", tmp_path / "kohya.safetensors")
 
 
 def test_stop_and_resume_gives_the_same_losses_as_one_run(tmp_path: Path):

@@ -209,3 +209,22 @@ def split_qkv_lora(a: torch.Tensor, b: torch.Tensor, outs: list[int]) -> list[tu
     if b.shape[0] != sum(outs):
         raise ValueError(f"a qkv LoRA B of {b.shape[0]} rows does not fit q/k/v of {outs} rows")
     return [(a, part) for part in torch.split(b, outs, dim=0)]
+
+
+def to_diffusers_lora(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA in original names without a prefix -> diffusers module names; ``attention.qkv``'s B split into q
+    (as wide as the block) and equal k / v parts, its A repeated."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        module, kind = key.split(".lora_")
+        parts = to_diffusers_module(module)
+        if len(parts) == 1:
+            out[f"{parts[0]}.lora_{kind}"] = tensor
+        elif kind.startswith("A"):
+            out.update({f"{part}.lora_{kind}": tensor.clone() for part in parts})
+        else:
+            width = state_dict[f"{module}.lora_A.weight"].shape[1]
+            kv = (tensor.shape[0] - width) // 2
+            for part, rows in zip(parts, torch.split(tensor, [width, kv, kv]), strict=True):
+                out[f"{part}.lora_{kind}"] = rows
+    return out
