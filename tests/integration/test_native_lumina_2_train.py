@@ -237,3 +237,36 @@ def test_stop_and_resume_gives_the_same_losses_as_one_run(tmp_path: Path):
     a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rgb(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("backend", ["native", "diffusion-pipe"])
+def test_sidecar_renders_a_saved_lora_like_the_live_preview(trained: Path, tmp_path: Path, backend):
+    """Sidecar previews (trainers/native/sidecar.py) of a saved Lumina 2 LoRA, for a native run and for a
+    diffusion-pipe run of the same files: the picture the trainer rendered live at that step."""
+    import shutil
+
+    from trainers.run_library import render_samples
+    from trainers.runs import RunManager
+
+    run_dir = tmp_path / "runs" / trained.name
+    shutil.copytree(trained, run_dir)
+    if backend == "diffusion-pipe":  # what the supervisor writes for a diffusion-pipe run of this config
+        meta = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**meta, "backend": "diffusion-pipe"}))
+    info = RunManager([tmp_path / "runs"]).info(trained.name)
+    progress = list(render_samples(info, "step2"))
+    assert progress[-1].startswith("1/1 ")
+    (sidecar,) = [e for e in load_all(run_dir) if e.kind == "sample" and e.source == "sidecar"]
+    (live,) = [e for e in load_all(run_dir) if e.kind == "sample" and e.source == "live" and e.step == 2]
+    assert (sidecar.step, sidecar.seed, sidecar.prompt) == (2, live.seed, live.prompt)
+    drawn, trainer = _rgb(run_dir / sidecar.path), _rgb(run_dir / live.path)
+    assert drawn.shape == trainer.shape == (64, 64, 3)
+    assert abs(drawn - trainer).mean() < 0.5
