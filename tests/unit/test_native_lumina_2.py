@@ -52,6 +52,39 @@ def test_every_transformer_layout_loads_the_same_weights(tiny):
         assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_the_vae_file_and_folder_load_the_same_weights(tiny):
+    # models/lumina_2.py:48: AutoencoderKL.from_single_file(vae_path, config='configs/flux_vae')
+    from trainers.native.families.lumina_2_load import load_vae
+
+    want = tiny[0].vae.state_dict()
+    for path in (tiny[1]["vae_folder"], tiny[1]["vae_path"]):
+        got = load_vae(path, "v").state_dict()
+        assert sorted(got) == sorted(want)
+        assert all(torch.equal(got[k].view_as(want[k]), want[k]) for k in want)
+
+
+def test_gemma_config_and_tokenizer_come_from_the_diffusion_pipe_checkout(tiny, tmp_path, monkeypatch):
+    # models/lumina_2.py:50-53: configs/gemma_2_2b and configs/flux_vae of diffusion-pipe's own checkout
+    import shutil
+
+    from trainers.native.families.lumina_2_load import load_text_encoder, load_vae
+
+    alone = tmp_path / "models"
+    alone.mkdir()
+    llm, vae = alone / "gemma.safetensors", alone / "ae.safetensors"
+    shutil.copy(tiny[1]["llm_path"], llm)
+    shutil.copy(tiny[1]["vae_path"], vae)
+    with pytest.raises(FileNotFoundError, match="configs/gemma_2_2b"):
+        load_text_encoder(llm, torch.float32, "[model] llm_path")
+    checkout = tmp_path / "diffusion-pipe"
+    shutil.copytree(tiny[1]["llm_path"].parent / "gemma_2_2b", checkout / "configs" / "gemma_2_2b")
+    shutil.copytree(tiny[1]["vae_path"].parent / "flux_vae", checkout / "configs" / "flux_vae")
+    monkeypatch.setenv("DP_STUDIO_DIFFUSION_PIPE", str(checkout))
+    family = lu.Lumina2Family.load(lt.model_table({**tiny[1], "llm_path": llm, "vae_path": vae}), CPU)
+    assert family.pipe.text_encoder.config.hidden_size == lt.TEXT_WIDTH
+    assert load_vae(vae, "v").config.shift_factor == pytest.approx(0.1159)
+
+
 def test_transformer_and_gemma_load_in_dtype_and_the_vae_in_float32(tiny):
     # models/lumina_2.py:48 (from_single_file, no dtype), :58 and :83 (dtype)
     family = lu.Lumina2Family.load(lt.model_table(tiny[1], dtype="bfloat16", transformer_dtype="float8"), CPU)
