@@ -172,8 +172,8 @@ MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", *
                       "llm_path": "lumina_2", "lumina_shift": "lumina_2"}
 
 
-def _as_tuple(kinds: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (kinds,) if isinstance(kinds, str) else kinds
+def _as_tuple(kinds: str | tuple[str, ...] | None) -> tuple[str | None, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
 
 
 _ADAPTER = {
