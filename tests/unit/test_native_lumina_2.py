@@ -215,3 +215,68 @@ def test_the_adapter_config_is_the_one_peft_writes_for_diffusion_pipe(family, tm
     family.transformer.unload_lora()
     theirs["target_modules"], ours["target_modules"] = sorted(theirs["target_modules"]), sorted(ours["target_modules"])
     assert ours == theirs
+
+
+def _saved_lora(family, folder):
+    """A random rank-2 LoRA saved as the loop saves it (adapter_model.safetensors in diffusion-pipe's layout)."""
+    from safetensors.torch import save_file
+
+    from trainers.native.lora_io import lora_state_dict
+
+    named = dict(family.attach_new_lora(2, 0.0, torch.float32))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in named.values():
+            p.normal_(0, 0.05)
+    tensors, _ = family.export_lora(lora_state_dict(family.transformer))
+    deltas = {}
+    for name, module in family.transformer.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            deltas[name] = module.lora_B["default"].weight @ module.lora_A["default"].weight
+    family.transformer.unload_lora()
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return tensors, deltas
+
+
+def test_init_from_existing_and_fuse_adapters_read_diffusion_pipe_files(tiny, tmp_path):
+    family = lu.Lumina2Family.load(lt.model_table(tiny[1]), CPU)
+    tensors, deltas = _saved_lora(family, tmp_path / "lora")
+    named = dict(family.init_from_existing(tmp_path / "lora", 2, 0.0, torch.float32))
+    assert all(p.requires_grad for p in named.values())
+    attn = family.transformer.layers[0].attn
+    assert attn.to_q.lora_A["default"] is attn.to_v.lora_A["default"]
+    assert torch.equal(attn.to_q.lora_A["default"].weight, tensors["diffusion_model.layers.0.attention.qkv.lora_A.weight"])
+    with pytest.raises(ValueError, match="rank 2 but"):
+        family.init_from_existing(tmp_path / "lora", 4)
+    family.transformer.unload_lora()
+    before = {n: family.transformer.get_submodule(n).weight.clone() for n in deltas}
+    family.fuse_adapters([{"path": str(tmp_path / "lora"), "weight": 0.5}])
+    for name, delta in deltas.items():
+        after = family.transformer.get_submodule(name).weight
+        assert torch.allclose(after - before[name], 0.5 * delta, atol=1e-6), name
+
+
+def test_activation_checkpointing_gives_the_same_gradients(family):
+    named = dict(family.attach_new_lora(2, 0.0, torch.float32))
+    with torch.no_grad():
+        for p in named.values():
+            p.normal_(0, 0.05)
+    text = family.encode_prompts(["a red cat"])
+    x, t = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0.4])
+    family.transformer.train()
+
+    def grads():
+        for p in named.values():
+            p.grad = None
+        family.predict(x, t, text).square().mean().backward()
+        return {n: p.grad.clone() for n, p in named.items()}
+
+    plain = grads()
+    family.enable_activation_checkpointing()
+    checkpointed = grads()
+    family.transformer.disable_gradient_checkpointing()
+    family.transformer.eval()
+    family.transformer.unload_lora()
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+    assert any(g.abs().sum() > 0 for g in plain.values())
