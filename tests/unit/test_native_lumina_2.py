@@ -280,3 +280,20 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
     family.transformer.unload_lora()
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
     assert any(g.abs().sum() > 0 for g in plain.values())
+
+
+def test_the_key_check_reads_diffusion_pipe_files_against_the_model_or_the_released_shapes(family, tiny, tmp_path):
+    # models/lumina_2.py:95-99: diffusion_model. + original names
+    from trainers.lora_check import check_lora
+    from trainers.lora_check_lumina import FULL_SIZE, block_linears
+
+    tensors, _ = _saved_lora(family, tmp_path / "lora")
+    file = tmp_path / "lora" / "adapter_model.safetensors"
+    for model in (tiny[1]["transformer_path"], tiny[1]["checkpoint"]):
+        report = check_lora(file, model)
+        assert report.ok and report.exact and report.covered == len(tensors) // 2 == report.targets, report.summary()
+    released = block_linears(**FULL_SIZE)
+    assert len(released) == 28 * 6 + 2 * 5  # 26 layers + 2 noise refiners (modulated), 2 context refiners
+    assert released["layers.0.attention.qkv"] == (2304 + 2 * 768, 2304)
+    report = check_lora(file)  # no model: the released shapes, so the tiny LoRA does not fit
+    assert not report.exact and report.mismatched
