@@ -1,4 +1,5 @@
-"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py) LoRA file
+"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py; Lumina 2:
+trainers/lora_check_lumina.py) LoRA file
 fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
@@ -29,6 +30,7 @@ from pathlib import Path
 from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
 from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
+from trainers.lora_check_lumina import check_lumina_lora, is_lumina_lora, is_lumina_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
@@ -228,6 +230,11 @@ def _part_width(target: str, slot: int, out: int, inp: int) -> int:
     return inp if target.endswith("linear1") else out // parts
 
 
+# (is it this family's model, is it this family's LoRA, its check), tried in order before Chroma's own check
+OTHER_FAMILIES = ((is_flux_model, is_flux_lora, check_flux_lora), (is_qwen_model, is_qwen_lora, check_qwen_lora),
+                  (is_lumina_model, is_lumina_lora, check_lumina_lora))
+
+
 def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     """Check ``lora`` against the transformer at ``model`` (file or diffusers folder); without one, or when
     it does not exist, against the released Chroma's block shapes."""
@@ -239,12 +246,10 @@ def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     shapes = {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     if not shapes:
         raise LoraCheckError(f"{lora.name} holds no tensors: pick a LoRA file")
-    flux_model = is_flux_model(model)
-    if flux_model or (not (model and Path(model).exists()) and is_flux_lora(list(shapes))):
-        return check_flux_lora(lora, shapes, model if flux_model else None, LoraCheck, _split_key)
-    qwen_model = is_qwen_model(model)
-    if qwen_model or (not (model and Path(model).exists()) and is_qwen_lora(list(shapes))):
-        return check_qwen_lora(lora, shapes, model if qwen_model else None, LoraCheck, _split_key)
+    for is_model, is_lora, check in OTHER_FAMILIES:
+        of_model = is_model(model)
+        if of_model or (not (model and Path(model).exists()) and is_lora(list(shapes))):
+            return check(lora, shapes, model if of_model else None, LoraCheck, _split_key)
     layout = _layout(list(shapes))
     base = model_shapes(Path(model)) if model and Path(model).exists() else full_size_shapes()
     report = LoraCheck(lora, layout, base.source, base.exact, targets=len(base.block_linears))

@@ -63,7 +63,17 @@ def test_a_qwen_image_edit_pair_names_the_backend_switch_on_auto() -> None:
     assert all("backend = 'diffusion-pipe'" in i.fix for i in errors)
 
 
-@pytest.mark.parametrize(("main", "dataset"), [p for p in PAIRS if not p[0].startswith(("flux", "qwen_image"))])
+def test_a_lumina_full_fine_tune_pair_names_the_backend_switch_on_auto() -> None:
+    # Lumina 2 trains LoRAs natively on auto: diffusion-pipe's example is a full fine-tune (no [adapter]) with
+    # diffusion-pipe's own optimizer; each refused key's fix names the diffusion-pipe backend.
+    texts = (VALID / "lumina_main.toml").read_text(), (VALID / "lumina_dataset.toml").read_text()
+    errors = [i for i in validate_texts(*texts, skip_path_checks=True) if i.is_error]
+    assert "optimizer.type" in {i.key for i in errors}, [i.format() for i in errors]
+    assert all("backend = 'diffusion-pipe'" in i.fix for i in errors), [i.format() for i in errors]
+
+
+@pytest.mark.parametrize(("main", "dataset"), [p for p in PAIRS if not p[0].startswith(("flux", "qwen_image",
+                                                                                         "lumina"))])
 def test_example_pairs_of_other_types_pass_on_auto_and_are_one_error_for_the_native_backend(main: str,
                                                                                           dataset: str) -> None:
     texts = (VALID / main).read_text(), (VALID / dataset).read_text()
@@ -73,7 +83,7 @@ def test_example_pairs_of_other_types_pass_on_auto_and_are_one_error_for_the_nat
     issues = validate_texts(*texts, main_file=main, dataset_file=dataset, skip_path_checks=True, backend="native")
     errors = [i for i in issues if i.is_error]
     assert [i.key for i in errors] == ["model.type"]
-    assert "trains chroma, sdxl, flux and qwen_image only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
+    assert "trains chroma, sdxl, flux, lumina_2 and qwen_image only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
 
 
 @pytest.mark.parametrize("path", sorted(VALID.glob("*.toml")) + PROFILES, ids=lambda p: p.name)

@@ -159,13 +159,22 @@ _MODEL = {
     "bypass_guidance_embedding": KeySupport("honoured", "flux only"),
     **{key: KeySupport("honoured", "sdxl only") for key in SDXL_KEYS},
     "text_encoder_path": KeySupport("honoured", "qwen_image only"),
-    "vae_path": KeySupport("honoured", "qwen_image only"),
+    "vae_path": KeySupport("honoured", "qwen_image and lumina_2 only"),
+    "llm_path": KeySupport("honoured", "lumina_2 only"),
+    "lumina_shift": KeySupport("honoured", "lumina_2 only"),
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
-# [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
+# [model] keys only one native type (or a few: a tuple) reads: for the others they are unknown keys (a warning),
+# as the table says.
 MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl"),
-                      "text_encoder_path": "qwen_image", "vae_path": "qwen_image"}
+                      "text_encoder_path": "qwen_image", "vae_path": ("qwen_image", "lumina_2"),
+                      "llm_path": "lumina_2", "lumina_shift": "lumina_2"}
+
+
+def _as_tuple(kinds: str | tuple[str, ...] | None) -> tuple[str | None, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
@@ -345,7 +354,8 @@ def main_findings(main: Mapping[str, Any]) -> list[NativeFinding]:
     if wrong is not None:
         return [wrong]
     kind = model_type_of(main)
-    model = {key: entry for key, entry in _MODEL.items() if MODEL_KEYS_OF_TYPE.get(key, kind) == kind}
+    model = {key: entry for key, entry in _MODEL.items()
+             if kind in _as_tuple(MODEL_KEYS_OF_TYPE.get(key, kind))}
     return section_findings(main, {**MAIN_SUPPORT, "model": model}, "main") + optimizer_warnings(main)
 
 

@@ -148,6 +148,8 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
         export_flux(Path(folder), layout, tmp, extra)
     elif is_qwen_save(Path(folder)):
         export_qwen(Path(folder), layout, tmp, extra)
+    elif is_lumina_save(Path(folder)):
+        export_lumina(Path(folder), layout, tmp, extra)
     elif layout in ("comfyui", "kohya"):
         config = _read_config(folder)
         _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
@@ -234,6 +236,39 @@ def export_qwen(folder: Path, layout: str, dst: Path, extra: dict | None) -> Non
     tensors, _ = read_saved(folder)
     _qwen_modules({k: {} for k in tensors})
     save_file({"transformer." + k[len(PREFIX):]: v.contiguous() for k, v in tensors.items()}, str(dst), metadata=meta)
+
+
+def is_lumina_save(folder: Path) -> bool:
+    """Whether a saved folder holds a Lumina 2 LoRA (original NextDiT names, caption refiner included)."""
+    from trainers.checkpoint_probe import ProbeError, read_header
+    from trainers.lora_check_lumina import is_lumina_lora
+
+    try:
+        return is_lumina_lora(list(read_header(Path(folder) / ADAPTER_FILE)))
+    except (ProbeError, OSError):
+        return False
+
+
+def export_lumina(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
+    """A saved Lumina 2 LoRA (``diffusion_model.`` + original NextDiT names, as diffusion-pipe saves it) under a new
+    header (comfyui: the saved file, which ComfyUI and diffusers' Lumina2Pipeline load as it is) or in diffusers'
+    ``transformer.`` names with ``attention.qkv`` split into to_q / to_k / to_v (diffusers)."""
+    if layout == "kohya":
+        raise ExportError("a Lumina 2 LoRA exports as comfyui or diffusers (both load in ComfyUI and diffusers); "
+                          "the kohya layout is not available for Lumina 2")
+    config = _read_config(folder)
+    meta = metadata(folder, config, layout, extra, base="lumina_2")
+    if layout == "comfyui":
+        _copy_with_metadata(folder / ADAPTER_FILE, dst, meta, check=_qwen_modules)
+        return
+    from safetensors.torch import save_file
+
+    from trainers.native.families.lumina_2_keys import to_diffusers_lora
+
+    tensors, _ = read_saved(folder)
+    _qwen_modules({k: {} for k in tensors})
+    converted = to_diffusers_lora({k[len(PREFIX):]: v for k, v in tensors.items()})
+    save_file({"transformer." + k: v.contiguous() for k, v in converted.items()}, str(dst), metadata=meta)
 
 
 def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False, check=None) -> None:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 # tokens to 1.15 at 4096 tokens.
 BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+# The [model] key that turns the resolution-dependent shift on, where a type names it otherwise than flux_shift.
+RESOLUTION_SHIFT_KEYS = {"lumina_2": "lumina_shift"}
 # Timestep quantiles diffusion-pipe evaluates the loss at.
 EVAL_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -39,8 +41,10 @@ class TimestepConfig:
                 f"[model] timestep_sample_method = {method!r} is not supported; use 'logit_normal' or 'uniform'"
             )
         shift = model.get("shift")  # 0 means no shift: diffusion-pipe tests `if shift := ...` (models/chroma.py:263)
+        # the resolution-dependent shift is the same maths under another key for Lumina 2 (models/lumina_2.py:172)
+        resolution_key = RESOLUTION_SHIFT_KEYS.get(model.get("type"), "flux_shift")
         return cls(method, float(model.get("sigmoid_scale", 1.0)),
-                   float(shift) if shift else None, bool(model.get("flux_shift", False)))
+                   float(shift) if shift else None, bool(model.get(resolution_key, False)))
 
 
 def flux_mu(image_seq_len: int) -> float:
