@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from trainers.datasets.check_cache import thumb_path
+from trainers.datasets.check_cache import thumb_path, thumbs_root
 from trainers.datasets.known import Known
 from trainers.datasets.measure import SHARPNESS_SIDE, THUMB, measure_all, sharpness  # noqa: F401 - re-exported
 from trainers.files import atomic_write_text
@@ -270,12 +270,13 @@ def check_steps(source: Path | str, *, resolution: int = 1024, ar_buckets: bool 
 
 def _complete(report: DatasetReport, known: Known) -> None:
     """Fill the measured facts into ``report`` and run the checks that need every picture."""
+    root = thumbs_root()
     for info in report.images:
         facts = known.facts.get(info.path)
         if facts is not None and not info.measured and not facts.bad:
             info.sharpness, info.phash, info.measured = facts.sharpness, bytes.fromhex(facts.phash), True
             if known.keys.get(info.path):
-                report.thumbs[info.path] = thumb_path(known.keys[info.path])
+                report.thumbs[info.path] = thumb_path(known.keys[info.path], root)
     report.pending = 0
     report.duplicates = _duplicates(report.images)
     _blur_outliers(report.images)
@@ -299,7 +300,7 @@ def _report(source: Path, dataset: dict, settings_text: str, known: Known, trigg
     by_path: dict[Path, list[data.Item]] = {}
     for item in items:
         by_path.setdefault(item.path, []).append(item)
-    infos, thumbs = [], {}
+    infos, thumbs, root = [], {}, thumbs_root()
     for directory in dataset.get("directory", []):
         folder = Path(directory["path"])
         settings = data.directory_settings(dataset, directory)
@@ -312,7 +313,7 @@ def _report(source: Path, dataset: dict, settings_text: str, known: Known, trigg
             if not _picture_facts(info, known):
                 continue
             if info.measured and known.keys.get(path):
-                thumbs[path] = thumb_path(known.keys[path])
+                thumbs[path] = thumb_path(known.keys[path], root)
             try:
                 raw = known.captions_of(path, captions_json)
             except data.BadMedia as exc:  # a caption file the trainer skips its image for

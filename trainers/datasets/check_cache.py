@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,10 +57,15 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def thumb_path(key: str) -> Path:
-    """Where the thumbnail of the picture with fingerprint ``key`` lives."""
+def thumbs_root() -> str:
+    return str(cache_root() / "thumbs")
+
+
+def thumb_path(key: str, root: str | None = None) -> Path:
+    """Where the thumbnail of the picture with fingerprint ``key`` lives (``root``: ``thumbs_root()``, passed by
+    callers that ask for thousands)."""
     digest = _digest(key)
-    return cache_root() / "thumbs" / digest[:2] / f"{digest}.jpg"
+    return Path(f"{root or thumbs_root()}/{digest[:2]}/{digest}.jpg")
 
 
 class FolderIndex:
@@ -68,6 +74,7 @@ class FolderIndex:
     def __init__(self, folder: Path):
         self.file = cache_root() / "index" / f"{_digest(str(Path(folder).resolve()))}.json"
         self.entries: dict[str, dict] = {}
+        self.thumbs = thumbs_root()
         self.dirty = False
         try:
             raw = json.loads(self.file.read_text(encoding="utf-8"))
@@ -89,7 +96,7 @@ class FolderIndex:
                           str(entry.get("bad", "")))
         except (KeyError, TypeError, ValueError):
             return None
-        if not facts.bad and not thumb_path(key).is_file():
+        if not facts.bad and not os.path.isfile(thumb_path(key, self.thumbs)):
             return None  # the thumbnail was removed: measure (and draw) it again
         return facts
 
