@@ -1,4 +1,5 @@
-"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py) LoRA file
+"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py;
+SD3: trainers/lora_check_sd3.py) LoRA file
 fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
@@ -30,6 +31,7 @@ from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
 from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
+from trainers.lora_check_sd3 import check_sd3_lora, is_sd3_lora, is_sd3_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -228,6 +230,19 @@ def _part_width(target: str, slot: int, out: int, inp: int) -> int:
     return inp if target.endswith("linear1") else out // parts
 
 
+def _other_family_check(lora: Path, shapes: dict[str, list[int]], model: Path | None) -> LoraCheck | None:
+    """The check of an SD3, Flux or Qwen-Image LoRA (told apart by the model, or without one by the LoRA's keys);
+    None for a Chroma LoRA. SD3 is asked first: its joint blocks carry Flux's double-block names."""
+    no_model = not (model and Path(model).exists())
+    for is_model, is_lora, check in ((is_sd3_model, is_sd3_lora, check_sd3_lora),
+                                     (is_flux_model, is_flux_lora, check_flux_lora),
+                                     (is_qwen_model, is_qwen_lora, check_qwen_lora)):
+        matched = is_model(model)
+        if matched or (no_model and is_lora(list(shapes))):
+            return check(lora, shapes, model if matched else None, LoraCheck, _split_key)
+    return None
+
+
 def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     """Check ``lora`` against the transformer at ``model`` (file or diffusers folder); without one, or when
     it does not exist, against the released Chroma's block shapes."""
@@ -239,12 +254,9 @@ def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     shapes = {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     if not shapes:
         raise LoraCheckError(f"{lora.name} holds no tensors: pick a LoRA file")
-    flux_model = is_flux_model(model)
-    if flux_model or (not (model and Path(model).exists()) and is_flux_lora(list(shapes))):
-        return check_flux_lora(lora, shapes, model if flux_model else None, LoraCheck, _split_key)
-    qwen_model = is_qwen_model(model)
-    if qwen_model or (not (model and Path(model).exists()) and is_qwen_lora(list(shapes))):
-        return check_qwen_lora(lora, shapes, model if qwen_model else None, LoraCheck, _split_key)
+    other = _other_family_check(lora, shapes, model)
+    if other is not None:
+        return other
     layout = _layout(list(shapes))
     base = model_shapes(Path(model)) if model and Path(model).exists() else full_size_shapes()
     report = LoraCheck(lora, layout, base.source, base.exact, targets=len(base.block_linears))
