@@ -133,3 +133,56 @@ def test_previews_render_with_and_without_guidance(family):
     assert again.tobytes() == images[0].tobytes()
     with pytest.raises(ValueError, match="multiples of 8"):
         family.sample([SampleRequest("x", 1, 60, 64, 2, 1.0)])
+
+
+def _grads(fam: SD3Family, named, text, checkpointing: bool | None) -> dict[str, torch.Tensor]:
+    if checkpointing is not None:
+        fam.enable_activation_checkpointing(reentrant=checkpointing)
+    fam.transformer.train()
+    x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    for _, p in named:
+        p.grad = None
+    fam.predict(x, torch.tensor([0.3, 0.8]), text).square().mean().backward()  # reentrant: backward() only
+    return {n: p.grad.clone() for n, p in named}
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny):
+    # models/sd3.py line 27: the joint blocks are checkpointed; lines 185-187 mark the embedders' outputs as
+    # requiring grad (what reentrant checkpointing needs)
+    fam = SD3Family.load(st.model_table(tiny), CPU)
+    named = fam.attach_new_lora(2, 0.0, torch.float32)
+    with torch.no_grad():
+        for name, p in named:
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    text = fam.encode_prompts(["a red circle", "b"])
+    plain = _grads(fam, named, text, None)
+    for reentrant in (False, True):
+        checked = _grads(fam, named, text, reentrant)
+        assert all(torch.allclose(plain[n], checked[n], atol=1e-6) for n in plain), reentrant
+        assert any(g.abs().sum() > 0 for n, g in checked.items() if "lora_A" in n)
+
+
+def test_a_saved_lora_attaches_exactly_and_init_from_existing_checks_the_rank(tiny, tmp_path):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    fam = SD3Family.load(st.model_table(tiny), CPU)
+    named = fam.attach_new_lora(2, 0.0, torch.float32)
+    with torch.no_grad():
+        for name, p in named:
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    tensors, _ = fam.export_lora(get_peft_model_state_dict(fam.transformer))
+    save_file(tensors, str(tmp_path / sd3.LORA_FILE), metadata={"format": "pt"})
+    text = fam.encode_prompts(["a red circle"])
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        trained = fam.predict(x, torch.tensor([0.5]), text)
+    other = SD3Family.load(st.model_table(tiny), CPU)
+    rank, params = other.attach_saved_lora(tmp_path)
+    assert rank == 2 and not any(p.requires_grad for _, p in params)
+    with torch.no_grad():
+        assert torch.equal(other.predict(x, torch.tensor([0.5]), text), trained)
+    assert all(p.requires_grad for _, p in other.init_from_existing(tmp_path / sd3.LORA_FILE, 2))
+    with pytest.raises(ValueError, match="has rank 2 but \\[adapter\\] rank = 4"):
+        other.init_from_existing(tmp_path / sd3.LORA_FILE, 4)
