@@ -1,5 +1,5 @@
 """Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py; Lumina 2:
-trainers/lora_check_lumina.py) LoRA file
+trainers/lora_check_lumina.py; SD3: trainers/lora_check_sd3.py) LoRA file
 fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
@@ -32,6 +32,7 @@ from trainers.chroma_names import fused_parts, original_name
 from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
 from trainers.lora_check_lumina import check_lumina_lora, is_lumina_lora, is_lumina_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
+from trainers.lora_check_sd3 import check_sd3_lora, is_sd3_lora, is_sd3_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -230,9 +231,10 @@ def _part_width(target: str, slot: int, out: int, inp: int) -> int:
     return inp if target.endswith("linear1") else out // parts
 
 
-# (is it this family's model, is it this family's LoRA, its check), tried in order before Chroma's own check
-OTHER_FAMILIES = ((is_flux_model, is_flux_lora, check_flux_lora), (is_qwen_model, is_qwen_lora, check_qwen_lora),
-                  (is_lumina_model, is_lumina_lora, check_lumina_lora))
+# (is it this family's model, is it this family's LoRA, its check), tried in order before Chroma's own check;
+# SD3 first: its joint blocks carry Flux's double-block names
+OTHER_FAMILIES = ((is_sd3_model, is_sd3_lora, check_sd3_lora), (is_flux_model, is_flux_lora, check_flux_lora),
+                  (is_qwen_model, is_qwen_lora, check_qwen_lora), (is_lumina_model, is_lumina_lora, check_lumina_lora))
 
 
 def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:

@@ -74,7 +74,7 @@ def model_linears(path: Path) -> tuple[dict[str, tuple[int, int]], str]:
     """(block Linears in diffusers names, what they were read from) of a Flux transformer file or folder."""
     files = _weight_files(path)
     if not files:
-        raise ProbeError(f"{path} holds no .safetensors weights: pick the Flux transformer file or diffusers folder")
+        raise ProbeError(f"{path} holds no .safetensors weights: pick the transformer file or diffusers folder")
     shapes: dict[str, list[int]] = {}
     for file in files:
         shapes |= _shapes(file)
@@ -89,11 +89,15 @@ def model_linears(path: Path) -> tuple[dict[str, tuple[int, int]], str]:
     return linears, f"{path.name} (diffusers folder)" if path.is_dir() else path.name
 
 
-def check_flux_lora(lora: Path, shapes: dict[str, list[int]], model: Path | None, report_class, split_key):
+def check_flux_lora(lora: Path, shapes: dict[str, list[int]], model: Path | None, report_class, split_key,
+                    fallback: tuple[dict[str, tuple[int, int]], str] | None = None):
     """The :class:`trainers.lora_check.LoraCheck` of a Flux LoRA with tensor ``shapes``, against ``model``
-    (None or missing: the released Flux's shapes). ``split_key`` is lora_check's key splitter."""
+    (None or missing: the released Flux's shapes). ``split_key`` is lora_check's key splitter. Other families
+    saved in diffusers' layout (SD3) pass ``fallback``: the (block Linears, description) of their released model."""
     if model is not None and Path(model).exists():
         linears, source, exact = *model_linears(Path(model)), True
+    elif fallback is not None:
+        (linears, source), exact = fallback, False
     else:
         linears = block_linears(*(FULL_SIZE[k] for k in ("hidden", "mlp", "double", "single")))
         source, exact = "the released Flux's shapes (the base model was not found)", False

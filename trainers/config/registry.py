@@ -114,7 +114,11 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
                   optional=("llama3_4bit", "transformer_dtype", "max_llama3_sequence_length", *FLOW),
                   block_swap=True, notes="poor below 1024 px"),
     ModelTypeInfo("sd3", "SD3", required=("diffusers_path",), optional=("transformer_dtype", *FLOW),
-                  lora_format=DIFFUSERS_LORA[0], lora_file=DIFFUSERS_LORA[1]),
+                  lora_format=DIFFUSERS_LORA[0], lora_file=DIFFUSERS_LORA[1],
+                  # SD3.5 Large's transformer (8.06e9); LoRA per rank: every Linear of its 38 joint blocks
+                  # (529 Linears, 4,581,888 in + out features), from its released config
+                  native="trainers.native.families.sd3:SD3Family", native_params=8.06e9,
+                  lora_params_per_rank=4_581_888),
     ModelTypeInfo("cosmos_predict2", "Cosmos-Predict2", **_PREDICT2),  # type: ignore[arg-type]
     ModelTypeInfo("anima", "Anima", **_PREDICT2),  # type: ignore[arg-type]
     ModelTypeInfo("omnigen2", "OmniGen2", required=("diffusers_path",), optional=FLOW, fp8=False, fp8_key=None),

@@ -69,7 +69,7 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
     grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     base = model.get("transformer_path") or model.get("diffusers_path")  # Flux: the diffusers folder's transformer
-    checked = model.get("type") in ("chroma", "flux")  # the types trainers/lora_check.py knows
+    checked = model.get("type") in ("chroma", "flux", "sd3")  # the types trainers/lora_check.py knows
     return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
                 secrets=[key] if key else [], check_loras=checked and schedule.save_kind == "lora",
                 lora_base=resolve_config_path(source_dir, base) if isinstance(base, str) and base else None,

@@ -1,6 +1,6 @@
 """Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files; a saved Flux
-LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`); a saved Qwen-Image LoRA (ComfyUI's
-layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`).
+or SD3 LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`); a saved Qwen-Image LoRA
+(ComfyUI's layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`).
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # torch is imported where a layout needs it: the ComfyUI export copies the saved bytes and starts in a fraction
 # of the time (the studio runs every export in a child process; bench/lora_export.py measures it).
 CONFIG_FILE = "adapter_config.json"
-FLUX_FILE = "pytorch_lora_weights.safetensors"  # a Flux save (trainers/native/families/flux.py LORA_FILE)
+FLUX_FILE = "pytorch_lora_weights.safetensors"  # a Flux or SD3 save (families/flux.py, sd3.py LORA_FILE)
 
 LAYOUTS = ("comfyui", "diffusers", "kohya")
 
@@ -174,27 +174,31 @@ def _flux_modules(header: dict) -> dict[str, tuple[dict, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for key, value in header.items():
         if not key.startswith("transformer.") or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise ExportError(f"unexpected key {key!r}: not a diffusers-layout Flux LoRA")
+            raise ExportError(f"unexpected key {key!r}: not a diffusers-layout Flux or SD3 LoRA")
         module, which = key.removeprefix("transformer.").rsplit(".lora_", 1)
         out.setdefault(module, {})[which[0]] = value
     return {m: (ab["A"], ab["B"]) for m, ab in out.items()}
 
 
 def export_flux(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
-    """A saved Flux LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout as diffusion-pipe saves it) under
-    a new header: diffusers loads it as it is and ComfyUI reads Flux LoRAs in diffusers names, so both exports are
-    the saved bytes. kohya's layout (fused BFL Linears) is not written."""
-    if layout == "kohya":
-        raise ExportError("a Flux LoRA exports as comfyui or diffusers (the saved diffusers file, which ComfyUI and "
-                          "diffusers load); the kohya layout is not available for Flux")
+    """A saved Flux or SD3 LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout as diffusion-pipe saves it
+    for both) under a new header: diffusers loads it as it is and ComfyUI reads these LoRAs in diffusers names, so
+    both exports are the saved bytes; the header's base model says which family (SD3: its keys,
+    trainers/lora_check_sd3.py). kohya's layout is not written."""
+    from trainers.lora_check_sd3 import is_sd3_lora
+
     src = folder / FLUX_FILE
     with open(src, "rb") as fin:
         (size,) = struct.unpack("<Q", fin.read(8))
         header = json.loads(fin.read(size))
     header.pop("__metadata__", None)
+    base, label = ("sd3", "an SD3") if is_sd3_lora(list(header)) else ("flux", "a Flux")
+    if layout == "kohya":
+        raise ExportError(f"{label} LoRA exports as comfyui or diffusers (the saved diffusers file, which ComfyUI "
+                          f"and diffusers load); the kohya layout is not available for {label[label.index(' ') + 1:]}")
     ranks = {a["shape"][0] for a, _ in _flux_modules(header).values()}
     config = {"r": ranks.pop()} if len(ranks) == 1 else {}
-    _copy_with_metadata(src, dst, metadata(folder, config, layout, extra, base="flux"), check=_flux_modules)
+    _copy_with_metadata(src, dst, metadata(folder, config, layout, extra, base=base), check=_flux_modules)
 
 
 def is_qwen_save(folder: Path) -> bool:
