@@ -176,3 +176,32 @@ def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):
     a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sidecar_renders_a_saved_kontext_lora_like_the_live_preview(trained, tmp_path: Path, monkeypatch):
+    """Sidecar previews (trainers/native/sidecar.py) of a saved Kontext LoRA start from the same reference image
+    (the dataset's first control) as the live preview, so they draw the same picture."""
+    import numpy as np
+
+    from trainers.native import sidecar
+    from trainers.run_library import render_samples
+    from trainers.runs import RunManager
+
+    run_dir = tmp_path / "runs" / trained[0].name
+    shutil.copytree(trained[0], run_dir)
+    monkeypatch.chdir(tmp_path)  # load_model moves to the config's folder
+    family = sidecar.load_model(sidecar.plan(run_dir, "step2"))
+    first = sorted(DEMO.glob("*.png"))[0].stem
+    assert family.preview_control == trained[1] / "data" / "controls" / f"{first}.jpg"
+    progress = list(render_samples(RunManager([tmp_path / "runs"]).info(run_dir.name), "step2"))
+    assert progress[-1].startswith("1/1 ")
+    (sidecar,) = [e for e in load_all(run_dir) if e.kind == "sample" and e.source == "sidecar"]
+    (live,) = [e for e in load_all(run_dir) if e.kind == "sample" and e.source == "live" and e.step == 2]
+
+    def rgb(path: Path):
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+    drawn, trainer = rgb(run_dir / sidecar.path), rgb(run_dir / live.path)
+    assert drawn.shape == trainer.shape == (64, 64, 3)
+    assert abs(drawn - trainer).mean() < 0.5

@@ -17,7 +17,7 @@ einops = pytest.importorskip("einops")
 
 from tests.fixtures import flux_tiny as ft  # noqa: E402
 from trainers.native import cache as cache_mod  # noqa: E402
-from trainers.native.data import load_control, scan_dataset  # noqa: E402
+from trainers.native.data import first_control, load_control, scan_dataset  # noqa: E402
 from trainers.native.families import flux_kontext as fk  # noqa: E402
 from trainers.native.families.base import TextBatch  # noqa: E402
 from trainers.native.families.chroma import latent_image_ids  # noqa: E402
@@ -51,6 +51,13 @@ def test_the_control_is_cropped_to_its_targets_bucket(tmp_path: Path):
     image = load_control(items[0])
     assert image.size == items[0].size == (64, 64)
     assert image.getpixel((32, 32)) == (200, 0, 10)
+
+
+def test_the_previews_reference_is_the_first_examples_control(tmp_path: Path):
+    dataset = _edit_dataset(tmp_path)
+    assert first_control(dataset, 0) == tmp_path / "controls" / "img0.jpg"
+    del dataset["directory"][0]["control_path"]
+    assert first_control(dataset, 0) is None
 
 
 def test_a_missing_control_names_the_file_and_the_fix(tmp_path: Path):

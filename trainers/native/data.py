@@ -415,6 +415,14 @@ def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model:
     return items
 
 
+def first_control(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE) -> Path | None:
+    """The control image of the first training example of an edit dataset (the previews' reference), None when
+    no ``[[directory]]`` has a ``control_path``."""
+    if not any("control_path" in directory for directory in dataset.get("directory", [])):
+        return None
+    return scan_dataset(dataset, seed, multiple, edit=True)[0].control
+
+
 def load_pixels(item: Item) -> Image.Image:
     """The item's image, transparent parts on white, centre-cropped and resized to its bucket."""
     try:

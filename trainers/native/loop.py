@@ -202,9 +202,8 @@ class Trainer:
         items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name,
                              edit=bool(getattr(self.family, "edit_datasets", False)),
                              strict=bool(config.get("studio", {}).get("strict_dataset", False)))
-        controls = [item.control for item in items if item.control is not None]
-        if controls and what == "training":  # edit datasets: previews start from the first control image
-            self.family.preview_control = controls[0]
+        if items[0].control is not None and what == "training":  # edit datasets: the previews' reference
+            self.family.preview_control = items[0].control  # (data.first_control finds the same one)
         self._set_phase("caching", f"{len(items)} examples of the {what} set", total=len(items))
         started = time.time()
         cache = cache_mod.build_cache(
