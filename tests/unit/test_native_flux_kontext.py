@@ -222,3 +222,29 @@ def test_predict_matches_the_transformer_call_of_flux_kontext_pipeline(tmp_path:
         ours = family.predict(x_t, kwargs["timestep"], text, control=ctrl)
         theirs = unpack_latents(output[:, :n], side, side)
         assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_eval_sets_hand_the_control_latents_to_predict(tmp_path: Path):
+    # eval_datasets with control_path: each batch's controls reach predict, row for row with the targets
+    from trainers.native.evaluate import EvalSet, evaluate
+    from trainers.native.flow import LossConfig, TimestepConfig
+
+    class Predicting(PoolingFamily):
+        transformer = torch.nn.Linear(1, 1)
+        seen: list = []
+
+        def image_seq_len(self, shape):
+            return (shape[-2] // 2) * (shape[-1] // 2)
+
+        def predict(self, x_t, t, text, control=None):
+            self.seen.append(control)
+            return x_t * 0
+
+    family = Predicting()
+    cache = cache_mod.build_cache(family, scan_dataset(_edit_dataset(tmp_path), 0, edit=True), 0, persist=False)
+    evaluate(family, EvalSet("edit", cache), TimestepConfig(), LossConfig(), 3)
+    assert len(family.seen) == 9 and all(c is not None and c.shape == (3, 3, 16, 16) for c in family.seen)
+    rows = cache.buckets[0].controls
+    for control in family.seen[0]:  # every row is one of the cached control latents
+        assert sum(torch.equal(control, row) for row in rows) == 1
+    assert not torch.equal(family.seen[0][0], family.seen[0][1])
