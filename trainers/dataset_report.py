@@ -45,7 +45,7 @@ UPSCALE_WARN = 1.25  # smaller upscales are listed in the table's scale column o
 SEVERITY = ("unreadable", "skipped", "video", "no caption", "empty caption", "upscaled", "blurry", "near-duplicate",
             "heavy crop", "no trigger", "long caption")
 T5_TOKENS = 512  # Chroma's T5 sequence length
-_PATH_KEYS = ("path", "mask_path", "default_mask_file")
+_PATH_KEYS = ("path", "mask_path", "default_mask_file", "control_path")
 
 
 class DatasetReportError(ValueError):
@@ -285,7 +285,7 @@ def _complete(report: DatasetReport, known: Known) -> None:
 def _scan(dataset: dict, seed: int, known: Known) -> list[data.Item]:
     quiet, data.log.disabled = data.log.disabled, True  # its skip warnings become the report's issues
     try:
-        return data.scan_dataset(dataset, seed, reader=known.reader)
+        return data.scan_dataset(dataset, seed, reader=known.reader, edit=True)  # edit datasets: their targets
     except RuntimeError:
         return []  # no captioned image: still show the folder and say why
     except (ValueError, FileNotFoundError) as exc:

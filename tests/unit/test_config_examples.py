@@ -101,7 +101,8 @@ def test_every_dataset_example_passes_with_a_main_of_its_type(name: str) -> None
     assert name in EXAMPLES
     main_text = (GOLDEN / DATASET_EXAMPLES[name]).read_text()
     assert not STUDIO_TABLE.search(main_text)
-    # Flux trains natively on auto, which has no edit (Kontext, control_path) datasets: that pair is diffusion-pipe's.
+    # Flux trains natively on auto, Kontext edit datasets (control_path) included, but the main paired with the
+    # Kontext example uses diffusion-pipe's own AdamW8bitKahan: that pair is diffusion-pipe's.
     backend = "diffusion-pipe" if name in DIFFUSION_PIPE_ONLY else None
     issues = validate_texts(main_text, EXAMPLES[name], skip_path_checks=True, backend=backend)
     errors = [issue for issue in issues if issue.is_error]

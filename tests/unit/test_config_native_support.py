@@ -119,7 +119,8 @@ def test_wrong_types_are_left_to_the_schema() -> None:
 def test_decided_rejections_and_honoured_keys() -> None:
     top, adapter = ns.MAIN_SUPPORT[""], ns.MAIN_SUPPORT["adapter"]
     assert top["partition_split"].status == "rejected"
-    assert ns.DATASET_SUPPORT["directory[]"]["control_path"].status == "rejected"
+    assert ns.DATASET_SUPPORT["directory[]"]["control_path"].status == "conditional"
+    assert ns.DATASET_KEYS_OF_TYPE["control_path"] == ("flux",)
     assert ns.MAIN_SUPPORT["optimizer"]["beta2_half_life"].status == "rejected"
     for key in ("resume_from_checkpoint", "eval_datasets", "checkpoint_every_n_minutes", "huber_delta",
                 "disable_block_swap_for_eval", "reentrant_activation_checkpointing", "regenerate_cache"):

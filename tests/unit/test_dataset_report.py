@@ -68,6 +68,23 @@ def test_a_dataset_toml_brings_its_own_settings(tmp_path):
     assert not any("no trigger" in issue for issue in by_name["clean_a"].issues + by_name["small"].issues)
 
 
+def test_an_edit_dataset_reports_its_targets_and_names_a_missing_control(tmp_path):
+    # Flux Kontext datasets (control_path) are browsed like any other: the targets are the images
+    images, controls = tmp_path / "images", tmp_path / "controls"
+    images.mkdir()
+    controls.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(images / f"{name}.png")
+        (images / f"{name}.txt").write_text("make it red")
+        Image.new("RGB", (64, 64)).save(controls / f"{name}.jpg")
+    toml = tmp_path / "dataset.toml"
+    toml.write_text("resolutions = [64]\n\n[[directory]]\npath = 'images'\ncontrol_path = 'controls'\n")
+    assert sorted(i.path.name for i in analyse(toml).images) == ["a.png", "b.png"]
+    (controls / "b.jpg").unlink()
+    with pytest.raises(DatasetReportError, match="no control image for .*b.png"):
+        analyse(toml)
+
+
 def test_the_demo_dataset_is_clean_at_its_own_resolution():
     report = analyse(REPO / "assets" / "demo" / "dataset", resolution=64, ar_buckets=False)
     assert len(report.images) == 24 and report.problems.keys() <= {"near-duplicate"}

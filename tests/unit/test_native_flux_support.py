@@ -53,15 +53,16 @@ def test_flux_keys_are_read_for_flux_only():
     assert {"model.guidance", "model.bypass_guidance_embedding"} <= warned
 
 
-def test_kontext_control_path_is_refused_natively_with_the_backend_switch():
-    # diffusion-pipe utils/dataset.py reads control_path for edit (Kontext) training; the native family has none
+def test_kontext_control_path_trains_natively_for_flux_only():
+    # diffusion-pipe utils/dataset.py:479 reads control_path for edit (Kontext) training, models/flux.py:381 uses it
     dataset = DATASET + "control_path = '/d/control'\n"
-    errors = [i for i in validate_texts(FLUX_MAIN, dataset, skip_path_checks=True) if i.is_error]
-    assert [i.key for i in errors] == ["directory[0].control_path"]
-    assert "backend = 'diffusion-pipe'" in errors[0].fix
-    doc = tomlkit.parse(FLUX_MAIN)
-    doc["studio"] = {"backend": "diffusion-pipe"}
-    assert [i for i in validate_texts(tomlkit.dumps(doc), dataset, skip_path_checks=True) if i.is_error] == []
+    assert [i for i in validate_texts(FLUX_MAIN, dataset, skip_path_checks=True) if i.is_error] == []
+    assert ns.native_rejections(tomlkit.parse(FLUX_MAIN).unwrap(), tomlkit.parse(dataset).unwrap()) == []
+    qwen = tomlkit.parse(FLUX_MAIN).unwrap()
+    qwen["model"] = {"type": "qwen_image", "diffusers_path": "/m", "dtype": "bfloat16"}
+    refused = ns.native_rejections(qwen, tomlkit.parse(dataset).unwrap())
+    assert len(refused) == 1 and "directory[0].control_path" in refused[0]
+    assert "type = 'flux'" in refused[0] and "backend = 'diffusion-pipe'" in refused[0]
 
 
 def test_vram_counts_flux_as_the_real_model_is():

@@ -102,6 +102,11 @@ def _no_image_sizes(value: Any) -> bool:
         isinstance(entry, list) and len(entry) == 3 and entry[2] == 1 for entry in value)
 
 
+def _by_type(value: Any) -> bool:
+    """Keys whose refusal depends on the ``[model] type``, not on their value (DATASET_KEYS_OF_TYPE decides)."""
+    return False
+
+
 HONOURED = KeySupport("honoured")
 
 
@@ -233,10 +238,13 @@ DATASET_SUPPORT: dict[str, dict[str, KeySupport]] = {
     "": {**_DATASET_SHARED, **_honoured("subsample_ratio", "directory")},
     "directory[]": {
         **_DATASET_SHARED, **_honoured("path", "mask_path", "default_mask_file"),
-        "control_path": KeySupport("rejected", "edit datasets (Flux Kontext, Qwen-Image-Edit) are not supported "
-                                   "natively", "remove it"),
+        "control_path": KeySupport("conditional", "edit datasets train natively with type = 'flux' (Flux Kontext) "
+                                   "only; Qwen-Image-Edit's do not", "remove it, or use type = 'flux' with a "
+                                   "Kontext model", "a folder with type = 'flux'", _by_type),
     },
 }
+# Dataset keys honoured only for some [model] types (key -> those types); any other type refuses them.
+DATASET_KEYS_OF_TYPE = {"control_path": ("flux",)}
 # Sections whose unlisted keys are still passed on: [optimizer] keywords go to the optimizer's constructor.
 OPEN_SECTIONS = frozenset({"optimizer"})
 
@@ -359,16 +367,30 @@ def main_findings(main: Mapping[str, Any]) -> list[NativeFinding]:
     return section_findings(main, {**MAIN_SUPPORT, "model": model}, "main") + optimizer_warnings(main)
 
 
-def dataset_findings(dataset: Mapping[str, Any]) -> list[NativeFinding]:
-    """The native trainer's refusals and caveats for a parsed dataset TOML of a Chroma run."""
-    return section_findings(dataset, DATASET_SUPPORT, "dataset")
+def _dataset_support(kind: str | None) -> dict[str, dict[str, KeySupport]]:
+    """DATASET_SUPPORT for one ``[model] type``: the keys of DATASET_KEYS_OF_TYPE it does not honour, rejected
+    (no type known: honoured, since the main config decides)."""
+    support = {section: dict(keys) for section, keys in DATASET_SUPPORT.items()}
+    for keys in support.values():
+        for key, types in DATASET_KEYS_OF_TYPE.items():
+            entry = keys.get(key)
+            if entry is None:
+                continue
+            keys[key] = HONOURED if kind is None or kind in types else KeySupport("rejected", entry.why, entry.fix)
+    return support
+
+
+def dataset_findings(dataset: Mapping[str, Any], kind: str | None = None) -> list[NativeFinding]:
+    """The native trainer's refusals and caveats for a parsed dataset TOML of a run of ``[model] type`` ``kind``
+    (None: the type-dependent keys are not checked)."""
+    return section_findings(dataset, _dataset_support(kind), "dataset")
 
 
 def native_findings(main: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> list[NativeFinding]:
     """Everything the native trainer refuses or warns about in a config pair (a non-Chroma type: one refusal)."""
     found = main_findings(main)
     if dataset is not None and wrong_type_finding(main) is None:
-        found += dataset_findings(dataset)
+        found += dataset_findings(dataset, model_type_of(main))
     return found
 
 

@@ -35,7 +35,8 @@ def check_main(main: dict[str, Any], report: Reporter) -> None:
         report.add(finding.key, finding.message, finding.fix, finding.severity)
 
 
-def check_dataset(dataset: dict[str, Any], report: Reporter) -> None:
-    """Report what the native trainer refuses in the dataset (or eval dataset) TOML of a native Chroma run."""
-    for finding in native_support.dataset_findings(dataset):
+def check_dataset(dataset: dict[str, Any], report: Reporter, model_type: str | None = None) -> None:
+    """Report what the native trainer refuses in the dataset (or eval dataset) TOML of a native run of
+    ``model_type`` (None: keys that depend on the type are not checked)."""
+    for finding in native_support.dataset_findings(dataset, model_type):
         report.add(finding.key, finding.message, finding.fix, finding.severity)

@@ -133,7 +133,7 @@ def check_dataset_text(text: str, file: str, base_dir: list[Path], skip_path_che
     rules_dataset.check_dataset(clean, report, model_type, model)
     rules_dataset_dp.check_dataset(clean, report, model_type, skip_checks)
     if native:
-        rules_native.check_dataset(clean, report)
+        rules_native.check_dataset(clean, report, model_type)
     paths_check.check_placeholders(clean, report, as_error=not skip_path_checks)
     if not skip_path_checks:
         paths_check.check_paths(paths_check.dataset_paths(clean), base_dir, report, path_roots)

@@ -6,7 +6,9 @@ loads them instead of encoding, a changed image or caption encodes only itself, 
 from the VAE posterior with its own generator, seeded from the image's path, bucket size and the run seed, so
 a cached latent equals a fresh one whatever the caching batch size. Like diffusion-pipe, batches never mix
 buckets and each bucket is truncated to a multiple of its global batch size (a bucket smaller than one global
-batch is dropped with a warning).
+batch is dropped with a warning). Edit datasets also cache each target's control image, cropped to the
+target's bucket and encoded by the same VAE (diffusion-pipe utils/dataset.py:1082-1098): it is one more latent
+entry, keyed by the control file like any image.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +51,7 @@ class Bucket:
     repeats: list[int] | None = None  # per example num_repeats (None: 1 each)
     masks: torch.Tensor | None = None  # (M, H, W) uint8, 255 = train; None when no image of the bucket has one
     ar: float = 1.0
+    controls: torch.Tensor | None = None  # (M, C, h, w): edit datasets, each image's control latent; else None
 
     def example_repeats(self) -> list[int]:
         """``num_repeats`` of each example."""
@@ -79,8 +82,11 @@ def encode_texts(family: Family, captions: list[str], batch_size: int = 16) -> T
 
 def _bucket(group: list[Item], latents: dict, masks: dict, row_of: dict[str, int]) -> Bucket:
     images: dict[tuple, int] = {}
+    control_of: dict[tuple, tuple] = {}
     for item in group:
         images.setdefault((item.path, item.size), len(images))
+        if item.control is not None:
+            control_of[(item.path, item.size)] = (item.control, item.size)
     mask_stack = None
     if any(item.mask is not None for item in group):
         mask_of = {(it.path, it.size): masks[(it.mask, it.size)] for it in group if it.mask is not None}
@@ -90,7 +96,19 @@ def _bucket(group: list[Item], latents: dict, masks: dict, row_of: dict[str, int
         size=group[0].size, latents=torch.stack([latents[k] for k in images]),
         text_rows=torch.tensor([row_of[it.caption] for it in group]),
         latent_rows=torch.tensor([images[(it.path, it.size)] for it in group]),
-        repeats=[it.repeats for it in group], masks=mask_stack, ar=group[0].ar)
+        repeats=[it.repeats for it in group], masks=mask_stack, ar=group[0].ar,
+        controls=torch.stack([latents[control_of[k]] for k in images]) if control_of else None)
+
+
+def control_items(items: list[Item]) -> list[Item]:
+    """Each control image as an item of its own, at its target's bucket (so it is loaded, cropped, encoded and
+    cached exactly like an image); every item must have one when any has."""
+    with_control = [item for item in items if item.control is not None]
+    if with_control and len(with_control) != len(items):
+        plain = next(item for item in items if item.control is None)
+        raise ValueError(f"{plain.path} has no control image but other images do: an edit dataset needs a "
+                         "control_path in every [[directory]] (or train the two kinds of data separately)")
+    return [replace(item, path=item.control, control=None, mask=None) for item in with_control]
 
 
 @torch.no_grad()
@@ -113,8 +131,8 @@ def build_cache(family: Family, items: list[Item], seed: int,
     stats = CacheStats()
     try:
         text, row_of = cache_texts(family, items, stores, key, batch_size, stats)
-        latents = cache_latents(family, latent_entries(items, stores, key, seed), batch_size, workers, stats,
-                                 progress)
+        latents = cache_latents(family, latent_entries(items + control_items(items), stores, key, seed),
+                                batch_size, workers, stats, progress)
         masks = cache_masks(mask_entries(items, stores), stats)
     finally:
         for store in stores.all():
@@ -243,3 +261,15 @@ def batch_tensors(cache: Cache, batch: Batch, uncond_fraction: float,
         latents, text = latents.to(cache.device), text.to(cache.device)
         mask = mask.to(cache.device) if mask is not None else None
     return latents, text, mask
+
+
+def batch_controls(cache: Cache, batch: Batch) -> torch.Tensor | None:
+    """The control latents of one micro-batch (edit datasets), row for row with :func:`batch_tensors`'
+    latents, on the cache's device; None for other datasets."""
+    bucket = cache.buckets[batch.bucket]
+    if bucket.controls is None:
+        return None
+    rows = list(batch.rows)
+    images = bucket.latent_rows[rows] if bucket.latent_rows is not None else torch.tensor(rows)
+    controls = bucket.controls[images]
+    return controls.to(cache.device) if cache.device is not None else controls

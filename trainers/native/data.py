@@ -6,10 +6,15 @@ caption is skipped (``skip_empty_caption = true``, the default) or trained with 
 ``cache_shuffle_num`` tag-shuffled variant of it) is its own example, and every entry of ``resolutions``
 duplicates the dataset at that area. Images are centre-cropped to their bucket's aspect ratio and resized
 (Pillow ``ImageOps.fit``, as diffusion-pipe does), sides rounded to the family's pixel multiple.
+
+Edit datasets (``control_path``, for families that train them: Flux Kontext) pair every target with the file of
+the same stem in the control folder (diffusion-pipe utils/dataset.py:634, :669-672); the control image is
+cropped and resized to its target's bucket (utils/dataset.py:1082-1083).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +30,7 @@ from PIL import Image, ImageOps
 from trainers.native.media import (
     BAD_IMAGE_ERRORS,
     CAPTIONS_JSON,
+    SKIP_SUFFIXES,
     BadMedia,
     captions_of,
     media_files,
@@ -71,6 +77,7 @@ class Item:
     mask: Path | None = None
     ar: float = 1.0  # the aspect-ratio bucket (w/h, 3 decimals): buckets are (ar, width, height)
     root: Path | None = None  # the [[directory]] folder: its cache lives in <root>/cache/
+    control: Path | None = None  # edit datasets: the control image paired with this target
 
     @property
     def bucket_key(self) -> tuple[float, int, int]:
@@ -256,6 +263,8 @@ class _Directory:
     repeats: int
     skip_empty: bool
     seed: int
+    controls: dict[str, Path] | None = None  # edit datasets: control files by stem (None: not an edit dataset)
+    control_dir: Path | None = None
 
 
 def _config_path(directory: dict, key: str, folder: bool = True) -> Path | None:
@@ -280,13 +289,31 @@ def _mask_files(mask_dir: Path | None) -> dict[str, Path]:
     return masks
 
 
-def _read_directory(directory: dict, settings: dict, seed: int, multiple: int, model: str) -> _Directory:
-    if "control_path" in directory:
+def _control_files(control_dir: Path | None) -> dict[str, Path] | None:
+    """The files of a control folder by stem (any image suffix, as diffusion-pipe utils/dataset.py:634 pairs
+    them); two candidates for one stem are an error here, where diffusion-pipe keeps whichever it lists last."""
+    if control_dir is None:
+        return None
+    controls: dict[str, Path] = {}
+    for path in sorted(control_dir.iterdir()):
+        if not path.is_file() or path.suffix.lower() in SKIP_SUFFIXES:
+            continue
+        if path.stem in controls:
+            raise ValueError(f"two control images for the stem {path.stem!r}: {controls[path.stem]} and {path}; "
+                             "keep one")
+        controls[path.stem] = path
+    return controls
+
+
+def _read_directory(directory: dict, settings: dict, seed: int, multiple: int, model: str,
+                    edit: bool = False) -> _Directory:
+    if "control_path" in directory and not edit:
         raise ValueError(f"[[directory]] control_path = {directory['control_path']!r}: edit datasets are not "
                          f"supported for {model}")
     if "path" not in directory:
         raise ValueError("a [[directory]] table has no `path`")
     folder = _config_path(directory, "path")
+    control_dir = _config_path(directory, "control_path")
     repeats = settings.get("num_repeats", 1)
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"num_repeats = {repeats!r} for {folder} must be an integer > 0")
@@ -300,7 +327,8 @@ def _read_directory(directory: dict, settings: dict, seed: int, multiple: int, m
         default_mask=_config_path(directory, "default_mask_file", folder=False),
         plan=BucketPlan.from_settings(settings, multiple), shuffle_num=shuffle_num,
         delimiter=settings.get("cache_shuffle_delimiter", ", "), prefix=settings.get("caption_prefix", ""),
-        repeats=repeats, skip_empty=bool(settings.get("skip_empty_caption", True)), seed=seed)
+        repeats=repeats, skip_empty=bool(settings.get("skip_empty_caption", True)), seed=seed,
+        controls=_control_files(control_dir), control_dir=control_dir)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -323,6 +351,18 @@ def _mask_for(path: Path, size: tuple[int, int], d: _Directory) -> Path | None:
         raise ValueError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but image {path} is {size[0]}x{size[1]}: "
                          "a mask must have exactly its image's size")
     return mask
+
+
+def _control_for(path: Path, d: _Directory) -> Path | None:
+    """The control image of a target (edit datasets), or None for other datasets; a missing one is an error
+    (diffusion-pipe utils/dataset.py:670-671 raises too)."""
+    if d.controls is None:
+        return None
+    control = d.controls.get(path.stem)
+    if control is None:
+        raise ValueError(f"no control image for {path}: add {d.control_dir}/{path.stem}.<ext> (same stem as the "
+                         f"target), or move {path.name} out of {d.folder}")
+    return control
 
 
 def _skip_or_raise(exc: BadMedia, strict: bool) -> list[Item]:
@@ -349,30 +389,33 @@ def _items_for(path: Path, d: _Directory, strict: bool = False, reader: Reader =
         log.warning("%s has no caption: training it with an empty caption", path.name)
         captions = [""]
     mask = _mask_for(path, size, d)
+    control = _control_for(path, d)
     specs = d.plan.for_image(*size)
     items = []
     for index, caption in enumerate(captions):
         rng = random.Random(stable_seed(d.seed, path.name, index, caption))
         for variant in shuffled_captions(caption, d.shuffle_num, d.delimiter, rng):
-            items.extend(Item(path, d.prefix + variant, spec.size, d.repeats, mask, spec.ar, d.folder)
+            items.extend(Item(path, d.prefix + variant, spec.size, d.repeats, mask, spec.ar, d.folder, control)
                          for spec in specs)
     return items
 
 
 def scan_directory(directory: dict, settings: dict, seed: int, multiple: int = SIDE_MULTIPLE,
-                   model: str = "chroma", strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
+                   model: str = "chroma", strict: bool = False, reader: Reader = TRAINER_READER,
+                   edit: bool = False) -> list[Item]:
     """The items of one ``[[directory]]``: every image x caption (variant) x bucket of its aspect ratio. A bad
     file (corrupt, truncated, animated WebP, undecodable caption, symlink loop) is skipped with a warning naming
     it, or stops the scan when ``strict``. ``reader.size_of`` gives an image's size or raises BadMedia: the trainer
-    decodes every image (``probe_image``); the dataset browser passes what its check cache already knows."""
-    d = _read_directory(directory, settings, seed, multiple, model)
+    decodes every image (``probe_image``); the dataset browser passes what its check cache already knows.
+    ``edit``: the family trains edit datasets, so ``control_path`` pairs a control image with every target."""
+    d = _read_directory(directory, settings, seed, multiple, model, edit)
     return [item for path in reader.media_files(d.folder) for item in _items_for(path, d, strict, reader)]
 
 
 def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model: str = "chroma",
-                 strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
+                 strict: bool = False, reader: Reader = TRAINER_READER, edit: bool = False) -> list[Item]:
     """All items of a dataset TOML (already parsed); ``multiple`` is the family's pixel multiple; ``strict``
-    (``[studio] strict_dataset``) turns a skipped bad file into an error."""
+    (``[studio] strict_dataset``) turns a skipped bad file into an error; ``edit``: ``control_path`` is read."""
     directories = dataset.get("directory", [])
     if not directories:
         raise ValueError("the dataset config has no [[directory]] table")
@@ -380,10 +423,18 @@ def scan_dataset(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE, model:
     items: list[Item] = []
     for directory in directories:
         items.extend(scan_directory(directory, directory_settings(dataset, directory), seed, multiple, model,
-                                    strict, reader))
+                                    strict, reader, edit))
     if not items:
         raise RuntimeError("the dataset is empty: no image with a caption was found")
     return items
+
+
+def first_control(dataset: dict, seed: int, multiple: int = SIDE_MULTIPLE) -> Path | None:
+    """The control image of the first training example of an edit dataset (the previews' reference), None when
+    no ``[[directory]]`` has a ``control_path``."""
+    if not any("control_path" in directory for directory in dataset.get("directory", [])):
+        return None
+    return scan_dataset(dataset, seed, multiple, edit=True)[0].control
 
 
 def load_pixels(item: Item) -> Image.Image:
@@ -395,6 +446,14 @@ def load_pixels(item: Item) -> Image.Image:
     except BAD_IMAGE_ERRORS as exc:  # changed or damaged since the scan: still name the file
         raise BadMedia(item.path, f"not a readable image: Pillow fails to decode it ({exc})") from None
     return ImageOps.fit(rgb, item.size)
+
+
+def load_control(item: Item) -> Image.Image:
+    """The item's control image, prepared like its target: on white, centre-cropped and resized to the target's
+    bucket (diffusion-pipe utils/dataset.py:1082-1083 preprocesses it with the target's size bucket)."""
+    if item.control is None:
+        raise ValueError(f"{item.path} has no control image")
+    return load_pixels(dataclasses.replace(item, path=item.control))
 
 
 def load_mask(item: Item) -> np.ndarray | None:

@@ -51,9 +51,11 @@ def eval_sets_from_config(config: dict, base: Path) -> list[tuple[str, Path]]:
     return sets
 
 
-def _loss_at(family, q: float, x0, text, weights, generator, tcfg: TimestepConfig, loss_cfg: LossConfig):
+def _loss_at(family, q: float, x0, text, weights, generator, tcfg: TimestepConfig, loss_cfg: LossConfig,
+             control=None):
     """One batch's loss at timestep quantile ``q``: flow matching, or the family's own objective (SDXL:
-    ``timesteps_at`` + ``noised``, plain MSE weighted per sample, models/sdxl.py:555-557)."""
+    ``timesteps_at`` + ``noised``, plain MSE weighted per sample, models/sdxl.py:555-557); ``control``: the
+    control latents of an edit dataset, handed to the family's ``predict``."""
     if hasattr(family, "timesteps_at"):
         noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
         t = family.timesteps_at(q, x0.shape[0]).to(family.device)
@@ -62,7 +64,8 @@ def _loss_at(family, q: float, x0, text, weights, generator, tcfg: TimestepConfi
     t = sample_timesteps(tcfg, x0.shape[0], family.image_seq_len(x0.shape), generator, quantile=q)
     noise = torch.randn(x0.shape, generator=generator).to(family.device)  # float32
     x_t, target = noisy_input(x0, noise, t.to(family.device))
-    return flow_loss(family.predict(x_t, t.to(family.device), text), target, loss_cfg, weights)
+    extra = {} if control is None else {"control": control}
+    return flow_loss(family.predict(x_t, t.to(family.device), text, **extra), target, loss_cfg, weights)
 
 
 @torch.no_grad()
@@ -83,7 +86,10 @@ def evaluate(family, eval_set: EvalSet, tcfg: TimestepConfig, loss_cfg: LossConf
                     x0, text, mask = cache_mod.batch_tensors(eval_set.cache, batch, 0.0, None)
                     x0 = x0.to(family.device, family.dtype)
                     weights = latent_mask(mask, x0.shape[-2:]) if mask is not None else None
-                    loss = _loss_at(family, q, x0, text, weights, generator, tcfg, loss_cfg)
+                    control = cache_mod.batch_controls(eval_set.cache, batch)
+                    if control is not None:
+                        control = control.to(family.device, family.dtype)
+                    loss = _loss_at(family, q, x0, text, weights, generator, tcfg, loss_cfg, control)
                     total += float(loss) * x0.shape[0]
                     count += x0.shape[0]
             if count == 0:

@@ -200,7 +200,10 @@ class Trainer:
     def _cache_dataset(self, dataset: dict, what: str) -> cache_mod.Cache:
         config = self.s.config
         items = scan_dataset(dataset, self.s.seed, multiple=self.family.pixel_multiple, model=self.family.name,
+                             edit=bool(getattr(self.family, "edit_datasets", False)),
                              strict=bool(config.get("studio", {}).get("strict_dataset", False)))
+        if items[0].control is not None and what == "training":  # edit datasets: the previews' reference
+            self.family.preview_control = items[0].control  # (data.first_control finds the same one)
         self._set_phase("caching", f"{len(items)} examples of the {what} set", total=len(items))
         started = time.time()
         cache = cache_mod.build_cache(
@@ -413,7 +416,9 @@ class Trainer:
         t = sample_timesteps(self.tcfg, x0.shape[0], self.family.image_seq_len(x0.shape), self.generator)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)  # float32
         x_t, target = noisy_input(x0, noise, t.to(self.device))
-        return flow_loss(self.family.predict(x_t, t.to(self.device), text), target, self.loss_cfg, weights)
+        control = cache_mod.batch_controls(self.cache, batch)  # edit datasets: the control latents
+        extra = {} if control is None else {"control": control.to(self.device, self.family.dtype)}
+        return flow_loss(self.family.predict(x_t, t.to(self.device), text, **extra), target, self.loss_cfg, weights)
 
     def _emit_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float) -> None:
         self.timing.step(seconds)

@@ -42,6 +42,8 @@ class SidecarJob:
     model: dict  # the run's [model] table
     base: Path  # the folder relative config paths resolve against
     renders: list[tuple[int, str, SampleRequest]]  # (prompt index, file name in samples/, request)
+    dataset: dict | None = None  # the run's dataset TOML (edit datasets: the previews' reference image)
+    seed: int = 0
 
 
 def source_folder(run_dir: Path, meta: dict) -> Path:
@@ -90,7 +92,8 @@ def plan(run_dir: Path, folder: str, prompts: list[str] | None = None, seeds: li
         index, name = sample_file(folder, request.prompt, request.seed, own, position)
         renders.append((index, name, request))
     step, epoch = folder_position(load_all(run_dir), folder)
-    return SidecarJob(run_dir, folder, step, epoch, settings.config["model"], source_folder(run_dir, meta), renders)
+    return SidecarJob(run_dir, folder, step, epoch, settings.config["model"], source_folder(run_dir, meta), renders,
+                      settings.dataset, settings.seed)
 
 
 def _say(message: str) -> None:
@@ -109,6 +112,10 @@ def load_model(job: SidecarJob):
     if attach is None:
         raise ValueError(f"[model] type = {job.model.get('type')!r} cannot load a saved LoRA for sampling yet")
     rank, _ = attach(job.run_dir / job.folder, trainable=False)
+    if getattr(family, "edit_datasets", False) and job.dataset:  # Kontext: the training previews' reference image
+        from trainers.native.data import first_control
+
+        family.preview_control = first_control(job.dataset, job.seed, family.pixel_multiple)
     _say(f"{job.folder} attached (LoRA rank {rank})")
     return family
 

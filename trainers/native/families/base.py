@@ -73,7 +73,12 @@ class SampleRequest:
 
 
 class Family(Protocol):
-    """A model family the native trainer can train a LoRA for."""
+    """A model family the native trainer can train a LoRA for.
+
+    Optional: a family that trains edit datasets (``control_path``; Flux Kontext) sets ``edit_datasets = True``;
+    its ``predict`` then takes the batch's control latents as ``control=`` (same shape as ``x_t``, passed only for
+    edit datasets) and the loop sets ``preview_control`` to the first control image, the previews' reference.
+    """
 
     name: str
     device: torch.device

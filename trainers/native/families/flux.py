@@ -12,6 +12,10 @@ and the shared flow keys (``flux_shift`` ...).
 The LoRA is peft's on every Linear inside the double and single blocks (alpha = rank), saved as diffusers'
 ``FluxPipeline.save_lora_weights`` writes it: ``pytorch_lora_weights.safetensors`` with ``transformer.`` keys and
 no ``adapter_config.json``.
+
+Edit datasets (``control_path``) train Flux Kontext as diffusion-pipe does, with ``type = 'flux'`` and a Kontext
+model: the control latents are appended as extra tokens (flux_kontext.py), previews start from the first control
+image, and the LoRA is saved in the same format.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from trainers.native.families.chroma import (
     pack_latents,
     unpack_latents,
 )
+from trainers.native.families.flux_kontext import kontext_pipeline, predict_kontext, preview_control
 from trainers.native.families.flux_load import load_transformer
 from trainers.native.lora_io import lora_pairs, read_adapter
 
@@ -148,6 +153,7 @@ class FluxFamily:
     lora_layout = "peft"  # one peft LoRA per diffusers Linear (training-state checkpoints record it)
     lora_file = LORA_FILE
     pixel_multiple = 16  # diffusion-pipe rounds image sides to 16 px (VAE factor 8 x 2x2 packing)
+    edit_datasets = True  # control_path datasets train Flux Kontext (models/flux.py:381-392)
 
     def __init__(self, pipe: FluxPipeline, device: torch.device, dtype: torch.dtype, guidance: float,
                  sources: dict[str, Path]):
@@ -159,6 +165,7 @@ class FluxFamily:
         self._checkpoint_hooks: list = []
         self._prompt_embeds: dict[str, dict[str, torch.Tensor]] = {}  # preview prompts, encoded once
         self._transformer_dtype: torch.dtype | None = None
+        self.preview_control: Path | None = None  # edit datasets: the reference image of the previews
 
     @classmethod
     def load(cls, model: dict, device: torch.device, fuse_adapters: list[dict] | None = None) -> FluxFamily:
@@ -238,11 +245,16 @@ class FluxFamily:
         """Packed image tokens: one per 2x2 latent patch."""
         return image_seq_len(latent_shape)
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: TextBatch) -> torch.Tensor:
-        """Velocity prediction in latent layout, with ``[model] guidance`` for models that embed it."""
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: TextBatch,
+                control: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity prediction in latent layout, with ``[model] guidance`` for models that embed it; ``control``:
+        an edit dataset's control latents, appended as Kontext tokens (the prediction covers the target only)."""
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = guidance_vector(x_t.shape[0], self.guidance, x_t.device)
+        if control is not None:
+            return predict_kontext(self.transformer, x_t, control, t, text.embeds, text.pooled, guidance,
+                                   self.transformer_dtype)
         return predict(self.transformer, x_t, t, text.embeds, text.pooled, guidance, self.transformer_dtype)
 
     def lora_targets(self) -> list[str]:
@@ -259,8 +271,9 @@ class FluxFamily:
 
     @torch.no_grad()
     def sample(self, requests: list[SampleRequest]) -> list[Image.Image]:
-        """Render previews with FluxPipeline on the live modules (the adapter as trained). ``guidance`` is Flux's
-        embedded guidance (``guidance_scale``); the negative prompt is not used (no true CFG)."""
+        """Render previews with FluxPipeline on the live modules (the adapter as trained), or FluxKontextPipeline
+        from ``preview_control`` (edit datasets). ``guidance`` is Flux's embedded guidance (``guidance_scale``);
+        the negative prompt is not used (no true CFG)."""
         was_training = self.transformer.training
         self.transformer.eval()  # LoRA dropout off while sampling
         groups: dict[tuple, list[int]] = {}
@@ -280,6 +293,12 @@ class FluxFamily:
         inputs = [self.prompt_inputs(r.prompt) for r in rs]
         batched = {key: torch.cat([i[key] for i in inputs]) for key in inputs[0]}
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rs]
+        if self.preview_control is not None:  # the reference image at the preview size (no Kontext auto-resize)
+            image = preview_control(self.preview_control, rs[0].width, rs[0].height)
+            return kontext_pipeline(self.pipe)(
+                **batched, image=image, height=rs[0].height, width=rs[0].width,
+                num_inference_steps=rs[0].steps, guidance_scale=rs[0].guidance, generator=generators,
+                max_area=rs[0].width * rs[0].height, _auto_resize=False).images
         return self.pipe(**batched, height=rs[0].height, width=rs[0].width, num_inference_steps=rs[0].steps,
                          guidance_scale=rs[0].guidance, generator=generators).images
 
