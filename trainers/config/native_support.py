@@ -152,6 +152,7 @@ _TOP = {
 
 SDXL_KEYS = ("checkpoint_path", "v_pred", "min_snr_gamma", "debiased_estimation_loss", "unet_lr",
              "text_encoder_1_lr", "text_encoder_2_lr")
+HIDREAM_KEYS = ("llama3_path", "llama3_4bit", "max_llama3_sequence_length")
 _MODEL = {
     **_honoured("dtype", "diffusers_path", "transformer_path", "transformer_dtype", "timestep_sample_method",
                 "sigmoid_scale", "shift", "flux_shift"),
@@ -160,12 +161,13 @@ _MODEL = {
     **{key: KeySupport("honoured", "sdxl only") for key in SDXL_KEYS},
     "text_encoder_path": KeySupport("honoured", "qwen_image only"),
     "vae_path": KeySupport("honoured", "qwen_image only"),
+    **{key: KeySupport("honoured", "hidream only") for key in HIDREAM_KEYS},
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
 # [model] keys only one native type reads: for the others they are unknown keys (a warning), as the table says.
 MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl"),
-                      "text_encoder_path": "qwen_image", "vae_path": "qwen_image"}
+                      "text_encoder_path": "qwen_image", "vae_path": "qwen_image", **dict.fromkeys(HIDREAM_KEYS, "hidream")}
 
 _ADAPTER = {
     **_honoured("rank", "dtype", "dropout", "init_from_existing", "fuse_adapters"),
