@@ -1,5 +1,5 @@
-"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py) LoRA file
-fits its base model, from safetensors headers alone (no torch, no weights).
+"""Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py; HiDream:
+trainers/lora_check_hidream.py) LoRA file fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
 with the right shapes, and does it cover what it should? :func:`check_lora` reads the LoRA's header in any of
@@ -29,6 +29,7 @@ from pathlib import Path
 from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
 from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
+from trainers.lora_check_hidream import check_hidream_lora, is_hidream_lora, is_hidream_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
@@ -168,7 +169,7 @@ class LoraCheck:
                 more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
                 lines.append(f"{title}:\n{shown}{more}")
         if not self.exact:
-            released = next((name for name in ("Flux", "Qwen-Image") if name in self.model), "Chroma")
+            released = next((name for name in ("Flux", "Qwen-Image", "HiDream-I1") if name in self.model), "Chroma")
             lines.append(f"ℹ The base model was not found, so the released {released}'s block shapes were assumed: "
                          "pick the transformer file to check against it exactly.")
         if self.targets and self.covered < self.targets and self.ok:
@@ -239,12 +240,12 @@ def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
     shapes = {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     if not shapes:
         raise LoraCheckError(f"{lora.name} holds no tensors: pick a LoRA file")
-    flux_model = is_flux_model(model)
-    if flux_model or (not (model and Path(model).exists()) and is_flux_lora(list(shapes))):
-        return check_flux_lora(lora, shapes, model if flux_model else None, LoraCheck, _split_key)
-    qwen_model = is_qwen_model(model)
-    if qwen_model or (not (model and Path(model).exists()) and is_qwen_lora(list(shapes))):
-        return check_qwen_lora(lora, shapes, model if qwen_model else None, LoraCheck, _split_key)
+    for is_model, is_family_lora, check in ((is_flux_model, is_flux_lora, check_flux_lora),
+                                            (is_hidream_model, is_hidream_lora, check_hidream_lora),
+                                            (is_qwen_model, is_qwen_lora, check_qwen_lora)):
+        family_model = is_model(model)
+        if family_model or (not (model and Path(model).exists()) and is_family_lora(list(shapes))):
+            return check(lora, shapes, model if family_model else None, LoraCheck, _split_key)
     layout = _layout(list(shapes))
     base = model_shapes(Path(model)) if model and Path(model).exists() else full_size_shapes()
     report = LoraCheck(lora, layout, base.source, base.exact, targets=len(base.block_linears))

@@ -111,6 +111,8 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path):
     targets = config["target_modules"]
     assert len(targets) < len(linears)
     assert all(any(n == s or n.endswith("." + s) for s in targets) for n in linears)
+    # the key check after the save (trainers/lora_check_hidream.py) against the diffusers folder
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓") for e in events)
 
 
 def test_the_adapter_config_is_the_one_peft_writes_for_diffusion_pipe(trained: Path, tmp_path: Path):

@@ -163,3 +163,41 @@ def test_cache_key_follows_the_llama_token_count(tiny, family):
     other = hd.HiDreamFamily.load(ht.model_table(*tiny, max_llama3_sequence_length=64), CPU)
     assert other.cache_key() != family.cache_key()
     assert hd.HiDreamFamily.load(ht.model_table(*tiny), CPU).cache_key() == family.cache_key()
+
+
+def test_released_block_linears_match_the_released_transformer():
+    # trainers/lora_check_hidream.py's released shapes against HiDreamImageTransformer2DModel at HiDream-I1's
+    # config (built on the meta device), every Linear the family targets
+    import accelerate
+    from diffusers import HiDreamImageTransformer2DModel
+
+    from trainers.lora_check_hidream import RELEASED, block_linears
+
+    config = dict(patch_size=2, in_channels=16, out_channels=16, num_layers=16, num_single_layers=32,
+                  attention_head_dim=128, num_attention_heads=20, caption_channels=[4096, 4096], text_emb_dim=2048,
+                  num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(64, 32, 32),
+                  max_resolution=(128, 128), llama_layers=list(range(48)))
+    with accelerate.init_empty_weights():
+        model = HiDreamImageTransformer2DModel(**config)
+    modules = dict(model.named_modules())
+    real = {n: (modules[n].out_features, modules[n].in_features) for n in hd.lora_targets(model)}
+    assert block_linears(**RELEASED) == real
+
+
+def test_the_key_check_reads_a_hidream_lora_against_the_folder(tiny, family, tmp_path):
+    from safetensors.torch import save_file
+
+    from trainers.lora_check import check_lora
+
+    family.attach_new_lora(4, 0.0, torch.float32)
+    try:
+        state = {n.replace(".default", ""): p.detach() for n, p in family.transformer.named_parameters()
+                 if ".lora_" in n}
+        tensors, _ = family.export_lora(state)
+    finally:
+        family.transformer.unload_lora()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "adapter_model.safetensors"))
+    report = check_lora(tmp_path / "adapter_model.safetensors", tiny[0])
+    assert report.ok and report.covered == report.targets == 47, report.summary()
+    released = check_lora(tmp_path / "adapter_model.safetensors", None)
+    assert not released.exact and released.unmatched == [] and released.mismatched  # tiny widths vs released
