@@ -223,3 +223,26 @@ def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):
     a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exports_load_in_diffusers_and_kohya_is_refused(trained: Path, tiny, tmp_path: Path, caplog):
+    from diffusers import HiDreamImagePipeline
+
+    from trainers.native.export import ExportError, export
+
+    saved = load_file(str(trained / "step2" / "adapter_model.safetensors"))
+    comfy = export(trained / "step2", "comfyui", tmp_path / "comfy.safetensors")
+    with safe_open(str(comfy), "pt") as fh:
+        assert fh.metadata()["dp_studio.base_model"] == "hidream"
+        assert all(torch.equal(fh.get_tensor(k), v) for k, v in saved.items()) and len(fh.keys()) == len(saved)
+    diffusers_file = export(trained / "step2", "diffusers", tmp_path / "diffusers.safetensors")
+    assert sorted(load_file(str(diffusers_file))) == sorted("transformer." + k.removeprefix("diffusion_model.")
+                                                            for k in saved)
+    for file in (comfy, diffusers_file):
+        pipe = HiDreamImagePipeline.from_pretrained(tiny[0], text_encoder_4=None, tokenizer_4=None,
+                                                    local_files_only=True)
+        with caplog.at_level(logging.WARNING):
+            pipe.load_lora_weights(file)
+        assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
+    with pytest.raises(ExportError, match="kohya layout is not available for HiDream"):
+        export(trained / "step2", "kohya", tmp_path / "kohya.safetensors")
