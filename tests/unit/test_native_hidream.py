@@ -150,6 +150,9 @@ def test_config_errors_name_the_key(tiny):
         hd.HiDreamFamily.load({"type": "hidream", "diffusers_path": str(tiny[0]), "dtype": "float32"}, CPU)
     with pytest.raises(ValueError, match="transformer_dtype = 'nf4'"):
         hd.HiDreamFamily.load(ht.model_table(*tiny, transformer_dtype="nf4"), CPU)
+    if not torch.cuda.is_available():  # models/hidream.py:76-81 loads Llama through bitsandbytes (CUDA only)
+        with pytest.raises(ValueError, match="llama3_4bit = true needs bitsandbytes and a CUDA GPU"):
+            hd.HiDreamFamily.load(ht.model_table(*tiny, llama3_4bit=True), CPU)
     with pytest.raises(FileNotFoundError, match="no transformer/"):
         hd.HiDreamFamily.load(ht.model_table(tiny[1], tiny[1]), CPU)
 
