@@ -1,5 +1,5 @@
 """Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py; Lumina 2:
-trainers/lora_check_lumina.py; SD3: trainers/lora_check_sd3.py) LoRA file
+trainers/lora_check_lumina.py; SD3: trainers/lora_check_sd3.py; HiDream: trainers/lora_check_hidream.py) LoRA file
 fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
@@ -30,6 +30,7 @@ from pathlib import Path
 from trainers.checkpoint_probe import ProbeError, read_header
 from trainers.chroma_names import fused_parts, original_name
 from trainers.lora_check_flux import check_flux_lora, is_flux_lora, is_flux_model
+from trainers.lora_check_hidream import check_hidream_lora, is_hidream_lora, is_hidream_model
 from trainers.lora_check_lumina import check_lumina_lora, is_lumina_lora, is_lumina_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
 from trainers.lora_check_sd3 import check_sd3_lora, is_sd3_lora, is_sd3_model
@@ -171,7 +172,7 @@ class LoraCheck:
                 more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
                 lines.append(f"{title}:\n{shown}{more}")
         if not self.exact:
-            released = next((name for name in ("Flux", "Qwen-Image") if name in self.model), "Chroma")
+            released = next((name for name in ("Flux", "Qwen-Image", "HiDream-I1") if name in self.model), "Chroma")
             lines.append(f"ℹ The base model was not found, so the released {released}'s block shapes were assumed: "
                          "pick the transformer file to check against it exactly.")
         if self.targets and self.covered < self.targets and self.ok:
@@ -234,6 +235,7 @@ def _part_width(target: str, slot: int, out: int, inp: int) -> int:
 # (is it this family's model, is it this family's LoRA, its check), tried in order before Chroma's own check;
 # SD3 first: its joint blocks carry Flux's double-block names
 OTHER_FAMILIES = ((is_sd3_model, is_sd3_lora, check_sd3_lora), (is_flux_model, is_flux_lora, check_flux_lora),
+                  (is_hidream_model, is_hidream_lora, check_hidream_lora),
                   (is_qwen_model, is_qwen_lora, check_qwen_lora), (is_lumina_model, is_lumina_lora, check_lumina_lora))
 
 

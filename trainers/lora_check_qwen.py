@@ -86,6 +86,13 @@ def check_qwen_lora(lora: Path, shapes: dict[str, list[int]], model: Path | None
     else:
         linears = block_linears(FULL_SIZE["hidden"], FULL_SIZE["blocks"])
         source, exact = "the released Qwen-Image's shapes (the base model was not found)", False
+    return check_peft_lora(lora, shapes, linears, source, exact, report_class, split_key)
+
+
+def check_peft_lora(lora: Path, shapes: dict[str, list[int]], linears: dict[str, tuple[int, int]], source: str,
+                    exact: bool, report_class, split_key):
+    """The report of a LoRA saved as ``diffusion_model.`` (or ``transformer.``) + diffusers module names against
+    the block Linears ``linears`` (diffusers name -> (out, in)); the families saving that layout share it."""
     layout = "diffusers" if any(k.startswith("transformer.") for k in shapes) else "comfyui"
     report = report_class(lora, layout, source, exact, targets=len(linears))
     halves: dict[str, dict[str, list[int]]] = {}

@@ -104,7 +104,7 @@ def test_validate_backend_flag(tmp_path: Path, capsys) -> None:
     lines = capsys.readouterr().out.strip().split("\n")
     errors = [line for line in lines if ": warning: " not in line]
     assert len(errors) == 1 and LINE.match(errors[0])["key"] == "model.type"
-    assert "the native trainer trains chroma, sdxl, flux, lumina_2, sd3 and qwen_image only, not 'wan'" in errors[0]
+    assert "the native trainer trains chroma, sdxl, flux, lumina_2, hidream, sd3 and qwen_image only, not 'wan'" in errors[0]
     assert main(["validate", str(tmp_path / "wan.toml"), "--skip-path-checks", "--backend", "diffusion-pipe"]) == 0
     assert capsys.readouterr().out.strip().endswith("warning(s))")
 

@@ -84,7 +84,7 @@ def test_example_pairs_of_other_types_pass_on_auto_and_are_one_error_for_the_nat
     issues = validate_texts(*texts, main_file=main, dataset_file=dataset, skip_path_checks=True, backend="native")
     errors = [i for i in issues if i.is_error]
     assert [i.key for i in errors] == ["model.type"]
-    assert "trains chroma, sdxl, flux, lumina_2, sd3 and qwen_image only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
+    assert "trains chroma, sdxl, flux, lumina_2, hidream, sd3 and qwen_image only" in errors[0].message and "backend = 'diffusion-pipe'" in errors[0].fix
 
 
 @pytest.mark.parametrize("path", sorted(VALID.glob("*.toml")) + PROFILES, ids=lambda p: p.name)

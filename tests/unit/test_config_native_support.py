@@ -276,7 +276,7 @@ def test_another_model_type_is_one_refusal_for_the_whole_pair() -> None:
     main = tomllib.loads((GOLDEN / "valid" / "wan_14b_low_vram.toml").read_text())
     dataset = tomllib.loads((GOLDEN / "valid" / "dataset_reference.toml").read_text())
     (message,) = ns.native_rejections(main, dataset)
-    assert message.startswith("main config: model.type: the native trainer trains chroma, sdxl, flux, lumina_2, sd3 and qwen_image only, not 'wan'")
+    assert message.startswith("main config: model.type: the native trainer trains chroma, sdxl, flux, lumina_2, hidream, sd3 and qwen_image only, not 'wan'")
     assert "backend = 'diffusion-pipe'" in message
 
 

@@ -68,7 +68,7 @@ def test_native_backend_trains_its_families_only(type_name: str) -> None:
             assert errors == [], [i.format() for i in errors]
         else:
             assert [i.key for i in errors] == ["model.type"], [i.format() for i in errors]
-            assert "native trainer trains chroma, sdxl, flux, lumina_2, sd3 and qwen_image only" in errors[0].message
+            assert "native trainer trains chroma, sdxl, flux, lumina_2, hidream, sd3 and qwen_image only" in errors[0].message
             assert errors[0].fix.startswith("set [studio] backend = 'diffusion-pipe'")
     doc["studio"] = {"backend": DP}
     assert [i for i in validate_texts(tomlkit.dumps(doc), _dataset_for(type_name), skip_path_checks=True)

@@ -68,7 +68,7 @@ def test_the_trainer_refuses_what_the_validator_rejects():
         check_supported({**chroma, "blocks_to_swap": 4}, {})
     with pytest.raises(ValueError, match="control_path"):
         check_supported(chroma, {"directory": [{"path": "x", "control_path": "y"}]})
-    with pytest.raises(ValueError, match="chroma, sdxl, flux, lumina_2, sd3 and qwen_image only"):
+    with pytest.raises(ValueError, match="chroma, sdxl, flux, lumina_2, hidream, sd3 and qwen_image only"):
         check_supported({"model": {"type": "wan"}}, {})
     honoured = {**chroma, "activation_checkpointing": True, "resume_from_checkpoint": True,
                 "adapter": {"type": "lora", "init_from_existing": "/x/epoch5"}, "monitoring": {"enable_wandb": True}}

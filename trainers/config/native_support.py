@@ -157,6 +157,7 @@ _TOP = {
 
 SDXL_KEYS = ("checkpoint_path", "v_pred", "min_snr_gamma", "debiased_estimation_loss", "unet_lr",
              "text_encoder_1_lr", "text_encoder_2_lr")
+HIDREAM_KEYS = ("llama3_path", "llama3_4bit", "max_llama3_sequence_length")
 _MODEL = {
     **_honoured("dtype", "diffusers_path", "transformer_path", "transformer_dtype", "timestep_sample_method",
                 "sigmoid_scale", "shift", "flux_shift"),
@@ -167,6 +168,7 @@ _MODEL = {
     "vae_path": KeySupport("honoured", "qwen_image and lumina_2 only"),
     "llm_path": KeySupport("honoured", "lumina_2 only"),
     "lumina_shift": KeySupport("honoured", "lumina_2 only"),
+    **{key: KeySupport("honoured", "hidream only") for key in HIDREAM_KEYS},
     "type": KeySupport("honoured", f"{', '.join(NATIVE_TYPES)}: any other type rejects the whole config natively"),
 }
 
@@ -174,7 +176,7 @@ _MODEL = {
 # as the table says.
 MODEL_KEYS_OF_TYPE = {"guidance": "flux", "bypass_guidance_embedding": "flux", **dict.fromkeys(SDXL_KEYS, "sdxl"),
                       "text_encoder_path": "qwen_image", "vae_path": ("qwen_image", "lumina_2"),
-                      "llm_path": "lumina_2", "lumina_shift": "lumina_2"}
+                      "llm_path": "lumina_2", "lumina_shift": "lumina_2", **dict.fromkeys(HIDREAM_KEYS, "hidream")}
 
 
 def _as_tuple(kinds: str | tuple[str, ...] | None) -> tuple[str | None, ...]:

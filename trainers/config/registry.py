@@ -112,7 +112,9 @@ _TYPES: tuple[ModelTypeInfo, ...] = (
                   native="trainers.native.families.chroma:ChromaFamily", native_params=8.9e9),
     ModelTypeInfo("hidream", "HiDream", required=("diffusers_path", "llama3_path"),
                   optional=("llama3_4bit", "transformer_dtype", "max_llama3_sequence_length", *FLOW),
-                  block_swap=True, notes="poor below 1024 px"),
+                  block_swap=True, notes="poor below 1024 px",
+                  native="trainers.native.families.hidream:HiDreamFamily", native_params=17.1e9,
+                  lora_params_per_rank=9_211_904),
     ModelTypeInfo("sd3", "SD3", required=("diffusers_path",), optional=("transformer_dtype", *FLOW),
                   lora_format=DIFFUSERS_LORA[0], lora_file=DIFFUSERS_LORA[1],
                   # SD3.5 Large's transformer (8.06e9); LoRA per rank: every Linear of its 38 joint blocks

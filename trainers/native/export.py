@@ -1,6 +1,7 @@
 """Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files; a saved Flux
 or SD3 LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`); a saved Qwen-Image LoRA
-(ComfyUI's layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`).
+(ComfyUI's layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`; a saved HiDream
+LoRA, in the same layout, through it too).
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
@@ -22,6 +23,7 @@ import os
 import shutil
 import struct
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,6 +152,8 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
         export_qwen(Path(folder), layout, tmp, extra)
     elif is_lumina_save(Path(folder)):
         export_lumina(Path(folder), layout, tmp, extra)
+    elif is_hidream_save(Path(folder)):
+        export_qwen(Path(folder), layout, tmp, extra, base="hidream", title="HiDream")
     elif layout in ("comfyui", "kohya"):
         config = _read_config(folder)
         _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
@@ -212,33 +216,47 @@ def is_qwen_save(folder: Path) -> bool:
         return False
 
 
-def _qwen_modules(header: dict) -> dict[str, tuple[dict, dict]]:
-    """diffusers module -> (A, B) header entries of a saved Qwen-Image LoRA; raises on any other key."""
+def is_hidream_save(folder: Path) -> bool:
+    """Whether a saved folder holds a HiDream LoRA (its keys name Linears only HiDream's blocks have)."""
+    from trainers.checkpoint_probe import ProbeError, read_header
+    from trainers.lora_check_hidream import is_hidream_lora
+
+    try:
+        return is_hidream_lora(list(read_header(Path(folder) / ADAPTER_FILE)))
+    except (ProbeError, OSError):
+        return False
+
+
+def _qwen_modules(header: dict, title: str = "Qwen-Image") -> dict[str, tuple[dict, dict]]:
+    """diffusers module -> (A, B) header entries of a saved ``title`` LoRA (``diffusion_model.`` + diffusers
+    names); raises on any other key."""
     out: dict[str, dict[str, dict]] = {}
     for key, entry in header.items():
         if not key.startswith(PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise ExportError(f"unexpected key {key!r}: not a diffusion-pipe Qwen-Image LoRA")
+            raise ExportError(f"unexpected key {key!r}: not a diffusion-pipe {title} LoRA")
         module, which = key[len(PREFIX):].rsplit(".lora_", 1)
         out.setdefault(module, {})[which[0]] = entry
     return {m: (ab["A"], ab["B"]) for m, ab in out.items()}
 
 
-def export_qwen(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
-    """A saved Qwen-Image LoRA (``diffusion_model.`` + diffusers module names, as diffusion-pipe saves it) under a
-    new header (comfyui: the saved file, which ComfyUI and diffusers' QwenImagePipeline load as it is) or with
-    diffusers' ``transformer.`` keys (diffusers)."""
+def export_qwen(folder: Path, layout: str, dst: Path, extra: dict | None, base: str = "qwen_image",
+                title: str = "Qwen-Image") -> None:
+    """A saved Qwen-Image (or HiDream: ``base``, ``title``) LoRA (``diffusion_model.`` + diffusers module names, as
+    diffusion-pipe saves it) under a new header (comfyui: the saved file, which ComfyUI and the diffusers pipeline
+    load as it is) or with diffusers' ``transformer.`` keys (diffusers)."""
     if layout == "kohya":
-        raise ExportError("a Qwen-Image LoRA exports as comfyui or diffusers (both load in ComfyUI and diffusers); "
-                          "the kohya layout is not available for Qwen-Image")
+        raise ExportError(f"a {title} LoRA exports as comfyui or diffusers (both load in ComfyUI and diffusers); "
+                          f"the kohya layout is not available for {title}")
     config = _read_config(folder)
-    meta = metadata(folder, config, layout, extra, base="qwen_image")
+    meta = metadata(folder, config, layout, extra, base=base)
+    check = partial(_qwen_modules, title=title)
     if layout == "comfyui":
-        _copy_with_metadata(folder / ADAPTER_FILE, dst, meta, check=_qwen_modules)
+        _copy_with_metadata(folder / ADAPTER_FILE, dst, meta, check=check)
         return
     from safetensors.torch import save_file
 
     tensors, _ = read_saved(folder)
-    _qwen_modules({k: {} for k in tensors})
+    check({k: {} for k in tensors})
     save_file({"transformer." + k[len(PREFIX):]: v.contiguous() for k, v in tensors.items()}, str(dst), metadata=meta)
 
 
