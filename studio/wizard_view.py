@@ -83,11 +83,14 @@ def build_pair(store: ProfileStore, c: WizardChoices) -> ProfileTexts:
     toml_io.set_value(main, "output_dir", c.output_dir)
     model = wizard_model(c.model)
     toml_io.set_value(main, "model.type", model.type)
-    toml_io.set_value(main, "model.diffusers_path", c.diffusers_path)
+    for key in model.drop_model_keys:
+        toml_io.delete_value(main, f"model.{key}")
+    if model.folder_key:
+        toml_io.set_value(main, f"model.{model.folder_key}", c.diffusers_path)
     if c.transformer_path or model.transformer_required:
-        toml_io.set_value(main, "model.transformer_path", c.transformer_path)
+        toml_io.set_value(main, f"model.{model.file_key}", c.transformer_path)
     else:  # optional for this model: the folder's own transformer is trained
-        toml_io.delete_value(main, "model.transformer_path")
+        toml_io.delete_value(main, f"model.{model.file_key}")
     for key, value in model.studio_keys:
         toml_io.set_value(main, f"studio.{key}", value)
     if c.activation_checkpointing:

@@ -1,6 +1,6 @@
 """Chroma setup: the guided path. The embedded demo in one click, or the user's own LoRA in five steps: model
 files, dataset, preset and memory, review, start. Chroma first; the model picker opens the same path for every
-model studio/wizard_models.py lists (Flux)."""
+model studio/wizard_models.py lists (Flux, SDXL)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,9 @@ def on_model(label: str) -> tuple:
     """Step 1's labels, the heading, the presets' names and the sampling note follow the picked model; the
     previous model's check report is cleared."""
     m = wizard_model(label)
-    return (f"### Your {m.label} LoRA", gr.Textbox(label=m.diffusers_label), gr.Textbox(label=m.transformer_label),
+    return (f"### Your {m.label} LoRA", gr.Textbox(label=m.diffusers_label or "(not used)",
+                                                  visible=m.folder_key is not None),
+            gr.Textbox(label=m.transformer_label),
             "", gr.Radio(choices=preset_choices(m.label)), m.sampling_note)
 
 

@@ -110,3 +110,37 @@ def test_the_model_picker_opens_the_same_path_for_flux(page, wizard_studio):
     run = manager.runs()[0]
     assert run.name == "My Flux" and run.backend == "native"
     assert "type = 'flux'" in (run.run_dir / run.meta["main_config"]).read_text()
+
+
+def test_the_model_picker_opens_the_same_path_for_sdxl(page, wizard_studio):
+    """SDXL: step 1 asks for the one checkpoint file (no folder box), the preset becomes an SDXL config that
+    validates, the estimate is SDXL's, and the run starts natively."""
+    url, manager, tmp = wizard_studio
+    from tests.unit.test_wizard_models import _sdxl_file
+
+    checkpoint = _sdxl_file(tmp / "sdxl")
+    data = _dataset(tmp, bare=0, size=600)
+    page.goto(url)
+    page.locator("#wiz-model").get_by_label("SDXL").check()
+    page.locator("#wiz-heading").get_by_text("Your SDXL LoRA").wait_for()
+    page.locator("#wiz-transformer").get_by_text("SDXL checkpoint (checkpoint_path").wait_for()
+    page.locator("#wiz-diffusers").wait_for(state="hidden")
+    _fill(page, "wiz-transformer", str(checkpoint))
+    page.locator("#wiz-check-models").click()
+    page.locator("#wiz-models-report").get_by_text("UNet, VAE and both text encoders").wait_for()
+    page.locator("#wiz-next-1").click()
+    _fill(page, "wiz-dataset", str(data))
+    page.locator("#wiz-next-2").click()
+    page.get_by_label("SDXL E6AI 1024").check()
+    page.locator("#wiz-vram").get_by_text("SDXL's architecture").wait_for()
+    page.locator("#wiz-review").click()
+    page.locator("#wiz-issues").get_by_text("The config is valid").wait_for()
+    main_text = page.locator("#wiz-main").inner_text()
+    assert "type = 'sdxl'" in main_text and "checkpoint_path" in main_text and "diffusers_path" not in main_text
+    assert "SDXL previews use" in page.locator("#wiz-sampling-note").inner_text()
+    _fill(page, "wiz-profile-name", "My SDXL")
+    page.locator("#wiz-launch").click()
+    page.wait_for_function("(document.querySelector('#dp-status')?.innerText ?? '').includes('step')")
+    run = manager.runs()[0]
+    assert run.name == "My SDXL" and run.backend == "native"
+    assert "type = 'sdxl'" in (run.run_dir / run.meta["main_config"]).read_text()
