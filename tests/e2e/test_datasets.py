@@ -32,6 +32,13 @@ def _text(elem_id: str) -> str:
     return f"(document.querySelector('#{elem_id}')?.innerText ?? '')"
 
 
+def _wait_browsed(page, shown: str) -> None:
+    """Until the summary names ``shown`` and the check is complete: the cheap report shows first, the problems
+    that need the pictures measured (blur, near-duplicates) follow with the final one."""
+    page.wait_for_function(f"{_text('datasets-summary')}.includes({shown!r}) && "
+                           f"!{_text('datasets-summary')}.includes('measuring')")
+
+
 HEADER_LINES = """(table) => [...document.querySelectorAll(table + ' thead th')].filter(th => th.innerText.trim())
     .map(th => { const walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT); const tops = new Set(); let node;
                  while ((node = walk.nextNode())) {
@@ -49,7 +56,7 @@ def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     _type(page, "datasets-resolution", "64")
     page.locator("#datasets-resolution input").press("Enter")
     page.locator("#datasets-load").click()
-    page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
+    _wait_browsed(page, "24 images")
     assert "zxq background" in page.locator("#datasets-table").inner_text()
     # Issue 11 item 9: every column header reads on one line (the "examples" header wrapped a letter per line).
     lines = page.evaluate(HEADER_LINES, "#datasets-table")
@@ -62,7 +69,8 @@ def test_browse_buckets_crops_and_health(page, studio, tmp_path):
     _type(page, "datasets-trigger", "zxq")
     _type(page, "datasets-batch", "2")
     page.locator("#datasets-load").click()
-    page.wait_for_function(f"{_text('datasets-summary')}.includes('7 images')")
+    # the cheap report shows first; the problems that need the pictures measured follow with the final one
+    _wait_browsed(page, "7 images")
     summary = page.locator("#datasets-summary").inner_text()
     for problem in ("no trigger", "blurry", "near-duplicate", "heavy crop", "upscaled", "no caption"):
         assert problem in summary, summary
@@ -95,7 +103,7 @@ def test_the_wizard_opens_its_dataset_in_the_browser(page, studio):
     _type(page, "wiz-dataset", str(REPO_ROOT / "assets" / "demo" / "dataset"))
     page.locator("#wiz-browse-dataset").click()
     # The browser tab opens on that folder at the preset's resolution: the 64-pixel demo pictures are upscaled.
-    page.wait_for_function(f"{_text('datasets-summary')}.includes('24 images')")
+    _wait_browsed(page, "24 images")
     assert "24 upscaled" in page.locator("#datasets-summary").inner_text()
     assert page.locator("#datasets-folder textarea, #datasets-folder input").first.input_value().endswith("dataset")
 
@@ -114,7 +122,7 @@ def test_bulk_caption_edit_preview_apply_undo(page, studio, tmp_path):
     _type(page, "datasets-resolution", "64")
     page.locator("#datasets-resolution input").press("Enter")
     page.locator("#datasets-load").click()
-    page.wait_for_function(f"{_text('datasets-summary')}.includes('3 images')")
+    _wait_browsed(page, "3 images")
     page.locator("#bulk-accordion").get_by_text("Bulk caption edit").click()
     _type(page, "bulk-text", "zxq, ")  # the default operation: add prefix, to every image
     page.locator("#bulk-preview").click()
