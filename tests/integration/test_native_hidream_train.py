@@ -246,3 +246,10 @@ def test_exports_load_in_diffusers_and_kohya_is_refused(trained: Path, tiny, tmp
         assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
     with pytest.raises(ExportError, match="kohya layout is not available for HiDream"):
         export(trained / "step2", "kohya", tmp_path / "kohya.safetensors")
+
+
+@pytest.mark.parametrize("backend", ["native", "diffusion-pipe"])
+def test_sidecar_renders_a_saved_lora_like_the_live_preview(trained: Path, tmp_path: Path, backend):
+    from tests.integration.sidecar_check import assert_sidecar_matches_live
+
+    assert_sidecar_matches_live(trained, tmp_path, backend)

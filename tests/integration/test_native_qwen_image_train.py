@@ -229,3 +229,10 @@ def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):
     a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("backend", ["native", "diffusion-pipe"])
+def test_sidecar_renders_a_saved_lora_like_the_live_preview(trained: Path, tmp_path: Path, backend):
+    from tests.integration.sidecar_check import assert_sidecar_matches_live
+
+    assert_sidecar_matches_live(trained, tmp_path, backend)
