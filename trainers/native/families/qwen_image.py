@@ -302,10 +302,14 @@ class QwenImageFamily:
     # ----- LoRA -----------------------------------------------------------------------------------------
     def export_lora(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
         """peft names -> ``diffusion_model.`` keys (save_adapter, models/qwen_image.py:284-288) and the
-        adapter_config fields of diffusion-pipe's peft config: every block Linear in ``target_modules``
-        (models/base.py:262-283), ``exclude_modules`` as the config gave it."""
+        adapter_config fields of diffusion-pipe's peft config: ``target_modules`` as peft leaves them once the
+        LoRA is injected (every block Linear by name, models/base.py:262-283; from 20 names on, which the
+        released model has, peft replaces them by the shortest suffixes that pick the same modules, and
+        save_pretrained writes those), ``exclude_modules`` as the config gave it."""
         tensors = {KEY_PREFIX + name: tensor for name, tensor in state_dict.items()}
-        return tensors, {"target_modules": sorted(self.lora_targets()), "exclude_modules": self._exclude}
+        attached = getattr(self.transformer, "peft_config", {}).get("default")
+        targets = attached.target_modules if attached is not None else self.lora_targets()
+        return tensors, {"target_modules": sorted(targets), "exclude_modules": self._exclude}
 
     def attach_new_lora(self, rank: int, dropout: float, dtype: torch.dtype | None = None,
                         exclude: str | list[str] | None = None) -> list[tuple[str, torch.nn.Parameter]]:
