@@ -202,3 +202,39 @@ def test_stop_and_resume_gives_the_same_losses_as_one_run(tiny, tmp_path: Path):
     a = torch.load(whole / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     b = torch.load(split / "global_step4" / "training_state.pt", weights_only=True)["lora"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exports_load_in_diffusers_like_the_saved_file(trained: Path, tiny, tmp_path: Path, caplog):
+    """The runs library's exports of an SDXL save: kohya and comfyui are the saved kohya file (same tensors)
+    under the export's header; diffusers is peft-style keys that StableDiffusionXLPipeline.load_lora_weights
+    takes whole, drawing the same picture as the saved file (and not the base model's)."""
+    from trainers.native.export import export
+
+    saved = load_file(str(trained / "step2" / LORA_FILE))
+    for layout in ("kohya", "comfyui"):
+        out = export(trained / "step2", layout, tmp_path / f"{layout}.safetensors")
+        assert load_file(str(out)).keys() == saved.keys()
+        assert all(torch.equal(load_file(str(out))[k], t) for k, t in saved.items())
+        with safe_open(str(out), framework="pt") as f:
+            meta = f.metadata()
+        assert meta["dp_studio.base_model"] == "sdxl" and meta["dp_studio.layout"] == layout
+        assert meta["ss_network_dim"] == str(RANK) and not [k for k in meta if "api_key" in k]
+    out = export(trained / "step2", "diffusers", tmp_path / "diffusers" / "pytorch_lora_weights.safetensors")
+    keys = list(load_file(str(out)))
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
+    assert len(keys) == 2 * sum(k.endswith(".lora_down.weight") for k in saved)
+
+    def picture(folder=None, name=None):
+        pipe = _pipeline(tiny[0])
+        if folder is not None:
+            pipe.load_lora_weights(str(folder), weight_name=name, adapter_name="x")
+        return pipe(PROMPT, num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(3)).images
+
+    with caplog.at_level(logging.WARNING):
+        exported = picture(out.parent, out.name)
+    assert not [r.message for r in caplog.records if re.search(r"(unexpected|missing) keys", r.message)]
+    original = picture(trained / "step2", LORA_FILE)
+    assert abs(exported - original).max() <= 1e-5
+    assert abs(original - picture()).max() > 1e-4  # the LoRA changes the picture: the comparison means something

@@ -1,7 +1,8 @@
 """Export a saved Chroma LoRA (diffusion-pipe's ComfyUI layout) as ComfyUI, diffusers or kohya files; a saved Flux
 or SD3 LoRA (diffusers' layout) as ComfyUI or diffusers files (:func:`export_flux`); a saved Qwen-Image LoRA
 (ComfyUI's layout with diffusers' module names) as ComfyUI or diffusers files (:func:`export_qwen`; a saved HiDream
-LoRA, in the same layout, through it too).
+LoRA, in the same layout, through it too); a saved SDXL LoRA (kohya's layout) as kohya, ComfyUI or diffusers files
+(:func:`export_sdxl`).
 
 Every export carries training metadata in the safetensors header (``dp_studio.*`` and kohya's ``ss_*``
 names), never a secret. The diffusers export splits each fused Linear exactly: a LoRA trained on the fused Linear
@@ -154,6 +155,8 @@ def export(folder: Path, layout: str, out: Path, extra: dict | None = None) -> P
         export_lumina(Path(folder), layout, tmp, extra)
     elif is_hidream_save(Path(folder)):
         export_qwen(Path(folder), layout, tmp, extra, base="hidream", title="HiDream")
+    elif is_sdxl_save(Path(folder)):
+        export_sdxl(Path(folder), layout, tmp, extra)
     elif layout in ("comfyui", "kohya"):
         config = _read_config(folder)
         _copy_with_metadata(Path(folder) / ADAPTER_FILE, tmp, metadata(folder, config, layout, extra),
@@ -291,6 +294,50 @@ def export_lumina(folder: Path, layout: str, dst: Path, extra: dict | None) -> N
     _qwen_modules({k: {} for k in tensors})
     converted = to_diffusers_lora({k[len(PREFIX):]: v for k, v in tensors.items()})
     save_file({"transformer." + k: v.contiguous() for k, v in converted.items()}, str(dst), metadata=meta)
+
+
+SDXL_FILE = "lora.safetensors"  # an SDXL save, kohya's layout (families/sdxl.py LORA_FILE)
+SDXL_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_")
+
+
+def is_sdxl_save(folder: Path) -> bool:
+    """Whether a saved folder holds an SDXL LoRA in kohya's layout (diffusion-pipe's SDXL save)."""
+    from trainers.checkpoint_probe import ProbeError, read_header
+
+    try:
+        keys = [k for k in read_header(Path(folder) / SDXL_FILE) if k != "__metadata__"]
+    except (ProbeError, OSError):
+        return False
+    return bool(keys) and all(k.startswith(SDXL_PREFIXES) for k in keys)
+
+
+def export_sdxl(folder: Path, layout: str, dst: Path, extra: dict | None) -> None:
+    """kohya and comfyui: the saved kohya file under the export's header (ComfyUI reads kohya SDXL LoRAs as
+    they are); diffusers: peft-style ``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` keys."""
+    from safetensors import safe_open
+
+    src = Path(folder) / SDXL_FILE
+    with safe_open(str(src), framework="pt") as f:
+        keys = list(f.keys())
+        ranks = {k.rsplit(".lora_down.", 1)[0]: f.get_slice(k).get_shape()[0] for k in keys if ".lora_down." in k}
+        alphas = {k[:-len(".alpha")]: float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+    meta = metadata(folder, {"r": max(ranks.values(), default=0)}, layout, extra, base="sdxl")
+    if layout in ("kohya", "comfyui"):
+        _copy_with_metadata(src, dst, meta, check=dict)
+        return
+    scaled = sorted(m for m, rank in ranks.items() if alphas.get(m, rank) != rank)
+    if scaled:
+        raise ExportError(f"{src.name}: {len(scaled)} module(s) have an alpha other than their rank (e.g. "
+                          f"{scaled[0]}); diffusers' layout has no alpha: export it as kohya instead")
+    from safetensors.torch import save_file
+
+    from trainers.native.families.sdxl_lora import kohya_to_diffusers
+
+    try:
+        tensors = kohya_to_diffusers(src)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    save_file(tensors, str(dst), metadata=meta)
 
 
 def _copy_with_metadata(src: Path, dst: Path, meta: dict[str, str], kohya: bool = False, check=None) -> None:

@@ -10,6 +10,7 @@ the ``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` prefixes (:414-421), wit
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -221,3 +222,32 @@ class SDXLLoraMixin:
                                          f"matrix but its weight is {list(param.shape)}")
                     param.data = (param.data.float() + weight * delta.to(param.device)).to(param.dtype)
             log.info("fused %s at weight %s into %d Linears", path, weight, len(weights))
+
+
+# diffusers' legacy attention-processor names that ``lora_state_dict`` gives kohya SDXL files, and the Linear
+# each stands for (UNet: Attention's to_q ... to_out.0; CLIP: q_proj ... out_proj)
+_UNET_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.")
+_CLIP_ATTENTION = re.compile(r"\.self_attn\.(to_q|to_k|to_v|to_out)_lora\.")
+_CLIP_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+_DIFFUSERS_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")
+
+
+def kohya_to_diffusers(path: Path) -> dict[str, torch.Tensor]:
+    """A kohya SDXL LoRA file (diffusion-pipe's save) as diffusers' peft-style keys
+    (``unet.<module>.lora_A.weight``, ``text_encoder.…``, ``text_encoder_2.…``) that
+    ``StableDiffusionXLPipeline.load_lora_weights`` takes whole. diffusers' own reader does the kohya name
+    resolution; its legacy processor names are mapped to the Linears they stand for. The file's alphas must
+    equal their ranks (scale 1, as diffusion-pipe saves them): the diffusers layout has no alpha."""
+    from diffusers import StableDiffusionXLPipeline
+
+    state, _ = StableDiffusionXLPipeline.lora_state_dict(str(path))
+    out = {}
+    for key, tensor in state.items():
+        key = _UNET_PROCESSOR.sub(lambda m: f".{m.group(1)}{'.0' if m.group(1) == 'to_out' else ''}.lora.", key)
+        key = _CLIP_ATTENTION.sub(lambda m: f".self_attn.{_CLIP_NAMES[m.group(1)]}.lora.", key)
+        match = _DIFFUSERS_KEY.match(key)
+        if match is None:
+            raise ValueError(f"{path.name}: the key {key!r} is not a LoRA Linear of SDXL's UNet or text encoders")
+        component, module, which = match.groups()
+        out[f"{component}.{module}.lora_{'A' if which == 'down' else 'B'}.weight"] = tensor.contiguous()
+    return out
