@@ -1,6 +1,6 @@
 """Check that a Chroma (or Flux: trainers/lora_check_flux.py; Qwen-Image: trainers/lora_check_qwen.py; Lumina 2:
-trainers/lora_check_lumina.py; SD3: trainers/lora_check_sd3.py; HiDream: trainers/lora_check_hidream.py) LoRA file
-fits its base model, from safetensors headers alone (no torch, no weights).
+trainers/lora_check_lumina.py; SD3: trainers/lora_check_sd3.py; HiDream: trainers/lora_check_hidream.py; SDXL:
+trainers/lora_check_sdxl.py) LoRA file fits its base model, from safetensors headers alone (no torch, no weights).
 
 The question users ask after "lora key not loaded": does every key of this file name a Linear of the model,
 with the right shapes, and does it cover what it should? :func:`check_lora` reads the LoRA's header in any of
@@ -34,6 +34,7 @@ from trainers.lora_check_hidream import check_hidream_lora, is_hidream_lora, is_
 from trainers.lora_check_lumina import check_lumina_lora, is_lumina_lora, is_lumina_model
 from trainers.lora_check_qwen import check_qwen_lora, is_qwen_lora, is_qwen_model
 from trainers.lora_check_sd3 import check_sd3_lora, is_sd3_lora, is_sd3_model
+from trainers.lora_check_sdxl import check_sdxl_lora, is_sdxl_lora, is_sdxl_model
 
 _BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -172,9 +173,10 @@ class LoraCheck:
                 more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
                 lines.append(f"{title}:\n{shown}{more}")
         if not self.exact:
-            released = next((name for name in ("Flux", "Qwen-Image", "HiDream-I1") if name in self.model), "Chroma")
+            released = next((name for name in ("Flux", "Qwen-Image", "HiDream-I1", "SDXL") if name in self.model),
+                            "Chroma")
             lines.append(f"ℹ The base model was not found, so the released {released}'s block shapes were assumed: "
-                         "pick the transformer file to check against it exactly.")
+                         "pick the transformer (SDXL: checkpoint) file to check against it exactly.")
         if self.targets and self.covered < self.targets and self.ok:
             lines.append(f"ℹ {self.targets - self.covered} block Linears have no LoRA (diffusion-pipe trains "
                          "them all unless exclude_modules says otherwise).")
@@ -234,9 +236,19 @@ def _part_width(target: str, slot: int, out: int, inp: int) -> int:
 
 # (is it this family's model, is it this family's LoRA, its check), tried in order before Chroma's own check;
 # SD3 first: its joint blocks carry Flux's double-block names
-OTHER_FAMILIES = ((is_sd3_model, is_sd3_lora, check_sd3_lora), (is_flux_model, is_flux_lora, check_flux_lora),
-                  (is_hidream_model, is_hidream_lora, check_hidream_lora),
+OTHER_FAMILIES = ((is_sdxl_model, is_sdxl_lora, check_sdxl_lora), (is_sd3_model, is_sd3_lora, check_sd3_lora),
+                  (is_flux_model, is_flux_lora, check_flux_lora), (is_hidream_model, is_hidream_lora, check_hidream_lora),
                   (is_qwen_model, is_qwen_lora, check_qwen_lora), (is_lumina_model, is_lumina_lora, check_lumina_lora))
+
+
+# model types whose LoRAs this module checks (the families of OTHER_FAMILIES and Chroma)
+CHECKED_TYPES = ("chroma", "flux", "sd3", "sdxl", "qwen_image", "hidream", "lumina_2")
+
+
+def base_model_value(model: dict) -> object:
+    """The ``[model]`` value a run's LoRAs are checked against: ``transformer_path``, else ``diffusers_path`` (Flux,
+    HiDream: the folder's transformer), else ``checkpoint_path`` (SDXL's single file)."""
+    return model.get("transformer_path") or model.get("diffusers_path") or model.get("checkpoint_path")
 
 
 def check_lora(lora: Path, model: Path | None = None) -> LoraCheck:
@@ -312,12 +324,12 @@ def log_line(name: str, lora: Path, model: Path | None) -> tuple[str, str]:
 
 def add_check_lora(sub) -> None:
     """Register ``dp-studio check-lora FILE [--model PATH]`` (exit 0: fits, 1: problems, 2: cannot check)."""
-    p = sub.add_parser("check-lora", help="check a Chroma or Flux LoRA's keys and shapes against the base model "
+    p = sub.add_parser("check-lora", help="check a LoRA's keys and shapes against the base model "
                                           "(safetensors headers only)")
     p.add_argument("file", type=Path, help="the LoRA .safetensors (adapter_model.safetensors, Flux's "
                    "pytorch_lora_weights.safetensors, or an export)")
     p.add_argument("--model", type=Path, default=None,
-                   help="the Chroma or Flux transformer file or diffusers folder (default: the released model's "
+                   help="the transformer file or diffusers folder (SDXL: the checkpoint; default: the released model's "
                         "shapes)")
     p.set_defaults(handler=_check_lora_command)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainers.checkpoints import saved_lora_file, saves_root
 from trainers.events import Event
-from trainers.lora_check import LoraCheck, LoraCheckError, check_lora
+from trainers.lora_check import LoraCheck, LoraCheckError, base_model_value, check_lora
 from trainers.paths import REPO_ROOT
 from trainers.run_status import pid_alive
 from trainers.runs import RunError, RunInfo, config_folder, resolve_config_path, write_json_atomic
@@ -121,7 +121,7 @@ def export_lora(info: RunInfo, folder: str, layout: str, python: str | None = No
 
 
 def base_model_path(info: RunInfo) -> Path | None:
-    """The run's transformer (``[model] transformer_path``, else ``diffusers_path``) as its trainer resolved it:
+    """The run's base model (:func:`trainers.lora_check.base_model_value`) as its trainer resolved it:
     relative paths against the folder of the main file the run was started from (its working directory), else the
     run folder."""
     main = info.run_dir / str(info.meta.get("main_config", ""))
@@ -130,7 +130,7 @@ def base_model_path(info: RunInfo) -> Path | None:
     except (OSError, tomllib.TOMLDecodeError):
         return None
     model = config.get("model") or {}
-    value = model.get("transformer_path") or model.get("diffusers_path")  # Flux: the diffusers folder's transformer
+    value = base_model_value(model)
     if not isinstance(value, str) or not value:
         return None
     source = info.meta.get("source_main")

@@ -112,6 +112,22 @@ def test_two_steps_save_the_lora_as_diffusion_pipe_does(trained: Path):
     assert all((trained / e.path).is_file() for e in events if e.kind == "sample")
 
 
+def test_the_saved_lora_passes_the_key_check(trained: Path, tiny):
+    # the check after the save (trainers/lora_check_sdxl.py) against the run's checkpoint_path, and the runs
+    # library's check of the saved folder (its base model read from the run's main.toml)
+    from trainers.run_library import base_model_path, check_saved
+    from trainers.runs import RunManager
+
+    events = load_all(trained)
+    assert any(e.kind == "log" and e.message.startswith("step2 key check: ✓ every key fits the model (kohya layout")
+               for e in events)
+    info = RunManager([trained.parent]).info(trained.name)
+    assert base_model_path(info) == tiny[0]
+    report = check_saved(info, "step2")
+    assert report.ok and report.exact and report.covered == report.targets == report.modules > 0
+    assert report.ranks == [RANK]
+
+
 def test_diffusers_loader_takes_every_key(trained: Path, tiny, caplog):
     from peft import get_peft_model_state_dict
 

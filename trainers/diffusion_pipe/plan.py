@@ -21,6 +21,7 @@ from trainers.diffusion_pipe.launch import (
 )
 from trainers.diffusion_pipe.parse import Schedule
 from trainers.diffusion_pipe.tb_eval import eval_names
+from trainers.lora_check import CHECKED_TYPES, base_model_value
 from trainers.runs import RUN_FILE, config_folder, resolve_config_path
 
 DEFAULT_GRACE_S = 300.0  # save_quit is honoured at the next step, then a checkpoint is written
@@ -68,8 +69,8 @@ def prepare(run_dir: Path, meta: dict) -> Plan:
     schedule = Schedule.of(data, max_steps=meta.get("max_steps"))
     grace = float(os.environ.get(GRACE_ENV) or studio.get("dp_stop_grace_s") or DEFAULT_GRACE_S)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    base = model.get("transformer_path") or model.get("diffusers_path")  # Flux: the diffusers folder's transformer
-    checked = model.get("type") in ("chroma", "flux", "sd3")  # the types trainers/lora_check.py knows
+    base = base_model_value(model)
+    checked = model.get("type") in CHECKED_TYPES
     return Plan(spec=spec, copy=copy, schedule=schedule, grace_s=grace, dp_run_dir=resume, warnings=warnings,
                 secrets=[key] if key else [], check_loras=checked and schedule.save_kind == "lora",
                 lora_base=resolve_config_path(source_dir, base) if isinstance(base, str) and base else None,

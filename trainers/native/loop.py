@@ -22,6 +22,7 @@ from trainers.checkpoints import STATE_PREFIX, room_for, space_warning
 from trainers.commands import Command, take_commands
 from trainers.config.registry import NATIVE_FAMILIES
 from trainers.events import CheckpointEvent, EvalEvent, EventWriter, LogEvent, PhaseEvent, StepEvent
+from trainers.lora_check import base_model_value
 from trainers.lora_check import log_line as lora_log_line
 from trainers.native import cache as cache_mod
 from trainers.native import state as state_mod
@@ -119,9 +120,8 @@ class Trainer:
         config = settings.config
         model = config.get("model", {})
         self.tcfg = TimestepConfig.from_model_table(model)
-        # As the family resolves it: relative to the working directory, the source config's folder. Without
-        # transformer_path (Flux) the transformer is the diffusers folder's.
-        base = model.get("transformer_path") or model.get("diffusers_path")
+        # As the family resolves it: relative to the working directory, the source config's folder.
+        base = base_model_value(model)
         self.base_model_path = resolve_config_path(Path.cwd(), base) if isinstance(base, str) else None
         self.loss_cfg = LossConfig.from_config(config)
         self.save_dtype = dtype_of(config["save_dtype"], "save_dtype", storage=True) if "save_dtype" in config else None
