@@ -22,7 +22,7 @@ from trainers.files import atomic_write_text
 from trainers.paths import studio_home
 
 log = logging.getLogger(__name__)
-FORMAT = 4  # bump when what is measured changes, so old entries are not reused
+FORMAT = 5  # bump when what is measured changes, so old entries are not reused
 
 
 @dataclass(frozen=True)

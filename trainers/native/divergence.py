@@ -30,28 +30,104 @@ MIN_HISTORY = 3
 
 
 @dataclass
+class OptimizerCopy:
+    """The optimizer's state as plain copies: its tensors (in ``slots`` order: (param index, key)), its other
+    values, and each param group's settings. Taken and put back without ``state_dict()``'s repacking: after the
+    first snapshot the copy is a single ``torch._foreach_copy_`` into the same buffers."""
+
+    slots: list[tuple[int, str]]
+    tensors: list[torch.Tensor]
+    values: dict[tuple[int, str], object]
+    groups: list[dict]
+
+
+@dataclass
 class Snapshot:
     """The last confirmed state: ``position`` (step, epoch, steps_into_epoch, examples) and what to restore."""
 
     position: tuple[int, int, int, int]
     params: list[torch.Tensor]
-    optimizer: dict
+    optimizer: OptimizerCopy
     rng: dict
 
 
-def _copy_tree(value, into=None):
-    """Deep copy of an optimizer state dict, reusing the tensors of ``into`` when shapes match."""
-    if isinstance(value, torch.Tensor):
-        if isinstance(into, torch.Tensor) and into.shape == value.shape and into.dtype == value.dtype:
-            return into.copy_(value)
-        return value.detach().clone()
-    if isinstance(value, dict):
-        old = into if isinstance(into, dict) else {}
-        return {k: _copy_tree(v, old.get(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        old = into if isinstance(into, list) and len(into) == len(value) else [None] * len(value)
-        return type(value)(_copy_tree(v, o) for v, o in zip(value, old, strict=True))
+_IMMUTABLE = (int, float, bool, str, bytes, type(None))
+
+
+def _copied(value):
+    """``value`` itself when nothing can change it in place (numbers, strings, tuples of them), else a deep copy."""
+    if isinstance(value, _IMMUTABLE) or (isinstance(value, tuple) and all(isinstance(v, _IMMUTABLE) for v in value)):
+        return value
     return copy.deepcopy(value)
+
+
+def _all_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _copy_into(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """``targets[i].copy_(sources[i])`` for all i, in one fused call where the tensors allow it."""
+    if not targets:
+        return
+    try:
+        torch._foreach_copy_(targets, sources)
+    except (RuntimeError, TypeError):  # mixed devices or dtypes the fused kernel refuses
+        for target, source in zip(targets, sources, strict=True):
+            target.copy_(source)
+
+
+def copy_optimizer(optimizer: torch.optim.Optimizer, into: OptimizerCopy | None = None) -> OptimizerCopy:
+    """A copy of ``optimizer``'s per-parameter state and group settings, reusing ``into``'s buffers when the state
+    has the same layout (the same slots, shapes and dtypes), as it has from one step to the next."""
+    slots: list[tuple[int, str]] = []
+    live: list[torch.Tensor] = []
+    values: dict[tuple[int, str], object] = {}
+    state = optimizer.state
+    for index, param in enumerate(_all_params(optimizer)):
+        for key, value in state.get(param, {}).items():
+            if isinstance(value, torch.Tensor):
+                slots.append((index, key))
+                live.append(value.detach())
+            else:
+                values[(index, key)] = _copied(value)
+    groups = [{k: _copied(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    if into is not None and into.slots == slots and all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+            for a, b in zip(into.tensors, live, strict=True)):
+        with torch.no_grad():
+            _copy_into(into.tensors, live)
+        return OptimizerCopy(slots, into.tensors, values, groups)
+    return OptimizerCopy(slots, [t.clone() for t in live], values, groups)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: OptimizerCopy) -> None:
+    """Put ``saved`` back: the same state entries (others dropped, as ``load_state_dict`` of the copy would), tensors
+    copied into the live buffers where they still fit, and each group's settings."""
+    params = _all_params(optimizer)
+    wanted: dict[int, dict[str, object]] = {}
+    for (index, key), value in saved.values.items():
+        wanted.setdefault(index, {})[key] = _copied(value)
+    targets, sources = [], []
+    for (index, key), tensor in zip(saved.slots, saved.tensors, strict=True):
+        live = optimizer.state.get(params[index], {}).get(key)
+        if isinstance(live, torch.Tensor) and live.shape == tensor.shape and live.dtype == tensor.dtype \
+                and live.device == tensor.device:
+            targets.append(live)
+            sources.append(tensor)
+            wanted.setdefault(index, {})[key] = live
+        else:
+            wanted.setdefault(index, {})[key] = tensor.clone()
+    with torch.no_grad():
+        _copy_into(targets, sources)
+    for index, param in enumerate(params):
+        if index in wanted:
+            optimizer.state[param] = wanted[index]
+        else:
+            optimizer.state.pop(param, None)
+    for group, settings in zip(optimizer.param_groups, saved.groups, strict=True):
+        for key in [k for k in group if k != "params" and k not in settings]:  # e.g. optimi's group "step"
+            del group[key]
+        group.update({k: _copied(v) for k, v in settings.items()})
 
 
 def max_abs(params: list[torch.Tensor]) -> float:
@@ -104,9 +180,12 @@ class DivergenceGuard:
     def take(self, position: tuple[int, int, int, int], optimizer: torch.optim.Optimizer, rng: dict) -> None:
         old = self.snapshot
         with torch.no_grad():
-            params = [p.detach().clone() if old is None else old.params[i].copy_(p.detach())
-                      for i, p in enumerate(self.params)]
-        state = _copy_tree(optimizer.state_dict(), old.optimizer if old is not None else None)
+            if old is None:
+                params = [p.detach().clone() for p in self.params]
+            else:
+                params = old.params
+                _copy_into(params, [p.detach() for p in self.params])
+        state = copy_optimizer(optimizer, old.optimizer if old is not None else None)
         self.snapshot = Snapshot(position, params, state, rng)
 
     def restore(self, optimizer: torch.optim.Optimizer) -> Snapshot:
@@ -114,7 +193,6 @@ class DivergenceGuard:
         snap = self.snapshot
         assert snap is not None, "take() runs before the first step"
         with torch.no_grad():
-            for live, saved in zip(self.params, snap.params, strict=True):
-                live.copy_(saved)
-        optimizer.load_state_dict(_copy_tree(snap.optimizer))
+            _copy_into([p.detach() for p in self.params], snap.params)
+        restore_optimizer(optimizer, snap.optimizer)
         return snap

@@ -62,10 +62,10 @@ def probe_image(path: Path) -> tuple[int, int]:
     return decode_checked(path, (1, 1))[0]
 
 
-def decode_checked(path: Path, draft: tuple[int, int]) -> tuple[tuple[int, int], Image.Image]:
+def decode_checked(path: Path, draft: tuple[int, int], mode: str = "RGB") -> tuple[tuple[int, int], Image.Image]:
     """The image's (width, height) and its pixels fully decoded (JPEGs at the smallest scale still at least
-    ``draft``): the check :func:`probe_image` makes, with the decoded picture for whoever needs it too (the
-    dataset check measures on it). Raises BadMedia naming the file."""
+    ``draft``; a colour JPEG in ``mode``, "RGB" or "YCbCr"): the check :func:`probe_image` makes, with the decoded
+    picture for whoever needs it too (the dataset check measures on it). Raises BadMedia naming the file."""
     link = link_problem(path)
     if link:
         raise BadMedia(path, link)
@@ -78,7 +78,7 @@ def decode_checked(path: Path, draft: tuple[int, int]) -> tuple[tuple[int, int],
                 raise BadMedia(path, f"animated WebP ({frames} frames): only still images are trained; save one "
                                "frame as PNG or remove the file")
             size = img.size
-            img.draft("RGB", draft)
+            img.draft(mode, draft)
             img.load()
             return size, img
     except Image.DecompressionBombError as exc:

@@ -1,0 +1,75 @@
+"""The per-picture measurements of the dataset check (trainers/datasets/measure.py): the histogram percentiles
+behind sharpness, and a colour JPEG measured in YCbCr giving the same numbers and thumbnail colours as RGB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainers.datasets import measure
+
+
+@pytest.mark.parametrize("q", [0, 1, 37.5, 50, 99, 99.5, 100])
+def test_percentile_of_counts_is_numpys_linear_percentile(q):
+    rng = np.random.default_rng(int(q * 10))
+    for size, top in ((1, 5), (2, 3), (997, 256), (40_000, 1021)):
+        values = rng.integers(0, top, size)
+        expected = float(np.percentile(values, q))
+        assert measure.percentile_of_counts(np.bincount(values), q) == pytest.approx(expected, abs=1e-9)
+
+
+def _reference_sharpness(gray: np.ndarray) -> float:
+    """The measure as its docstring defines it, with numpy's sorting percentiles on the same samples."""
+    g = gray.astype(np.int64)
+    lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+    low, high = np.percentile(gray.ravel()[::7], [1, 99])
+    return float(np.percentile(lap.ravel()[::6], 99.5)) / max(float(high - low), 1.0)
+
+
+def test_sharpness_matches_the_sorting_definition():
+    rng = np.random.default_rng(3)
+    for shape in ((3, 3), (64, 80), (512, 384)):
+        gray = rng.integers(0, 256, shape).astype(np.uint8)
+        assert measure.sharpness(gray) == pytest.approx(_reference_sharpness(gray), rel=1e-12)
+    flat = np.full((20, 20), 77, np.uint8)
+    assert measure.sharpness(flat) == 0.0
+
+
+def _photo(path, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1024, 0:768]
+    rgb = np.stack([x / 3, y / 4, (x + y) / 7], axis=-1) % 256
+    rgb[200:600, 100:500] = [220, 40, 30]  # a red block with sharp edges
+    rgb += rng.normal(0, 6, rgb.shape)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def test_a_colour_jpeg_measured_in_ycbcr_matches_rgb(tmp_path, monkeypatch):
+    monkeypatch.setenv("DP_STUDIO_HOME", str(tmp_path / "home"))
+    photo = _photo(tmp_path / "photo.jpg")
+    facts = measure.measure_image(photo, "key1")
+    assert (facts.width, facts.height, facts.bad) == (768, 1024, "")
+    with Image.open(photo) as img:  # the same decode in RGB, brightness by Pillow's own conversion
+        img.draft("RGB", (measure.SHARPNESS_SIDE, measure.SHARPNESS_SIDE))
+        rgb = img.convert("RGB")
+    assert facts.sharpness == pytest.approx(measure.sharpness(np.asarray(rgb.convert("L"))), rel=0.03)
+    from trainers.datasets.check_cache import thumb_path
+
+    with Image.open(thumb_path("key1")) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (192, 256)
+        shown = np.asarray(thumb.convert("RGB"), dtype=np.float64)
+    expected = np.asarray(rgb.resize(thumb.size, Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(shown - expected).mean() < 4  # the colours survive (no YCbCr read as RGB)
+    assert np.abs(shown[100, 80] - [220, 40, 30]).max() < 20  # inside the red block
+
+
+def test_greyscale_and_png_pictures_still_measure(tmp_path):
+    gray = tmp_path / "gray.jpg"
+    Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (64, 1))).save(gray)
+    png = tmp_path / "pic.png"
+    Image.open(_photo(tmp_path / "p.jpg")).save(png)
+    for path in (gray, png):
+        facts = measure.measure_image(path, None)
+        assert facts.bad == "" and facts.sharpness > 0 and len(facts.phash) == 16
