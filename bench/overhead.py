@@ -1,11 +1,12 @@
 """Per-step overhead of the studio's native trainer against a minimal bare training loop.
 
 Method: both sides train the shipped demo profile (``profiles/demo``: tiny Chroma, LoRA rank 8, adamw_optimi,
-batch 4, float32) with previews, eval and saves off, in one process on one thread, each with its own copy of
-the model, LoRA, optimizer and cached latents. The studio side runs the real per-step path of
+batch 4, float32) with previews, eval and saves off, in one process on one thread, on the same model, LoRA,
+optimizer and cached latents (one set-up shared by both, so neither side's memory is laid out better than the
+other's; the weights simply keep training from round to round). The studio side runs the real per-step path of
 ``trainers.native.loop.Trainer`` (command polling, phase, ``_optimizer_step`` with its divergence guard,
 step event, TensorBoard/metrics, ``_after_step``); the bare side is the loop a person would write: pre-built
-batches, timesteps + noise, ``predict``, MSE, backward, clip, ``optimizer.step``, ``zero_grad``. Rounds of
+batches (the same epochs' batches the studio side builds as it goes), timesteps + noise, ``predict``, MSE, backward, clip, ``optimizer.step``, ``zero_grad``. Rounds of
 ``--steps`` steps alternate A/B (``--rounds`` of each, after one warm-up round of each); the ratio studio/bare
 of wall time and of CPU time per step is given as median, min and max over rounds. Goal <= 1.02. A cProfile of
 one extra studio round lists where the studio's own code spends its time.
@@ -75,10 +76,15 @@ def studio_steps(trainer: Trainer, state: dict, steps: int) -> None:
         trainer._after_step()
 
 
-def bare_batches(trainer: Trainer) -> list:
-    """Every batch of one epoch, built once, as a minimal loop's data loader would hold them."""
-    batches = cache_mod.epoch_batches(trainer.cache, trainer.micro_batch, 1, trainer.s.seed, 1)
-    return [cache_mod.batch_tensors(trainer.cache, mb[0], 0.0, trainer.rng)[:2] for mb in batches]
+def bare_batches(trainer: Trainer, steps: int) -> list:
+    """The batches of the first epochs (``steps`` of them, epoch after epoch, in the order the studio side meets
+    them), built once, as a minimal loop's data loader would hold them."""
+    out, epoch = [], 0
+    while len(out) < steps:
+        epoch += 1
+        batches = cache_mod.epoch_batches(trainer.cache, trainer.micro_batch, 1, trainer.s.seed, epoch)
+        out += [cache_mod.batch_tensors(trainer.cache, mb[0], 0.0, trainer.rng)[:2] for mb in batches]
+    return out[:steps]
 
 
 def bare_steps(side: Trainer, data: list, state: dict, steps: int) -> None:
@@ -124,9 +130,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        studio = ready_trainer(quiet_run(Path(tmp) / "a"))
-        bare = ready_trainer(quiet_run(Path(tmp) / "b"))
-        data, s_state, b_state = bare_batches(bare), {"batches": iter(())}, {"i": 0}
+        studio = bare = ready_trainer(quiet_run(Path(tmp) / "a"))
+        data = bare_batches(bare, (args.rounds + 1) * args.steps)
+        s_state, b_state = {"batches": iter(())}, {"i": 0}
         run_a = lambda: studio_steps(studio, s_state, args.steps)  # noqa: E731
         run_b = lambda: bare_steps(bare, data, b_state, args.steps)  # noqa: E731
         run_a(), run_b()  # warm-up

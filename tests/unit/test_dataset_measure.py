@@ -73,3 +73,58 @@ def test_greyscale_and_png_pictures_still_measure(tmp_path):
     for path in (gray, png):
         facts = measure.measure_image(path, None)
         assert facts.bad == "" and facts.sharpness > 0 and len(facts.phash) == 16
+
+
+def _variants(folder):
+    """Files of the formats the fast header reader takes, in the shapes users' datasets have them."""
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the header's size is still the stored one, as Pillow reports it
+    out = {}
+    rgb.save(out.setdefault("baseline.jpg", folder / "baseline.jpg"), exif=exif)
+    rgb.save(out.setdefault("progressive.JPEG", folder / "progressive.JPEG"), progressive=True)
+    rgb.convert("L").save(out.setdefault("gray.jpg", folder / "gray.jpg"))
+    rgb.convert("CMYK").save(out.setdefault("cmyk.jpeg", folder / "cmyk.jpeg"))
+    big_thumb = Image.new("RGB", (9, 7))  # an EXIF thumbnail before the frame must not be taken for it
+    buf = __import__("io").BytesIO()
+    big_thumb.save(buf, "JPEG")
+    rgb.save(out.setdefault("exif-thumb.jpg", folder / "exif-thumb.jpg"), exif=exif)
+    for mode in ("RGB", "RGBA", "L", "P", "I;16"):
+        img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+            rng.integers(0, 65535, (37, 53), dtype=np.uint16))
+        img.save(out.setdefault(f"{mode.replace(';', '')}.png", folder / f"{mode.replace(';', '')}.png"))
+    rgb.save(out.setdefault("lossy.webp", folder / "lossy.webp"), quality=80)
+    rgb.save(out.setdefault("lossless.webp", folder / "lossless.webp"), lossless=True)
+    rgb.convert("RGBA").save(out.setdefault("alpha.webp", folder / "alpha.webp"))
+    rgb.save(out.setdefault("other.bmp", folder / "other.bmp"))
+    return out
+
+
+def test_the_fast_header_size_is_pillows(tmp_path):
+    from trainers.datasets.known import header_size
+
+    for name, path in _variants(tmp_path).items():
+        with Image.open(path) as img:
+            expected = img.size
+        got = header_size(path)
+        if name.endswith(".bmp"):
+            assert got is None  # not a fast format: Pillow reads it
+        else:
+            assert got == expected, name
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    assert header_size(broken) is None  # Pillow's open then names what is wrong
+
+
+def test_a_bomb_sized_header_is_left_to_pillows_guard(tmp_path, monkeypatch):
+    from trainers.datasets.known import Known, header_size
+    from trainers.native import media
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 60,000 pixels: over twice the limit
+    assert header_size(path) is None
+    known = Known()
+    with pytest.raises(media.BadMedia, match="not a readable image"):
+        known.size_of(path)

@@ -40,11 +40,14 @@ def cache_root() -> Path:
 
 def fingerprint(path: Path) -> str | None:
     """``format|path|size|mtime_ns``, or None for a file that cannot be stat'ed (e.g. a member of an archive)."""
+    name = str(path)
     try:
-        stat = path.stat()
+        stat = os.stat(name)
     except OSError:
         return None
-    return f"{FORMAT}|{_resolved(str(path.parent))}/{path.name}|{stat.st_size}|{stat.st_mtime_ns}"
+    folder, _, base = name.rpartition(os.sep)  # string work: Path.parent parses a new path per picture
+    folder = folder or (os.sep if name.startswith(os.sep) else ".")
+    return f"{FORMAT}|{_resolved(folder)}/{base}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,6 +15,7 @@ cropped and resized to its target's bucket (utils/dataset.py:1082-1083).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -180,6 +181,12 @@ def _check_frame_buckets(settings: dict) -> None:
         raise ValueError(f"frame_buckets = {frames!r} must be a list of frame counts >= 1, e.g. [1] or [1, 33]")
 
 
+@functools.lru_cache(maxsize=4096)
+def _closest_ratio(ratios: tuple[float, ...], width: int, height: int) -> int:
+    """Index of the ratio closest to width/height in log space (once per size: datasets repeat a few sizes)."""
+    return int(np.argmin(np.abs(np.log(width / height) - np.log(np.array(ratios)))))
+
+
 @dataclass(frozen=True)
 class BucketPlan:
     """The buckets of one directory, grouped by the aspect ratio an image is matched against."""
@@ -203,8 +210,7 @@ class BucketPlan:
 
     def for_image(self, width: int, height: int) -> tuple[BucketSpec, ...]:
         """The buckets of an image: those of the ratio closest in log space (the first one on ties)."""
-        index = int(np.argmin(np.abs(np.log(width / height) - np.log(np.array(self.ratios)))))
-        return self.groups[index]
+        return self.groups[_closest_ratio(self.ratios, width, height)]
 
     def sizes(self) -> list[tuple[int, int]]:
         """Every bucket size, ratio by ratio (a size repeats when two ratios round to it)."""
@@ -222,8 +228,9 @@ def stable_seed(*parts) -> int:
     return int(digest[:16], 16)
 
 
-def shuffled_captions(caption: str, count: int, delimiter: str, rng: random.Random) -> list[str]:
-    """``count`` variants of ``caption`` with its ``delimiter``-separated tags shuffled; [caption] if 0."""
+def shuffled_captions(caption: str, count: int, delimiter: str, rng: random.Random | None) -> list[str]:
+    """``count`` variants of ``caption`` with its ``delimiter``-separated tags shuffled; [caption] if 0 (``rng``
+    may then be None)."""
     if count <= 0:
         return [caption]
     variants = []
@@ -393,7 +400,8 @@ def _items_for(path: Path, d: _Directory, strict: bool = False, reader: Reader =
     specs = d.plan.for_image(*size)
     items = []
     for index, caption in enumerate(captions):
-        rng = random.Random(stable_seed(d.seed, path.name, index, caption))
+        # seeded per image and caption, so the variants do not depend on the listing (only when there are any)
+        rng = random.Random(stable_seed(d.seed, path.name, index, caption)) if d.shuffle_num > 0 else None
         for variant in shuffled_captions(caption, d.shuffle_num, d.delimiter, rng):
             items.extend(Item(path, d.prefix + variant, spec.size, d.repeats, mask, spec.ar, d.folder, control)
                          for spec in specs)

@@ -163,10 +163,13 @@ def media_files(folder: Path) -> list[Path]:
     with os.scandir(folder) as entries:  # the directory's own file types: no stat per plain file
         listed = sorted(entries, key=lambda e: e.name)
     for entry in listed:
-        p = folder / entry.name
-        if not (_is_file(entry) or (entry.is_symlink() and link_problem(p))) or p.suffix.lower() in SKIP_SUFFIXES:
+        suffix = os.path.splitext(entry.name)[1]  # Path.suffix's answer for every suffix that matters here
+        if suffix.lower() in SKIP_SUFFIXES:
             continue
-        if p.suffix == tar.ARCHIVE_SUFFIX and p.is_file():
+        p = folder / entry.name
+        if not (_is_file(entry) or (entry.is_symlink() and link_problem(p))):
+            continue
+        if suffix == tar.ARCHIVE_SUFFIX and p.is_file():
             try:
                 found.extend(m for m in tar.members(p) if m.suffix.lower() not in SKIP_SUFFIXES)
                 continue
