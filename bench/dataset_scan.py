@@ -1,8 +1,9 @@
 """The dataset check at scale: cheap scan, full check, second open and peak memory on generated JPEGs.
 
 Method: N 1024×1024 JPEG "photos" (gradients plus blocky noise, see bench/dataset_report.py) with .txt captions
-are written to a temporary folder. Each measurement runs in a fresh Python process (so its peak RSS is its own)
-with the files in the page cache (warm):
+are written to a temporary folder. Each measurement runs in a fresh Python process (its peak memory: the largest
+sum of its own and its descendants' resident memory, sampled every 50 ms, the measuring workers included) with
+the files in the page cache (warm):
 
 - reference: a minimal pass, Pillow's header (``Image.open(...).size``) plus the caption file, per image
   (``--rounds`` rounds alternating with the cheap scan; medians and the ratio's median and range are given);
@@ -83,15 +84,46 @@ def measure(which: str, folder: Path) -> None:
     import trainers.dataset_report  # noqa: F401 - module imports are not the pass being timed
     if which == "pages":
         import studio.tabs.datasets  # noqa: F401 - Gradio's import is not the pass being timed
+    peak = PeakMemory()
     started = time.perf_counter()
     extra = fn(folder) or {}
     seconds = time.perf_counter() - started
+    peak.stop()
     parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker process
-    workers = min(len(os.sched_getaffinity(0)), 4) if worker else 0
-    # peak: the parent's plus every worker at the largest one's peak (an upper bound: they run side by side)
-    print(json.dumps({"s": seconds, "mib": parent + workers * worker, "parent_mib": parent, "worker_mib": worker,
-                      **extra}))
+    print(json.dumps({"s": seconds, "mib": max(peak.mib, parent), "parent_mib": parent,
+                      "workers_mib": peak.workers_mib, **extra}))
+
+
+class PeakMemory:
+    """The largest resident memory of this process and all its descendants together (the measuring workers are
+    children of the forkserver, which getrusage's RUSAGE_CHILDREN never sees), sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.mib = self.workers_mib = 0.0
+        self._me, self._done = psutil.Process(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._done.wait(0.05):
+            own, others = self._me.memory_info().rss, 0
+            for child in self._me.children(recursive=True):
+                try:
+                    others += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.mib = max(self.mib, (own + others) / 2**20)
+            self.workers_mib = max(self.workers_mib, others / 2**20)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _run(which: str, folder: Path, home: Path) -> dict:

@@ -6,6 +6,7 @@ a chunk at a time, so the browser shows progress and a 10,000-image folder takes
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 from collections.abc import Iterator
@@ -105,6 +106,19 @@ def measure_image(path: Path, key: str | None) -> Facts:
     return Facts(width, height, sharp, phash)
 
 
+def _keep_heap() -> None:
+    """Worker start-up: have glibc's malloc keep freed memory instead of handing it back to the kernel after each
+    picture (its trim and dynamic mmap threshold otherwise make every decode buffer fresh pages, page-faulted and
+    zeroed again: up to a third of a worker's time, depending on what the process allocated before). The heap
+    this keeps is a few decode buffers' worth. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: buffers up to 64 MiB come from the reusable heap
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap before trimming
+    except (OSError, AttributeError):
+        pass
+
+
 def _measure_chunk(chunk: list[tuple[str, str | None]], home: str | None) -> list[Facts]:
     if home:  # the worker writes thumbnails where the parent's cache is
         os.environ["DP_STUDIO_HOME"] = home
@@ -129,7 +143,7 @@ def measure_all(todo: list[tuple[Path, str | None]], workers: int | None = None)
     workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
     chunks = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
     home = os.environ.get("DP_STUDIO_HOME")
-    with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_keep_heap) as pool:
         futures = [(start, pool.submit(_measure_chunk, [(str(p), k) for p, k in chunk], home))
                    for start, chunk in zip(range(0, len(todo), CHUNK), chunks, strict=True)]
         try:
