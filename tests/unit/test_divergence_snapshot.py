@@ -89,3 +89,57 @@ def test_the_snapshot_does_not_alias_the_live_state():
     assert all(torch.equal(a, b) for a, b in zip(saved, guard.snapshot.optimizer.tensors, strict=True))
     live = {id(v) for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)}
     assert not live & {id(t) for t in guard.snapshot.optimizer.tensors}
+
+
+def test_the_cadence_keeps_the_guard_within_its_budget_and_checks_every_copy():
+    from trainers.native import divergence
+
+    params, opt = _setup("adamw")
+    guard = DivergenceGuard(params)
+    guard.take((0, 0, 0, 0), opt, {})
+    assert guard.every == 1 and guard.copy_due()
+    guard._cost = 3e-3  # a copy and a check cost 3 ms ...
+    guard.tune(0.4)  # ... of a 400 ms step: 0.75 %, three times the budget
+    assert guard.every == 3
+    guard.tune(4.0)  # a GPU-sized step: every step
+    assert guard.every == 1
+    guard.tune(1e-4)  # never more than MAX_EVERY steps apart
+    assert guard.every == divergence.MAX_EVERY
+    guard._cost, guard.every = 3e-3, 3
+    guard._measured = lambda seconds: None  # keep the cost as set: every stays 3
+    copies, checks = [], []
+    for step in range(1, 13):
+        due = guard.copy_due()
+        guard.confirm(0.1, 1.0, (step, 0, 0, 0), opt, {} if due else None)
+        _step(params, opt, step)
+        if guard.check_due():
+            checks.append(step)
+            assert guard.check_weights() is None
+        if due:
+            copies.append(step)
+        guard.tune(0.4)
+    assert copies == [1, 4, 7, 10]
+    assert checks == [3, 6, 9, 12]  # the update right before each copy (the first one follows take())
+    assert guard.snapshot.position[0] == 10
+    # every changing after a check does not undo the copy that check was for
+    guard.every = 5
+    assert guard.copy_due()
+    guard.confirm(0.1, 1.0, (13, 0, 0, 0), opt, {})
+    assert guard.snapshot.position[0] == 13 and not guard.check_due()
+
+
+def test_a_divergence_between_copies_goes_back_to_the_last_copy():
+    params, opt = _setup("adamw")
+    guard = DivergenceGuard(params)
+    guard.take((0, 0, 0, 0), opt, {})
+    guard.every = 4
+    saved = None
+    for step in range(1, 4):
+        if guard.copy_due():
+            saved = [p.detach().clone() for p in params]
+        guard.confirm(0.1, 1.0, (step, 0, 0, 0), opt, {} if guard.copy_due() else None)
+        _step(params, opt, step)
+    snap = guard.restore(opt)
+    assert snap.position[0] == 1
+    for live, want in zip(params, saved, strict=True):
+        assert torch.equal(live, want)

@@ -10,6 +10,12 @@ A step that passes the first check confirms the weights it was computed on: the 
 parameters, optimizer state, data position, RNG states) before the update, so when a later check fails the
 trainer can put back the last weights a sane loss vouched for. The copy is the LoRA's size plus its optimizer
 state, kept on the training device.
+
+Cadence: the copy and the weight check run every ``every`` steps, 1 while they cost under ``BUDGET`` of a step
+(a GPU step), else as many steps apart as keeps them under it (a CPU step of a small model, where the copy is
+memory traffic on the scale of the step's own), at most ``MAX_EVERY``. The weight check runs on the update just
+before a copy, so every copy holds weights that passed it; a divergence between copies goes back to the last
+one, at most ``every`` steps old (the log names its step). The loss and gradient checks run on every step.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+BUDGET = 0.0025  # the guard's copy and weight check may cost this share of a step
+MAX_EVERY = 10  # at most this many steps between copies
 LOSS_JUMP = 100.0
 GRAD_JUMP = 1000.0
 WEIGHT_BOUND = 1e3
@@ -39,6 +48,9 @@ class OptimizerCopy:
     tensors: list[torch.Tensor]
     values: dict[tuple[int, str], object]
     groups: list[dict]
+    # the live tensors copied (the optimizer updates them in place: the same objects next step, whose shapes then
+    # need no comparing); ``tensors`` are the copies
+    sources: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -87,17 +99,18 @@ def copy_optimizer(optimizer: torch.optim.Optimizer, into: OptimizerCopy | None 
         for key, value in state.get(param, {}).items():
             if isinstance(value, torch.Tensor):
                 slots.append((index, key))
-                live.append(value.detach())
+                live.append(value)  # not detached: a new object each time, which the identity check needs
             else:
                 values[(index, key)] = _copied(value)
     groups = [{k: _copied(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    if into is not None and into.slots == slots and all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
-            for a, b in zip(into.tensors, live, strict=True)):
+    if into is not None and into.slots == slots and (
+            (len(into.sources) == len(live) and all(a is b for a, b in zip(into.sources, live, strict=True)))
+            or all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                   for a, b in zip(into.tensors, live, strict=True))):
         with torch.no_grad():
             _copy_into(into.tensors, live)
-        return OptimizerCopy(slots, into.tensors, values, groups)
-    return OptimizerCopy(slots, [t.clone() for t in live], values, groups)
+        return OptimizerCopy(slots, into.tensors, values, groups, live)
+    return OptimizerCopy(slots, [t.clone() for t in live], values, groups, live)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, saved: OptimizerCopy) -> None:
@@ -130,10 +143,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: OptimizerCopy) ->
         group.update({k: _copied(v) for k, v in settings.items()})
 
 
+MAX_ABS_CHUNK = 64  # tensors per fused |w| pass: bounds the temporary copy to a slice of the LoRA
+
+
 def max_abs(params: list[torch.Tensor]) -> float:
-    """Largest |weight| over the LoRA (NaN when any weight is NaN); one device sync."""
+    """Largest |weight| over the LoRA (NaN when any weight is NaN); one device sync. Fused (_foreach) passes over
+    chunks of the tensors: one op per tensor costs more than the rest of the step's bookkeeping on small LoRAs."""
     with torch.no_grad():
-        return float(torch.stack([p.detach().abs().amax().float() for p in params]).amax())
+        tensors = [p.detach() for p in params]
+        if not hasattr(torch, "_foreach_max"):
+            return float(torch.stack([t.abs().amax().float() for t in tensors]).amax())
+        peaks = []
+        for start in range(0, len(tensors), MAX_ABS_CHUNK):
+            chunk = tensors[start:start + MAX_ABS_CHUNK]
+            peaks += [m.float() for m in torch._foreach_max(torch._foreach_abs(chunk))]
+        return float(torch.stack(peaks).amax())
 
 
 class DivergenceGuard:
@@ -144,6 +168,28 @@ class DivergenceGuard:
         self.losses: deque[float] = deque(maxlen=WINDOW)
         self.grads: deque[float] = deque(maxlen=WINDOW)
         self.snapshot: Snapshot | None = None
+        self.every = 1  # steps between copies (see the module's "Cadence")
+        self.confirmed = 0  # steps confirmed so far
+        self._copy_next = True  # decided when the update before it is (or is not) checked
+        self._cost: float | None = None  # seconds of one copy plus one weight check (moving average)
+        self._spent = 0.0  # the current copy's seconds, until its weight check adds to it
+
+    def copy_due(self) -> bool:
+        """Whether the next confirmed step is copied (the loop then gathers the RNG states for it)."""
+        return self.snapshot is None or self._copy_next
+
+    def check_due(self) -> bool:
+        """Whether the update just made is checked: exactly when its weights are the next copy's."""
+        return self._copy_next
+
+    def tune(self, step_seconds: float) -> None:
+        """Set ``every`` from the guard's measured cost and the loop's step time (called once per step)."""
+        if self._cost is None or step_seconds <= 0:
+            return
+        self.every = max(1, min(MAX_EVERY, math.ceil(self._cost / (BUDGET * step_seconds))))
+
+    def _measured(self, seconds: float) -> None:
+        self._cost = seconds if self._cost is None else 0.8 * self._cost + 0.2 * seconds
 
     def check_signals(self, loss: float, grad_norm: float) -> str | None:
         """Why the step's loss or gradient says the weights diverged, or None when they look sane."""
@@ -163,7 +209,9 @@ class DivergenceGuard:
 
     def check_weights(self) -> str | None:
         """Why the LoRA weights after an update are not sane, or None."""
+        started = time.perf_counter()
         largest = max_abs(self.params)
+        self._measured(self._spent + time.perf_counter() - started)
         if not math.isfinite(largest):
             return "a LoRA weight became non-finite after the update"
         if largest > WEIGHT_BOUND:
@@ -171,11 +219,17 @@ class DivergenceGuard:
         return None
 
     def confirm(self, loss: float, grad_norm: float, position: tuple[int, int, int, int],
-                optimizer: torch.optim.Optimizer, rng: dict) -> None:
-        """The step's signals were sane: its input weights become the state to fall back to."""
+                optimizer: torch.optim.Optimizer, rng: dict | None) -> None:
+        """The step's signals were sane: its input weights become the state to fall back to when a copy is due
+        (``rng``: the step's starting RNG states, gathered when :meth:`copy_due` said so)."""
         self.losses.append(loss)
         self.grads.append(grad_norm)
-        self.take(position, optimizer, rng)
+        if self.copy_due():
+            started = time.perf_counter()
+            self.take(position, optimizer, rng if rng is not None else {})
+            self._spent = time.perf_counter() - started
+        self.confirmed += 1
+        self._copy_next = self.confirmed % self.every == 0
 
     def take(self, position: tuple[int, int, int, int], optimizer: torch.optim.Optimizer, rng: dict) -> None:
         old = self.snapshot

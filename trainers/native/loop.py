@@ -335,7 +335,8 @@ class Trainer:
 
     def _optimizer_step(self, micro_batches: list[cache_mod.Batch]) -> None:
         started = time.time()
-        rng = state_mod.rng_states(self.rng, self.generator)  # what this step starts from, for the guard's copy
+        # what this step starts from, for the guard's copy when one is due
+        rng = state_mod.rng_states(self.rng, self.generator) if self.guard.copy_due() else None
         position = (self.step, self.epoch, self.steps_into_epoch, self.examples)
         lr = lr_at(self.step, self.base_lr, self.s.warmup_steps, self.s.lr_scheduler, self.schedule_steps)
         if "force_constant_lr" in self.s.config:
@@ -358,14 +359,16 @@ class Trainer:
         if why is None:
             self.guard.confirm(loss_sum, norm, position, self.optimizer, rng)
             self.optimizer.step()
-            why = self.guard.check_weights()
+            why = self.guard.check_weights() if self.guard.check_due() else None
         self.optimizer.zero_grad(set_to_none=True)
         if why is not None:
             self._diverged(why, lr)
             return
         self.skipped_in_a_row = 0
         self.epoch_losses.append(loss_sum)
-        self._emit_step(loss_sum, lr, norm if self.s.grad_clip > 0 else None, time.time() - started)
+        seconds = time.time() - started
+        self.guard.tune(seconds)
+        self._emit_step(loss_sum, lr, norm if self.s.grad_clip > 0 else None, seconds)
 
     def _diverged(self, why: str, lr: float) -> None:
         """A diverging step (trainers/native/divergence.py): back to the last sane weights; skip on, or save and
