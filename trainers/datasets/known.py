@@ -5,6 +5,7 @@ cheap scan reads headers only, and a picture the trainer would skip is skipped h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imagesize
@@ -40,7 +41,7 @@ class Known:
         self.facts: dict[Path, Facts] = {}
         self.keys: dict[Path, str | None] = {}  # fingerprints (None: not cacheable, e.g. a tar member)
         self.headers: dict[Path, tuple[int, int]] = {}
-        self._indexes: dict[Path, FolderIndex] = {}
+        self._indexes: dict[str, FolderIndex] = {}
         self._captions: dict[Path, list[str] | None | media.BadMedia] = {}
         self._listings: dict[Path, list[Path]] = {}
         self.reader = data.Reader(self.size_of, self.captions_of, self.media_files)
@@ -64,10 +65,11 @@ class Known:
         return found
 
     def _index(self, path: Path) -> FolderIndex:
-        folder = path.parent
-        if folder not in self._indexes:
-            self._indexes[folder] = FolderIndex(folder)
-        return self._indexes[folder]
+        folder = os.path.dirname(str(path))  # a string: Path.parent parses a new path per picture
+        index = self._indexes.get(folder)
+        if index is None:
+            index = self._indexes[folder] = FolderIndex(Path(folder))
+        return index
 
     def size_of(self, path: Path) -> tuple[int, int]:
         """The picture's size, or BadMedia with the trainer's own reason once it was measured."""
