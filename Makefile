@@ -47,7 +47,7 @@ hadolint:  ## lint the Dockerfile (needs hadolint on PATH)
 	hadolint --config .hadolint.yaml Dockerfile
 
 bench: venv chromium  ## speed and memory measurements (method and results in docs/benchmarks.md)
-	$(PY) bench/overhead.py
+	$(PY) bench/overhead.py --steps 1 --rounds 1000
 	$(PY) bench/preview_cost.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/dataset_scan.py --images 10000
