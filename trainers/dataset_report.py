@@ -206,10 +206,20 @@ def crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, flo
     return left, top, left + w, top + h
 
 
+_WORD = re.compile(r"\w+")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
 def estimate_tokens(caption: str) -> int:
     """T5 (sentencepiece) tokens of a caption, estimated: about 1.3 per word plus punctuation."""
-    words = re.findall(r"\w+", caption)
-    return math.ceil(1.3 * len(words)) + len(re.findall(r"[^\w\s]", caption)) + 1
+    return math.ceil(1.3 * len(_WORD.findall(caption))) + len(_PUNCTUATION.findall(caption)) + 1
+
+
+def most_tokens(length: int) -> float:
+    """An upper bound of :func:`estimate_tokens` for any caption of ``length`` characters: w words (at most
+    (length + 1) / 2 of them, each a character or more, apart) and p punctuation marks (at most length - w) give
+    1.3 w + 1 + p + 1 <= length + 0.3 w + 2."""
+    return length + 0.3 * (length + 1) / 2 + 2
 
 
 @dataclass(frozen=True)
@@ -364,7 +374,8 @@ def _caption_issues(info: ImageInfo, raw: list[str] | None, skip_empty: bool, tr
         info.issues.append("empty caption: the caption is empty")
     if trigger and not any(trigger.lower() in (prefix + c).lower() for c in raw):  # as trained: with the prefix
         info.issues.append(f"no trigger: '{trigger}' is in none of its captions")
-    longest = max((estimate_tokens(prefix + c) for c in raw), default=0)
+    # only captions long enough to reach the limit are counted (most are far below it)
+    longest = max((estimate_tokens(prefix + c) for c in raw if most_tokens(len(prefix + c)) > T5_TOKENS), default=0)
     if longest > T5_TOKENS:
         info.issues.append(f"long caption: about {longest} T5 tokens, T5 reads the first {T5_TOKENS}")
 

@@ -128,3 +128,15 @@ def test_a_bomb_sized_header_is_left_to_pillows_guard(tmp_path, monkeypatch):
     known = Known()
     with pytest.raises(media.BadMedia, match="not a readable image"):
         known.size_of(path)
+
+
+def test_the_token_bound_holds_for_any_caption():
+    import random
+
+    from trainers.dataset_report import estimate_tokens, most_tokens
+
+    rng = random.Random(5)
+    alphabet = "ab1 ,.!?-_é\t"
+    worst = ["a " * 200, "a,a," * 100, "a" * 400, ",,,," * 100, "a." * 200, "a, " * 150]
+    for caption in worst + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 600))) for _ in range(3000)]:
+        assert estimate_tokens(caption) <= most_tokens(len(caption)), caption
