@@ -115,7 +115,7 @@ def _keep_heap() -> None:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: buffers up to 64 MiB come from the reusable heap
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap before trimming
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library by that name, or no mallopt in it
         pass
 
 
