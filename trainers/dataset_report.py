@@ -222,6 +222,10 @@ def most_tokens(length: int) -> float:
     return length + 0.3 * (length + 1) / 2 + 2
 
 
+# the longest caption whose estimate cannot pass T5's limit, whatever its characters
+SURELY_SHORT = max(n for n in range(T5_TOKENS + 1) if most_tokens(n) <= T5_TOKENS)
+
+
 @dataclass(frozen=True)
 class CheckState:
     """Where a dataset check is: the report so far, and how many pictures of ``total`` are measured."""
@@ -374,8 +378,10 @@ def _caption_issues(info: ImageInfo, raw: list[str] | None, skip_empty: bool, tr
         info.issues.append("empty caption: the caption is empty")
     if trigger and not any(trigger.lower() in (prefix + c).lower() for c in raw):  # as trained: with the prefix
         info.issues.append(f"no trigger: '{trigger}' is in none of its captions")
-    # only captions long enough to reach the limit are counted (most are far below it)
-    longest = max((estimate_tokens(prefix + c) for c in raw if most_tokens(len(prefix + c)) > T5_TOKENS), default=0)
+    longest = 0
+    for caption in raw:  # only captions long enough to reach the limit are counted (most are far below it)
+        if len(prefix) + len(caption) > SURELY_SHORT:
+            longest = max(longest, estimate_tokens(prefix + caption))
     if longest > T5_TOKENS:
         info.issues.append(f"long caption: about {longest} T5 tokens, T5 reads the first {T5_TOKENS}")
 

@@ -140,3 +140,15 @@ def test_the_token_bound_holds_for_any_caption():
     worst = ["a " * 200, "a,a," * 100, "a" * 400, ",,,," * 100, "a." * 200, "a, " * 150]
     for caption in worst + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 600))) for _ in range(3000)]:
         assert estimate_tokens(caption) <= most_tokens(len(caption)), caption
+
+
+def test_long_captions_are_still_found():
+    from trainers.dataset_report import SURELY_SHORT, T5_TOKENS, ImageInfo, _caption_issues, estimate_tokens
+
+    assert estimate_tokens("a," * (SURELY_SHORT // 2)) <= T5_TOKENS < estimate_tokens("a," * 400)
+    info = ImageInfo(__import__("pathlib").Path("x.jpg"))
+    _caption_issues(info, ["short", "a," * 400], True, "", "")
+    assert [i for i in info.issues if i.startswith("long caption")]
+    quiet = ImageInfo(__import__("pathlib").Path("y.jpg"))
+    _caption_issues(quiet, ["a," * (SURELY_SHORT // 2)], True, "", "")
+    assert not quiet.issues
