@@ -54,6 +54,29 @@ def _weight_files(path: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
+def paired_modules(shapes: dict[str, list[int]], split_key, report, keep_alpha: bool = False):
+    """(module, {"A": shape, "B": shape}) of every LoRA module of ``shapes`` with both halves, by module name,
+    counted in ``report.modules``; tensors that are not LoRA weights go to ``report.not_lora`` and modules missing
+    a half to ``report.half_pairs``. ``keep_alpha``: ``.alpha`` tensors join their module's parts (as "alpha")
+    instead of being left out."""
+    halves: dict[str, dict[str, list[int]]] = {}
+    for key, shape in shapes.items():
+        split = split_key(key)
+        if split is None:
+            report.not_lora.append(key)
+        elif keep_alpha or split[1] != "alpha":
+            halves.setdefault(split[0], {})[split[1]] = shape
+    pairs = []
+    for module, parts in sorted(halves.items()):
+        if "A" not in parts or "B" not in parts:
+            missing = " and ".join(half for half in ("A", "B") if half not in parts)
+            report.half_pairs.append(f"{module} (no {missing})")
+            continue
+        report.modules += 1
+        pairs.append((module, parts))
+    return pairs
+
+
 def is_flux_model(path: Path | None) -> bool:
     """Whether ``path`` (file or diffusers folder) holds a Flux transformer (Flux's modulation Linears)."""
     if path is None or not Path(path).exists():
@@ -102,19 +125,9 @@ def check_flux_lora(lora: Path, shapes: dict[str, list[int]], model: Path | None
         linears = block_linears(*(FULL_SIZE[k] for k in ("hidden", "mlp", "double", "single")))
         source, exact = "the released Flux's shapes (the base model was not found)", False
     report = report_class(lora, "diffusers", source, exact, targets=len(linears))
-    halves: dict[str, dict[str, list[int]]] = {}
-    for key, shape in shapes.items():
-        split = split_key(key)
-        if split is None:
-            report.not_lora.append(key)
-        elif split[1] != "alpha":  # alpha = rank is the only convention the native trainer writes
-            halves.setdefault(split[0], {})[split[1]] = shape
     ranks: set[int] = set()
-    for module, parts in sorted(halves.items()):
-        if "A" not in parts or "B" not in parts:
-            report.half_pairs.append(f"{module} (no {'B' if 'A' in parts else 'A'})")
-            continue
-        report.modules += 1
+    # alpha left out: alpha = rank is the only convention the native trainer writes
+    for module, parts in paired_modules(shapes, split_key, report):
         target = module.removeprefix("transformer.")
         if not module.startswith("transformer.") or target not in linears:
             report.unmatched.append(module)

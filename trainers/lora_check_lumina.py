@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from trainers.checkpoint_probe import ProbeError
-from trainers.lora_check_flux import _shapes, _weight_files
+from trainers.lora_check_flux import _shapes, _weight_files, paired_modules
 
 ANCHOR = "context_refiner.0.attention.qkv.weight"  # NextDiT's caption refiner: Lumina 2's layout
 _BLOCK_LINEAR = re.compile(r"^(layers|noise_refiner|context_refiner)\.\d+\."
@@ -85,19 +85,8 @@ def check_lumina_lora(lora: Path, shapes: dict[str, list[int]], model: Path | No
         linears = block_linears(**FULL_SIZE)
         source, exact = "the released Lumina-Image-2.0's shapes (the base model was not found)", False
     report = report_class(lora, "comfyui", source, exact, targets=len(linears))
-    halves: dict[str, dict[str, list[int]]] = {}
-    for key, shape in shapes.items():
-        split = split_key(key)
-        if split is None:
-            report.not_lora.append(key)
-        elif split[1] != "alpha":
-            halves.setdefault(split[0], {})[split[1]] = shape
     ranks: set[int] = set()
-    for module, parts in sorted(halves.items()):
-        if "A" not in parts or "B" not in parts:
-            report.half_pairs.append(f"{module} (no {'B' if 'A' in parts else 'A'})")
-            continue
-        report.modules += 1
+    for module, parts in paired_modules(shapes, split_key, report):
         target = module.removeprefix(_LORA_PREFIX)
         if target not in linears:
             report.unmatched.append(module)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from trainers.checkpoint_probe import ProbeError
-from trainers.lora_check_flux import _shapes, _weight_files
+from trainers.lora_check_flux import _shapes, _weight_files, paired_modules
 
 ANCHOR = "transformer_blocks.0.img_mod.1.weight"  # Qwen-Image's image-stream modulation: in no other family
 _QWEN_ONLY = re.compile(r"(^|\.)transformer_blocks\.\d+\.(img_mod\.1|txt_mod\.1|img_mlp\.net\.\d|txt_mlp\.net\.\d)")
@@ -95,19 +95,9 @@ def check_peft_lora(lora: Path, shapes: dict[str, list[int]], linears: dict[str,
     the block Linears ``linears`` (diffusers name -> (out, in)); the families saving that layout share it."""
     layout = "diffusers" if any(k.startswith("transformer.") for k in shapes) else "comfyui"
     report = report_class(lora, layout, source, exact, targets=len(linears))
-    halves: dict[str, dict[str, list[int]]] = {}
-    for key, shape in shapes.items():
-        split = split_key(key)
-        if split is None:
-            report.not_lora.append(key)
-        elif split[1] != "alpha":  # alpha = rank is the only convention the native trainer writes
-            halves.setdefault(split[0], {})[split[1]] = shape
     ranks: set[int] = set()
-    for module, parts in sorted(halves.items()):
-        if "A" not in parts or "B" not in parts:
-            report.half_pairs.append(f"{module} (no {'B' if 'A' in parts else 'A'})")
-            continue
-        report.modules += 1
+    # alpha left out: alpha = rank is the only convention the native trainer writes
+    for module, parts in paired_modules(shapes, split_key, report):
         target = _target(module)
         if target not in linears:
             report.unmatched.append(module)

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from trainers.checkpoint_probe import ProbeError
-from trainers.lora_check_flux import _shapes
+from trainers.lora_check_flux import _shapes, paired_modules
 
 UNET = "model.diffusion_model."
 TE1 = "conditioner.embedders.0.transformer."
@@ -187,20 +187,8 @@ def check_sdxl_lora(lora: Path, shapes: dict[str, list[int]], model: Path | None
         linears, source, exact = released_linears(), "the released SDXL's shapes (the checkpoint was not found)", False
     kohya = {PREFIXES[part] + name.replace(".", "_"): (part, name) for part, names in linears.items() for name in names}
     report = report_class(lora, "kohya", source, exact, targets=len(kohya))
-    halves: dict[str, dict[str, list[int]]] = {}
-    for key, shape in shapes.items():
-        split = split_key(key)
-        if split is None:
-            report.not_lora.append(key)
-        else:
-            halves.setdefault(split[0], {})[split[1]] = shape
     ranks: set[int] = set()
-    for module, parts in sorted(halves.items()):
-        if "A" not in parts or "B" not in parts:
-            missing = " and ".join(h for h in ("A", "B") if h not in parts)
-            report.half_pairs.append(f"{module} (no {missing})")
-            continue
-        report.modules += 1
+    for module, parts in paired_modules(shapes, split_key, report, keep_alpha=True):  # kohya alphas are checked
         if module not in kohya:
             report.unmatched.append(module)
             continue
