@@ -45,9 +45,8 @@ def fingerprint(path: Path) -> str | None:
         stat = os.stat(name)
     except OSError:
         return None
-    folder, _, base = name.rpartition(os.sep)  # string work: Path.parent parses a new path per picture
-    folder = folder or (os.sep if name.startswith(os.sep) else ".")
-    return f"{FORMAT}|{_resolved(folder)}/{base}|{stat.st_size}|{stat.st_mtime_ns}"
+    folder, base = os.path.split(name)  # string work: Path.parent parses a new path per picture
+    return f"{FORMAT}|{_resolved(folder or '.')}/{base}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 @functools.lru_cache(maxsize=256)
