@@ -44,6 +44,16 @@ def train(run_dir: Path, *, max_steps: int, resume: str | None = None, stop_at: 
     return trainer.run(), trainer
 
 
+def pin_guard_cadence(monkeypatch, every: int) -> None:
+    """Pin the divergence guard's copy cadence (trainers/native/divergence.py, "Cadence") to ``every`` steps once
+    its cost is first measured, instead of a share of this machine's step time: a test that names the step a
+    divergence rolls back to must not depend on how fast the step ran."""
+    from trainers.native import divergence
+
+    monkeypatch.setattr(divergence, "MAX_EVERY", every)
+    monkeypatch.setattr(divergence, "BUDGET", math.inf if every == 1 else 1e-30)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """step -> loss, the later event winning (a resumed run writes the steps after its checkpoint again)."""
     return {e.step: e.loss for e in load_all(run_dir) if e.kind == "step"}
@@ -131,7 +141,8 @@ def _nan_at(step: int):
     return patch
 
 
-def test_non_finite_loss_stops_with_the_last_good_state(tmp_path: Path):
+def test_non_finite_loss_stops_with_the_last_good_state(tmp_path: Path, monkeypatch):
+    pin_guard_cadence(monkeypatch, 1)
     run = make_run(tmp_path, **FAST)
     with pytest.raises(NonFiniteLoss, match="lr = "):
         train(run, max_steps=6, patch=_nan_at(3))
@@ -142,7 +153,8 @@ def test_non_finite_loss_stops_with_the_last_good_state(tmp_path: Path):
     assert max(losses(run)) == 2
 
 
-def test_non_finite_loss_skip_policy_goes_on(tmp_path: Path):
+def test_non_finite_loss_skip_policy_goes_on(tmp_path: Path, monkeypatch):
+    pin_guard_cadence(monkeypatch, 1)
     run = make_run(tmp_path, **{**FAST, "studio.nonfinite_loss": "skip"})
     reason, trainer = train(run, max_steps=5, patch=_nan_at(3))
     assert reason == "completed" and trainer.step == 5

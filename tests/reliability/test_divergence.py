@@ -12,8 +12,9 @@ import tomlkit
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.test_native_resume import FAST, losses, train
+from tests.integration.test_native_resume import FAST, losses, pin_guard_cadence, train
 from tests.integration.test_native_train import make_run
+from trainers.events import load_all
 from trainers.native.divergence import WEIGHT_BOUND
 from trainers.native.loop import NonFiniteLoss
 
@@ -65,21 +66,41 @@ def test_skip_mode_rolls_back_and_never_suggests_skip(tmp_path: Path):
     assert len(saved) == 1 and _largest(load_file(saved[0] / "adapter_model.safetensors")) < 1.0
 
 
-def test_a_loss_jump_rolls_back_to_the_weights_before_the_suspect_ones(tmp_path: Path):
-    run = make_run(tmp_path, **FAST)
-
+def _spike_at(step: int):
     def patch(trainer):
         setup = trainer.setup
 
         def setup_then_spike():
             setup()
             predict = trainer.family.predict
-            trainer.family.predict = lambda x_t, t, text: predict(x_t, t, text) * (1e3 if trainer.step + 1 == 6 else 1)
+            trainer.family.predict = lambda x_t, t, text: predict(x_t, t, text) * (1e3 if trainer.step + 1 == step else 1)
 
         trainer.setup = setup_then_spike
+    return patch
 
+
+def test_a_loss_jump_rolls_back_to_the_weights_before_the_suspect_ones(tmp_path: Path, monkeypatch):
+    pin_guard_cadence(monkeypatch, 1)  # a copy every step (a GPU step's cadence)
+    run = make_run(tmp_path, **FAST)
+    patch = _spike_at(6)
     with pytest.raises(NonFiniteLoss, match=r"loss .* is .*x the median of the last 5 steps"):
         train(run, max_steps=10, patch=patch)
     # Step 6's loss was computed on the weights of step 5: the state kept is step 4's.
     assert (run / "global_step4").is_dir() and not (run / "global_step5").exists()
     assert max(losses(run)) == 5
+
+
+def test_between_copies_a_divergence_goes_back_to_the_last_copy_and_says_which(tmp_path: Path, monkeypatch):
+    # A copy every 3 steps (a CPU step's cadence; divergence.py "Cadence"): step 1 runs before the guard's cost is
+    # known (copied and checked), then the copies hold the weights after steps 1 and 3; step 6's spike (computed on
+    # step 5's weights) goes back to step 3's, not 4's.
+    pin_guard_cadence(monkeypatch, 3)
+    run = make_run(tmp_path, **{**FAST, "save_every_n_steps": 1})
+    with pytest.raises(NonFiniteLoss, match=r"resume from global_step3"):
+        train(run, max_steps=10, patch=_spike_at(6))
+    assert (run / "global_step3").is_dir() and not (run / "global_step4").exists()
+    assert (run / "latest").read_text().strip() == "global_step3"
+    messages = [e.message for e in load_all(run) if e.kind == "log"]
+    assert any("saving the last sane LoRA and training state (step 3)" in m for m in messages)
+    # the LoRAs saved on the way (steps 4 and 5) are named as such
+    assert any("step4, step5 hold weights saved after step 3" in m for m in messages), messages
