@@ -86,10 +86,8 @@ def _variants(folder):
     rgb.save(out.setdefault("progressive.JPEG", folder / "progressive.JPEG"), progressive=True)
     rgb.convert("L").save(out.setdefault("gray.jpg", folder / "gray.jpg"))
     rgb.convert("CMYK").save(out.setdefault("cmyk.jpeg", folder / "cmyk.jpeg"))
-    big_thumb = Image.new("RGB", (9, 7))  # an EXIF thumbnail before the frame must not be taken for it
-    buf = __import__("io").BytesIO()
-    big_thumb.save(buf, "JPEG")
-    rgb.save(out.setdefault("exif-thumb.jpg", folder / "exif-thumb.jpg"), exif=exif)
+    rgb.save(out.setdefault("icc.jpe", folder / "icc.jpe"), icc_profile=bytes(range(256)) * 40)  # 10 KiB APP2
+    rgb.save(out.setdefault("lowercase.jfif", folder / "lowercase.jfif"))
     for mode in ("RGB", "RGBA", "L", "P", "I;16"):
         img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
             rng.integers(0, 65535, (37, 53), dtype=np.uint16))
@@ -115,6 +113,59 @@ def test_the_fast_header_size_is_pillows(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0garbage")
     assert header_size(broken) is None  # Pillow's open then names what is wrong
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_the_jpeg_reader_walks_segments_as_pillow_does(tmp_path):
+    """The marker syntax of ITU-T T.81 B.1.1, the cases a 4 KiB read must get right: a frame header beyond the
+    first read, a thumbnail with its own frame inside an EXIF segment, fill bytes, a segment ending exactly at a
+    read's edge; and the files it must leave to Pillow (junk between segments, truncation, a DNL-sized frame)."""
+    import io
+
+    from trainers.datasets import known
+
+    def jpeg(size, **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (200, 30, 30)).save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    main, thumb = jpeg((61, 45)), jpeg((9, 7))
+    sof = main.index(b"\xff\xc0")
+    cases = {
+        # an EXIF segment of 9 KiB holding a JPEG thumbnail (its SOF must not be taken for the frame's)
+        "exif-thumb": main[:2] + _segment(0xE1, b"Exif\0\0" + thumb + bytes(9000)) + main[2:],
+        "fill-bytes": main[:2] + b"\xff\xff\xff" + main[2:],
+        # an APP segment ending exactly where the first 4 KiB read does
+        "edge": main[:2] + _segment(0xEC, bytes(known._CHUNK - 6)) + main[2:],
+        # a frame marker 6 bytes before the read's end: its size lies in the next read
+        "frame-at-edge": main[:2] + _segment(0xEC, bytes(known._CHUNK - 10 - sof)) + main[2:],
+        "many-segments": main[:2] + b"".join(_segment(0xED, bytes(300)) for _ in range(40)) + main[2:],
+        "progressive": jpeg((33, 70), progressive=True),
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        with Image.open(path) as img:
+            assert known.jpeg_size(str(path)) == img.size, name
+    assert known.jpeg_size(str(tmp_path / "exif-thumb.jpg")) == (61, 45)
+    refused = {
+        "junk": main[:2] + b"junk" + main[2:],  # Pillow skips such bytes: left to it
+        "truncated": main[:2] + _segment(0xE1, bytes(5000))[:3000],
+        "not-a-jpeg": b"\x89PNG\r\n\x1a\n" + bytes(100),
+        "empty": b"",
+        "scan-first": main[:2] + b"\xff\xda\x00\x08" + bytes(100),
+        "bad-length": main[:2] + b"\xff\xe0\x00\x01" + main[2:],
+    }
+    # a frame whose height a DNL marker gives later
+    refused["dnl-height"] = main[:sof + 5] + b"\x00\x00" + main[sof + 7:]
+    for name, data in refused.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        assert known.jpeg_size(str(path)) is None, name
+    assert known.jpeg_size(str(tmp_path / "missing.jpg")) is None
 
 
 def test_a_bomb_sized_header_is_left_to_pillows_guard(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ cheap scan reads headers only, and a picture the trainer would skip is skipped h
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import imagesize
@@ -15,20 +16,81 @@ from trainers.datasets.check_cache import Facts, FolderIndex, fingerprint
 from trainers.native import data, media
 
 # Formats whose size ``imagesize`` reads from the header (about twice as fast as Pillow's open, which parses every
-# marker and builds an image object); anything else, or a header it cannot read, goes through Pillow.
-FAST_HEADERS = (".jpg", ".jpeg", ".png", ".webp")
+# marker and builds an image object); JPEG has its own reader below; anything else, or a header neither can read,
+# goes through Pillow.
+FAST_HEADERS = (".png", ".webp")
+JPEG_NAMES = (".jpg", ".jpeg", ".jpe", ".jfif")
+# Start-of-frame markers, whose segment holds the frame's size (ITU-T T.81 table B.1: C0-CF less DHT C4, JPG C8
+# and DAC CC), the ones Pillow's JpegImagePlugin reads the size from.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM: markers without a length
+_CHUNK = 4096
+
+
+def jpeg_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, or None where the file does not follow the marker syntax
+    (T.81 B.1.1: 0xFF fill bytes, then a marker, then a 2-byte length counting itself) up to its first SOFn:
+    Pillow's more forgiving parser then reads it (it also skips junk between segments).
+
+    One ``pread`` of 4 KiB usually holds every segment up to the frame (another read only to jump past a large
+    EXIF or ICC segment): ``imagesize`` goes segment by segment through a buffered file, 1.5x the time, which
+    made the cheap scan of a folder slower than Pillow-free reading should be (docs/benchmarks.md)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        buf = os.pread(fd, _CHUNK, 0)
+        if buf[:3] != b"\xff\xd8\xff":
+            return None
+        base, pos = 0, 2  # the file offset of buf[0]; of the next marker
+        while True:
+            at = pos - base
+            if at + 9 > len(buf):  # the marker, its length and a frame header's first 5 bytes
+                buf, base, at = os.pread(fd, _CHUNK, pos), pos, 0
+                if len(buf) < 9:
+                    return None
+            if buf[at] != 0xFF:
+                return None
+            marker = buf[at + 1]
+            if marker == 0xFF:  # a fill byte
+                pos += 1
+            elif marker in _SOF:
+                height, width = struct.unpack_from(">HH", buf, at + 5)
+                return (width, height) if width and height else None  # height 0: set by a later DNL marker
+            elif marker in _STANDALONE:
+                pos += 2
+            elif marker in (0xD8, 0xD9, 0xDA):  # another SOI, the end, scan data: no frame before them
+                return None
+            else:
+                (length,) = struct.unpack_from(">H", buf, at + 2)
+                if length < 2:
+                    return None
+                pos += 2 + length
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header of a JPEG, PNG or WebP file as Pillow reports it, or None: another format,
-    a header ``imagesize`` cannot read, or more pixels than Pillow's decompression-bomb guard lets open (Pillow's
+    a header these readers cannot read, or more pixels than Pillow's decompression-bomb guard lets open (Pillow's
     own open then says why)."""
-    if not path.name.lower().endswith(FAST_HEADERS):
+    name = str(path)
+    lower = name[-5:].lower()
+    if lower.endswith(JPEG_NAMES):
+        size = jpeg_size(name)  # the stored size, as Pillow reports it (no EXIF rotation)
+    elif lower.endswith(FAST_HEADERS):
+        try:
+            size = imagesize.get(name, exif_rotation=False)
+        except (OSError, ValueError):
+            return None
+    else:
         return None
-    try:
-        width, height = imagesize.get(str(path), exif_rotation=False)  # stored size, as Pillow reports it
-    except (OSError, ValueError):
+    if size is None:
         return None
+    width, height = size
     if width <= 0 or height <= 0 or Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
         return None
     return width, height
