@@ -150,6 +150,25 @@ def test_missing_captions_train_empty_when_asked_and_empty_txt_is_a_caption(fold
     assert ("nocap.png", "") in {(i.path.name, i.caption) for i in _scan(folder)}
 
 
+def test_caption_files_read_whole_and_odd_ones_are_no_caption(folder: Path):
+    """The caption read by descriptor (trainers/native/media.py captions_of): a caption longer than one read is
+    whole, a folder named like a caption is no caption, dots in the stem stay (only the suffix is replaced)."""
+    from trainers.native.media import BadMedia, captions_of
+
+    long = ", ".join(f"tag{i}" for i in range(20000))  # ~170 KB: three reads
+    _image(folder / "my.pic.v2.png")
+    (folder / "my.pic.v2.txt").write_text(f"  {long}\n", encoding="utf-8")
+    assert captions_of(folder / "my.pic.v2.png", None) == [long]
+    _image(folder / "dir.png")
+    (folder / "dir.txt").mkdir()
+    assert captions_of(folder / "dir.png", None) is None
+    assert captions_of(folder / "gone.png", None) is None
+    (folder / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(BadMedia, match="not valid UTF-8") as caught:
+        captions_of(folder / "latin.png", None)
+    assert caught.value.path == folder / "latin.txt"
+
+
 def test_each_resolution_duplicates_and_repeats_are_kept(folder: Path):
     items = scan_dataset({"resolutions": [32, [64, 64]], "directory": [{"path": str(folder), "num_repeats": 3}]}, 0)
     assert len(items) == 4

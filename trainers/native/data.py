@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import math
 import random
 from collections.abc import Callable
@@ -346,6 +347,8 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 def _mask_for(path: Path, size: tuple[int, int], d: _Directory) -> Path | None:
+    if not d.masks and d.default_mask is None:  # no mask directory: nothing to look up
+        return None
     mask = d.masks.get(path.stem, d.default_mask)
     if mask is None:
         if d.masks or d.default_mask:
@@ -381,7 +384,7 @@ def _skip_or_raise(exc: BadMedia, strict: bool) -> list[Item]:
 
 
 def _items_for(path: Path, d: _Directory, strict: bool = False, reader: Reader = TRAINER_READER) -> list[Item]:
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    if os.path.splitext(str(path))[1].lower() in VIDEO_SUFFIXES:  # Path.suffix, without parsing a name
         log.warning("skipping %s: videos are not supported by the native trainer", path.name)
         return []
     try:

@@ -135,17 +135,40 @@ def captions_of(path: Path, folder_captions: dict[str, list[str]] | None) -> lis
     inside = tar.split(path)
     if folder_captions is not None:  # an archive member's key is its full member name, as in diffusion-pipe
         return folder_captions.get(inside[1] if inside else path.name)
-    txt = path.with_suffix(".txt")
-    if inside is not None and str(Path(inside[1]).with_suffix(".txt")) not in tar.index_of(inside[0]):
-        return None
-    try:
-        raw = tar.read_bytes(txt) if inside is not None else txt.read_bytes()  # one open, no stat first
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+    if inside is not None:
+        txt = path.with_suffix(".txt")
+        if str(Path(inside[1]).with_suffix(".txt")) not in tar.index_of(inside[0]):
+            return None
+        try:
+            raw = tar.read_bytes(txt)
+        except FileNotFoundError:
+            return None
+    else:
+        name = str(path)
+        stem_end = len(name) - len(os.path.splitext(name)[1])  # Path.with_suffix's answer, without a new Path
+        txt = name[:stem_end] + ".txt"
+        try:
+            raw = _read_small(txt)  # one open, no stat first
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
     try:
         return [raw.decode("utf-8").strip()]
     except UnicodeDecodeError as exc:
-        raise BadMedia(txt, f"the caption is not valid UTF-8 ({_utf8_problem(exc)}); re-save it as UTF-8") from None
+        raise BadMedia(Path(txt), f"the caption is not valid UTF-8 ({_utf8_problem(exc)}); re-save it as "
+                       "UTF-8") from None
+
+
+def _read_small(name: str) -> bytes:
+    """A whole file read through its descriptor (a caption: one read and the one that finds its end, without the
+    buffered file object ``open`` builds)."""
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        parts = [os.read(fd, 65536)]
+        while parts[-1]:
+            parts.append(os.read(fd, 1 << 20))
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _is_file(entry: os.DirEntry) -> bool:
