@@ -121,21 +121,29 @@ def dump_event(event: Event) -> str:
 
 
 class EventWriter:
-    """Appends events to ``<run dir>/events.jsonl``; safe to use from one writer process."""
+    """Appends events to ``<run dir>/events.jsonl``; safe to use from one writer process (others may append to the
+    same file through their own writers: each event is one write on an ``O_APPEND`` descriptor)."""
 
     def __init__(self, run_dir: str | os.PathLike[str]):
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None  # opened at the first event and kept: a trainer writes one a step
 
     def emit(self, event: Event) -> Event:
         data = (dump_event(event) + "\n").encode("utf-8")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         # One os.write on an O_APPEND descriptor: a reader never sees two events interleaved.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        os.write(self._fd, data)
         return event
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def read_events(run_dir: str | os.PathLike[str], offset: int = 0) -> tuple[list[Event], int]:

@@ -202,4 +202,7 @@ def test_stop_in_the_studio_then_resume_from_the_cli(tmp_path: Path, capsys):
     after = [e.step for e in events[resumed[0]:] if e.kind == "step"]
     assert after == list(range(stopped_at + 1, 13))
     log = (info.run_dir / "stdout.log").read_text()
-    assert f"Resuming training from checkpoint. Resuming at epoch: 1, step: {stopped_at}" in log
+    # the epoch the state holds: 1, or 2 when the stop came at the end of epoch 1 (6 steps an epoch)
+    epoch = json.loads((info.run_dir / f"global_step{stopped_at}" / "state.json").read_text())["epoch"]
+    assert epoch == (1 if stopped_at < 6 else 2)
+    assert f"Resuming training from checkpoint. Resuming at epoch: {epoch}, step: {stopped_at}" in log

@@ -77,3 +77,42 @@ def test_commands_are_taken_once(tmp_path):
     assert take_commands(tmp_path) == set()
     with pytest.raises(ValueError):
         send_command(tmp_path, "format-disk")
+
+
+def test_writers_of_one_run_append_in_order_with_a_held_descriptor(tmp_path):
+    """The trainer's writer keeps its O_APPEND descriptor; the studio's and the sidecar's own writers append to the
+    same file between its events, and nothing is overwritten."""
+    trainer, studio = EventWriter(tmp_path), EventWriter(tmp_path)
+    trainer.emit(StepEvent(step=1, epoch=1, loss=0.5, lr=1e-4))
+    studio.emit(LogEvent(level="info", message="from the studio"))
+    trainer.emit(StepEvent(step=2, epoch=1, loss=0.25, lr=1e-4))
+    studio.close()
+    EventWriter(tmp_path).emit(FinishedEvent(reason="completed", step=2, epoch=1))  # a one-shot writer, closed when dropped
+    trainer.close()
+    trainer.close()  # closing twice is harmless
+    assert [(e.kind, getattr(e, "step", None)) for e in load_all(tmp_path)] == [
+        ("step", 1), ("log", None), ("step", 2), ("finished", 2)]
+
+
+def test_the_trainer_polls_commands_at_most_every_poll_interval(tmp_path, monkeypatch):
+    """trainers/native/loop.py COMMAND_POLL_S: a command waits at most that long; an in-process stop request is
+    seen at once."""
+    from types import SimpleNamespace
+
+    from trainers.native import loop
+
+    trainer = loop.Trainer.__new__(loop.Trainer)
+    trainer.s, trainer.step, trainer.stop_requested = SimpleNamespace(run_dir=tmp_path), 0, False
+    trainer.commands_polled = -loop.COMMAND_POLL_S
+    trainer._log = lambda *args, **kwargs: None
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    send_command(tmp_path, Command.STOP)
+    assert trainer._handle_commands() is True  # the first poll takes it
+    send_command(tmp_path, Command.STOP)
+    clock[0] += loop.COMMAND_POLL_S / 2
+    assert trainer._handle_commands() is False and pending_commands(tmp_path) == {Command.STOP}
+    clock[0] += loop.COMMAND_POLL_S / 2
+    assert trainer._handle_commands() is True and pending_commands(tmp_path) == set()
+    trainer.stop_requested = True
+    assert trainer._handle_commands() is True  # no poll due: the request alone stops

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 from tbparse import SummaryReader
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from trainers.native.metrics import Metrics
@@ -46,3 +47,59 @@ def test_logging_steps_and_the_examples_axis(tmp_path):
     metrics.close()
     frame = _scalars(tmp_path)
     assert frame[frame.tag == "train/loss"][["step", "value"]].values.tolist() == [[16, 0.5], [32, 0.25]]
+
+
+def test_a_resumed_run_replaces_the_points_after_its_checkpoint_as_purge_step_does(tmp_path):
+    """A run resumed from step 3 writes steps 4-6 again: TensorBoard keeps the new points (SummaryWriter's
+    purge_step, torch/utils/tensorboard/writer.py: a SessionLog.START at that step)."""
+    ours, reference = tmp_path / "ours", tmp_path / "reference"
+    first = Metrics(ours, {})
+    writer = SummaryWriter(log_dir=str(reference))
+    for step in range(1, 7):
+        first.step(step, step, 1.0, 1e-4, None)
+        writer.add_scalar("train/loss", 1.0, step)
+        writer.add_scalar("train/lr", 1e-4, step)
+    first.close()
+    writer.close()
+    resumed = Metrics(ours, {}, resumed_at=3)
+    writer = SummaryWriter(log_dir=str(reference), purge_step=4, filename_suffix=".resumed")
+    for step in range(4, 8):
+        resumed.step(step, step, 0.5, 2e-4, None)
+        writer.add_scalar("train/loss", 0.5, step)
+        writer.add_scalar("train/lr", 2e-4, step)
+    resumed.close()
+    writer.close()
+    pd.testing.assert_frame_equal(_scalars(ours), _scalars(reference))  # the same records (tbparse keeps all)
+    for folder in (ours, reference):  # TensorBoard's own reader applies the purge
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+        assert loss == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5), (5, 0.5), (6, 0.5), (7, 0.5)], folder.name
+
+
+def test_records_are_checksummed_tfrecords_visible_before_the_run_ends(tmp_path, monkeypatch):
+    """Each record: length (uint64 LE), its masked CRC-32C, the Event, the Event's masked CRC-32C (TensorBoard's
+    RecordWriter); records reach the file within FLUSH_S, without closing it."""
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from trainers.native import tb_file
+
+    monkeypatch.setattr(tb_file, "FLUSH_S", 0.0)
+    metrics = Metrics(tmp_path, {})
+    metrics.step(1, 4, 0.5, 1e-4, 2.0)
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    raw, events = path.read_bytes(), []
+    while raw:
+        header, (crc,) = raw[:8], struct.unpack("<I", raw[8:12])
+        (length,) = struct.unpack("<Q", header)
+        data, (data_crc,) = raw[12:12 + length], struct.unpack("<I", raw[12 + length:16 + length])
+        assert crc == masked_crc32c(header) and data_crc == masked_crc32c(data)
+        events.append(Event.FromString(data))
+        raw = raw[16 + length:]
+    assert events[0].file_version == "brain.Event:2"
+    assert events[-1].step == 1 and {v.tag: v.simple_value for v in events[-1].summary.value} == {
+        "train/loss": 0.5, "train/lr": struct.unpack("<f", struct.pack("<f", 1e-4))[0], "train/grad_norm": 2.0}
+    metrics.close()

@@ -22,15 +22,13 @@ class Metrics:
     """Writes scalars to TensorBoard (always) and W&B (``[monitoring] enable_wandb``)."""
 
     def __init__(self, run_dir: Path, config: dict, resumed_at: int | None = None):
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._summary = Summary
+        from trainers.native.tb_file import EventFile
 
         self.logging_steps = max(1, int(config.get("logging_steps", 1)))
         self.x_examples = bool(config.get("x_axis_examples", False))
-        # purge_step drops points after the checkpoint when a resumed run writes the same steps again.
-        self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resumed_at + 1 if resumed_at else None)
+        # A resumed run starts with a purge at its checkpoint's next step: TensorBoard drops the older points from
+        # there, which this run writes again.
+        self.tb = EventFile(run_dir, purge_step=resumed_at + 1 if resumed_at else None)
         self.wandb = None
         monitoring = config.get("monitoring") or {}
         if monitoring.get("enable_wandb"):
@@ -56,12 +54,8 @@ class Metrics:
         return examples if self.x_examples else step
 
     def _scalars(self, values: dict[str, float], x: int) -> None:
-        """Scalars of one step as one TensorBoard event (a Summary holding a simple_value per tag: what readers get
-        from one add_scalar per tag, for a third of the cost: the event file's writer thread checksums every record
-        in Python, holding the GIL)."""
-        proto = self._summary
-        summary = proto(value=[proto.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
-        self.tb._get_file_writer().add_summary(summary, x)
+        """Scalars of one step as one TensorBoard event (trainers/native/tb_file.py)."""
+        self.tb.scalars(values, x)
         if self.wandb is not None:
             self.wandb.log(values, step=x)
 
@@ -76,7 +70,7 @@ class Metrics:
 
     def epoch(self, epoch: int, mean_loss: float) -> None:
         """At the end of an epoch: the mean loss over it."""
-        self.tb.add_scalar("train/epoch_loss", mean_loss, epoch)
+        self.tb.scalars({"train/epoch_loss": mean_loss}, epoch)
         if self.wandb is not None:
             self.wandb.log({"train/epoch_loss": mean_loss, "epoch": epoch})
 
