@@ -53,22 +53,16 @@ def test_a_resumed_run_replaces_the_points_after_its_checkpoint_as_purge_step_do
     """A run resumed from step 3 writes steps 4-6 again: TensorBoard keeps the new points (SummaryWriter's
     purge_step, torch/utils/tensorboard/writer.py: a SessionLog.START at that step)."""
     ours, reference = tmp_path / "ours", tmp_path / "reference"
-    first = Metrics(ours, {})
-    writer = SummaryWriter(log_dir=str(reference))
-    for step in range(1, 7):
-        first.step(step, step, 1.0, 1e-4, None)
-        writer.add_scalar("train/loss", 1.0, step)
-        writer.add_scalar("train/lr", 1e-4, step)
-    first.close()
-    writer.close()
-    resumed = Metrics(ours, {}, resumed_at=3)
-    writer = SummaryWriter(log_dir=str(reference), purge_step=4, filename_suffix=".resumed")
-    for step in range(4, 8):
-        resumed.step(step, step, 0.5, 2e-4, None)
-        writer.add_scalar("train/loss", 0.5, step)
-        writer.add_scalar("train/lr", 2e-4, step)
-    resumed.close()
-    writer.close()
+    runs = [(None, {}, range(1, 7), 1.0, 1e-4), (3, {"purge_step": 4, "filename_suffix": ".resumed"}, range(4, 8), 0.5,
+                                                 2e-4)]
+    for resumed_at, purge, steps, loss, lr in runs:
+        metrics, writer = Metrics(ours, {}, resumed_at=resumed_at), SummaryWriter(log_dir=str(reference), **purge)
+        for step in steps:
+            metrics.step(step, step, loss, lr, None)
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/lr", lr, step)
+        metrics.close()
+        writer.close()
     pd.testing.assert_frame_equal(_scalars(ours), _scalars(reference))  # the same records (tbparse keeps all)
     for folder in (ours, reference):  # TensorBoard's own reader applies the purge
         acc = EventAccumulator(str(folder))
