@@ -40,37 +40,42 @@ def jpeg_size(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     try:
-        buf = os.pread(fd, _CHUNK, 0)
-        if buf[:3] != b"\xff\xd8\xff":
-            return None
-        base, pos = 0, 2  # the file offset of buf[0]; of the next marker
-        while True:
-            at = pos - base
-            if at + 9 > len(buf):  # the marker, its length and a frame header's first 5 bytes
-                buf, base, at = os.pread(fd, _CHUNK, pos), pos, 0
-                if len(buf) < 9:
-                    return None
-            if buf[at] != 0xFF:
-                return None
-            marker = buf[at + 1]
-            if marker == 0xFF:  # a fill byte
-                pos += 1
-            elif marker in _SOF:
-                height, width = struct.unpack_from(">HH", buf, at + 5)
-                return (width, height) if width and height else None  # height 0: set by a later DNL marker
-            elif marker in _STANDALONE:
-                pos += 2
-            elif marker in (0xD8, 0xD9, 0xDA):  # another SOI, the end, scan data: no frame before them
-                return None
-            else:
-                (length,) = struct.unpack_from(">H", buf, at + 2)
-                if length < 2:
-                    return None
-                pos += 2 + length
+        return _frame_size(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _frame_size(fd: int) -> tuple[int, int] | None:
+    """The segment walk of :func:`jpeg_size` on an open file."""
+    buf = os.pread(fd, _CHUNK, 0)
+    if buf[:3] != b"\xff\xd8\xff":
+        return None
+    base, pos = 0, 2  # the file offset of buf[0]; of the next marker
+    while True:
+        at = pos - base
+        if at + 9 > len(buf):  # the marker, its length and a frame header's first 5 bytes
+            buf, base, at = os.pread(fd, _CHUNK, pos), pos, 0
+            if len(buf) < 9:
+                return None
+        if buf[at] != 0xFF:
+            return None
+        marker = buf[at + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+        elif marker in _SOF:
+            height, width = struct.unpack_from(">HH", buf, at + 5)
+            return (width, height) if width and height else None  # height 0: set by a later DNL marker
+        elif marker in _STANDALONE:
+            pos += 2
+        elif marker in (0xD8, 0xD9, 0xDA):  # another SOI, the end, scan data: no frame before them
+            return None
+        else:
+            (length,) = struct.unpack_from(">H", buf, at + 2)
+            if length < 2:
+                return None
+            pos += 2 + length
 
 
 def header_size(path: Path) -> tuple[int, int] | None:

@@ -19,8 +19,8 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import math
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
