@@ -264,6 +264,7 @@ def check_steps(source: Path | str, *, resolution: int = 1024, ar_buckets: bool 
     todo = known.unmeasured()
     yield CheckState(report, 0, len(todo))
     if not todo:
+        known.save()  # forgets pictures gone from the folder
         return
     try:
         for done, (index, facts) in enumerate(measure_all(todo, workers), start=1):

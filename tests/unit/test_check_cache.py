@@ -100,3 +100,35 @@ def test_the_worker_pool_measures_what_the_calling_process_does(tmp_path, monkey
     alone = analyse(folder, resolution=256)
     assert _facts(pooled) == _facts(alone)
     assert all(t.is_file() for t in pooled.thumbs.values()) and len(pooled.thumbs) == 70
+
+
+def _thumbs():
+    return set(check_cache.cache_root().rglob("thumbs/*/*.jpg"))
+
+
+def test_edited_and_removed_pictures_leave_no_stale_thumbnails(tmp_path):
+    folder, other = flawed_dataset(tmp_path / "ds"), flawed_dataset(tmp_path / "other")
+    analyse(other, resolution=512)
+    kept = _thumbs()
+    analyse(folder, resolution=512)
+    ours = _thumbs() - kept
+    pngs = [p for p in sorted(folder.iterdir()) if p.suffix == ".png"]
+    edited, removed = pngs[0], pngs[1]
+    old_keys = {p: check_cache.fingerprint(p) for p in (edited, removed)}
+    assert all(check_cache.thumb_path(k) in ours for k in old_keys.values())
+    stat = edited.stat()
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    removed.unlink()
+    analyse(folder, resolution=512)
+    now = _thumbs()
+    assert kept <= now  # another folder's cache is left alone
+    assert check_cache.thumb_path(old_keys[edited]) not in now and check_cache.thumb_path(old_keys[removed]) not in now
+    assert check_cache.thumb_path(check_cache.fingerprint(edited)) in now
+    assert len(now - kept) == len(ours) - 1  # one picture fewer, the edited one's thumbnail replaced
+    index = check_cache.FolderIndex(folder)
+    assert removed.name not in index.entries and edited.name in index.entries
+    for picture in folder.iterdir():  # a folder emptied of pictures empties its index too
+        if picture.is_file():
+            picture.unlink()
+    analyse(folder, resolution=512)
+    assert not check_cache.FolderIndex(folder).entries and _thumbs() == kept

@@ -5,7 +5,8 @@ again. Per dataset folder one index (JSON, ``<studio home>/dataset-cache/index/<
 each picture's size, sharpness, perceptual hash and the trainer's verdict on it (decodes, or why it is
 skipped); its 256 px thumbnail is a JPEG of its own under ``dataset-cache/thumbs/``, read only when a page shows
 it. Nothing is written into the dataset folder. Pictures inside tar archives are not cached. Files are written
-atomically; a cache that cannot be written only costs the next open its speed.
+atomically; a cache that cannot be written only costs the next open its speed. An edited picture's old thumbnail,
+and the entries and thumbnails of pictures no longer in their folder, are removed when the folder is checked.
 """
 
 from __future__ import annotations
@@ -103,8 +104,25 @@ class FolderIndex:
         return facts
 
     def put(self, path: Path, key: str, facts: Facts) -> None:
+        old = self.entries.get(path.name)
+        if old and old.get("key") != key:
+            self._drop_thumb(old)  # the picture was edited: its old thumbnail would never be read again
         self.entries[path.name] = {"key": key, **asdict(facts)}
         self.dirty = True
+
+    def keep_only(self, names: set[str]) -> None:
+        """Forget the pictures no longer in the folder (``names``: its files now), their thumbnails with them."""
+        for name in [n for n in self.entries if n not in names]:
+            self._drop_thumb(self.entries.pop(name))
+            self.dirty = True
+
+    def _drop_thumb(self, entry: dict) -> None:
+        key = entry.get("key")
+        if isinstance(key, str) and key:
+            try:
+                os.unlink(thumb_path(key, self.thumbs))
+            except OSError:
+                pass  # never written (a bad picture), or already gone
 
     def save(self) -> None:
         if not self.dirty:

@@ -132,7 +132,9 @@ class Known:
         return found
 
     def _index(self, path: Path) -> FolderIndex:
-        folder = os.path.dirname(str(path))  # a string: Path.parent parses a new path per picture
+        return self._folder_index(os.path.dirname(str(path)))  # a string: Path.parent parses a new path per picture
+
+    def _folder_index(self, folder: str) -> FolderIndex:
         index = self._indexes.get(folder)
         if index is None:
             index = self._indexes[folder] = FolderIndex(Path(folder))
@@ -178,5 +180,9 @@ class Known:
             self._index(path).put(path, key, facts)
 
     def save(self) -> None:
+        """Save what was measured, and forget the pictures gone from each folder listed whole in this check."""
+        for folder, files in self._listings.items():
+            # (a folder whose pictures are all gone has no index loaded yet: load it to empty it)
+            self._folder_index(str(folder)).keep_only({path.name for path in files})
         for index in self._indexes.values():
             index.save()
