@@ -13,8 +13,8 @@ from trainers.native.metrics import Metrics
 
 
 def _scalars(folder) -> pd.DataFrame:
-    frame = SummaryReader(str(folder)).scalars
-    return frame.sort_values(["tag", "step"]).reset_index(drop=True)[["tag", "step", "value"]]
+    frame = SummaryReader(str(folder)).scalars  # (a resumed run's points share steps: the value orders them too)
+    return frame.sort_values(["tag", "step", "value"]).reset_index(drop=True)[["tag", "step", "value"]]
 
 
 def test_scalars_read_back_as_add_scalar_writes_them(tmp_path):
@@ -49,13 +49,19 @@ def test_logging_steps_and_the_examples_axis(tmp_path):
     assert frame[frame.tag == "train/loss"][["step", "value"]].values.tolist() == [[16, 0.5], [32, 0.25]]
 
 
-def test_a_resumed_run_replaces_the_points_after_its_checkpoint_as_purge_step_does(tmp_path):
+def test_a_resumed_run_replaces_the_points_after_its_checkpoint_as_purge_step_does(tmp_path, monkeypatch):
     """A run resumed from step 3 writes steps 4-6 again: TensorBoard keeps the new points (SummaryWriter's
     purge_step, torch/utils/tensorboard/writer.py: a SessionLog.START at that step)."""
+    import time
+
     ours, reference = tmp_path / "ours", tmp_path / "reference"
     runs = [(None, {}, range(1, 7), 1.0, 1e-4), (3, {"purge_step": 4, "filename_suffix": ".resumed"}, range(4, 8), 0.5,
                                                  2e-4)]
-    for resumed_at, purge, steps, loss, lr in runs:
+    real_time = time.time
+    for later, (resumed_at, purge, steps, loss, lr) in enumerate(runs):
+        # the resumed run starts later, as a new process does: its file names sort after the first run's (both
+        # writers name files by the second they start in, then by a per-process number)
+        monkeypatch.setattr(time, "time", lambda later=later: real_time() + 10 * later)
         metrics, writer = Metrics(ours, {}, resumed_at=resumed_at), SummaryWriter(log_dir=str(reference), **purge)
         for step in steps:
             metrics.step(step, step, loss, lr, None)
