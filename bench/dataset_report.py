@@ -20,7 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainers.dataset_report import analyse  # noqa: E402
+from trainers.datasets.report import analyse  # noqa: E402
 
 
 def write_photos(folder: Path, count: int, side: int = 1024) -> None:

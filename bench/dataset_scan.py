@@ -7,9 +7,9 @@ the files in the page cache (warm):
 
 - reference: a minimal pass, Pillow's header (``Image.open(...).size``) plus the caption file, per image
   (``--rounds`` rounds alternating with the cheap scan; medians and the ratio's median and range are given);
-- cheap scan: the report the browser shows first (``trainers.dataset_report.check_steps``, its first state):
+- cheap scan: the report the browser shows first (``trainers.datasets.report.check_steps``, its first state):
   the trainer's dataset reader on headers, captions and buckets, with an empty check cache;
-- full check: ``trainers.dataset_report.analyse`` (everything above plus the trainer's decode check, sharpness,
+- full check: ``trainers.datasets.report.analyse`` (everything above plus the trainer's decode check, sharpness,
   thumbnails, near-duplicates, measured in worker processes) with an empty cache;
 - second open: ``analyse`` again, the cache filled by the full check.
 
@@ -49,7 +49,7 @@ def reference(folder: Path) -> None:
 
 
 def cheap(folder: Path) -> None:
-    from trainers.dataset_report import check_steps
+    from trainers.datasets.report import check_steps
 
     steps = check_steps(folder, resolution=1024, trigger="zxq", global_batch=4)
     first = next(steps)  # the report the browser shows before measuring
@@ -58,7 +58,7 @@ def cheap(folder: Path) -> None:
 
 
 def full(folder: Path) -> None:
-    from trainers.dataset_report import analyse
+    from trainers.datasets.report import analyse
 
     analyse(folder, resolution=1024, trigger="zxq", global_batch=4)
 
@@ -66,7 +66,7 @@ def full(folder: Path) -> None:
 def pages(folder: Path) -> dict:
     """Once scanned (the cache filled): the Datasets tab's page turns and filter changes, server side."""
     from studio.tabs.datasets import PAGE_SIZE, PROBLEMS, page_view
-    from trainers.dataset_report import analyse
+    from trainers.datasets.report import analyse
 
     report = analyse(folder, resolution=1024, trigger="zxq", global_batch=4)
     last = -(-len(report.images) // PAGE_SIZE)
@@ -81,7 +81,7 @@ def pages(folder: Path) -> dict:
 def measure(which: str, folder: Path) -> None:
     """Child process: time one pass, print seconds and peak RSS as JSON."""
     fn = {"reference": reference, "cheap": cheap, "full": full, "second": full, "pages": pages}[which]
-    import trainers.dataset_report  # noqa: F401 - module imports are not the pass being timed
+    import trainers.datasets.report  # noqa: F401 - module imports are not the pass being timed
     if which == "pages":
         import studio.tabs.datasets  # noqa: F401 - Gradio's import is not the pass being timed
     peak = PeakMemory()

@@ -32,9 +32,7 @@ def _names(names: list[str]) -> str:
 def check_dataset(folder: str, resolution: int) -> tuple[str, bool]:
     """Images and captions of the dataset folder as the trainer reads them (the dataset browser's reader and
     report): counts, files it skips and why, images smaller than the training size. Never raises."""
-    from trainers import (
-        dataset_report,  # imagehash, numpy: paid on the first check, not at the studio's start
-    )
+    from trainers.datasets import report as dataset_report  # imagehash, numpy: paid on the first check
 
     path = user_path(folder)
     if not folder.strip() or not path.is_dir():

@@ -140,7 +140,7 @@ def report_dict(report) -> dict:  # noqa: ANN001 - DatasetReport, imported lazil
 
 
 def dataset(args: argparse.Namespace) -> int:
-    from trainers.dataset_report import DatasetReportError, analyse
+    from trainers.datasets.report import DatasetReportError, analyse
 
     try:
         report = analyse(args.source, resolution=args.resolution, trigger=args.trigger,

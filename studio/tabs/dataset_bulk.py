@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from studio.user_errors import user_mistake
-from trainers.dataset_report import DatasetReport, kind
 from trainers.datasets import caption_ops as ops
+from trainers.datasets.report import DatasetReport, kind
 from trainers.native import archive
 
 OPERATIONS = {

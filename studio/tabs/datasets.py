@@ -2,7 +2,7 @@
 
 A folder (buckets for a chosen resolution) or a profile's dataset TOML (its own resolutions, aspect-ratio
 buckets, repeats, captions.json, prefix...) is read by the native trainer's own dataset reader
-(:mod:`trainers.dataset_report`): thumbnails with captions, each image's bucket and crop, the bucket list with
+(:mod:`trainers.datasets.report`): thumbnails with captions, each image's bucket and crop, the bucket list with
 steps per epoch at the chosen global batch, tag counts, and health checks (captions, trigger word, upscaling,
 heavy crops, blur, near-duplicates, dropped buckets). Clicking an image shows its crop next to the training view.
 
@@ -23,7 +23,8 @@ from studio import served
 from studio.services import Services
 from studio.tabs import dataset_bulk
 from studio.user_errors import user_mistake
-from trainers.dataset_report import (
+from trainers.datasets.check_cache import cache_root
+from trainers.datasets.report import (
     BUCKET_HEADERS,
     SEVERITY,
     TABLE_HEADERS,
@@ -36,7 +37,6 @@ from trainers.dataset_report import (
     kind,
     save_captions,
 )
-from trainers.datasets.check_cache import cache_root
 
 PAGE_SIZE = 60  # images per page of the grid and the table
 ALL, PROBLEMS = "all images", "with problems"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures import bad_media
-from trainers import dataset_report
+from trainers.datasets import report as dataset_report
 from trainers.events import LogEvent
 from trainers.native.__main__ import EventLogHandler
 from trainers.native.data import BadMedia, Item, load_pixels, scan_dataset

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.datasets import flawed_dataset
-from trainers.dataset_report import analyse, check_steps
 from trainers.datasets import check_cache, measure
+from trainers.datasets.report import analyse, check_steps
 from trainers.native import media
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from studio.tabs import dataset_bulk
-from trainers.dataset_report import analyse
+from trainers.datasets.report import analyse
 
 
 def _folder(tmp_path: Path) -> Path:

@@ -184,7 +184,7 @@ def test_a_bomb_sized_header_is_left_to_pillows_guard(tmp_path, monkeypatch):
 def test_the_token_bound_holds_for_any_caption():
     import random
 
-    from trainers.dataset_report import estimate_tokens, most_tokens
+    from trainers.datasets.report import estimate_tokens, most_tokens
 
     rng = random.Random(5)
     alphabet = "ab1 ,.!?-_é\t"
@@ -194,7 +194,7 @@ def test_the_token_bound_holds_for_any_caption():
 
 
 def test_long_captions_are_still_found():
-    from trainers.dataset_report import SURELY_SHORT, T5_TOKENS, ImageInfo, _caption_issues, estimate_tokens
+    from trainers.datasets.report import SURELY_SHORT, T5_TOKENS, ImageInfo, _caption_issues, estimate_tokens
 
     assert estimate_tokens("a," * (SURELY_SHORT // 2)) <= T5_TOKENS < estimate_tokens("a," * 400)
     info = ImageInfo(__import__("pathlib").Path("x.jpg"))

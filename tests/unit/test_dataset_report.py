@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.fixtures.datasets import flawed_dataset
-from trainers import dataset_report as dr
-from trainers.dataset_report import DatasetReportError, analyse, crop_box, crop_preview, estimate_tokens
+from trainers.datasets import report as dr
+from trainers.datasets.report import DatasetReportError, analyse, crop_box, crop_preview, estimate_tokens
 from trainers.native import data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_token_estimate_flags_captions_t5_cannot_read(tmp_path):
 
 
 def test_captions_are_saved_where_the_trainer_reads_them(tmp_path):
-    from trainers.dataset_report import save_captions
+    from trainers.datasets.report import save_captions
 
     folder = flawed_dataset(tmp_path / "ds")
     report = analyse(folder, resolution=512, trigger="zxq")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainers import dataset_report
+from trainers.datasets import report as dataset_report
 from trainers.native.data import load_pixels, scan_dataset
 from trainers.native.disk_cache import _file_id
 
