@@ -206,3 +206,37 @@ def test_stop_in_the_studio_then_resume_from_the_cli(tmp_path: Path, capsys):
     epoch = json.loads((info.run_dir / f"global_step{stopped_at}" / "state.json").read_text())["epoch"]
     assert epoch == (1 if stopped_at < 6 else 2)
     assert f"Resuming training from checkpoint. Resuming at epoch: {epoch}, step: {stopped_at}" in log
+
+
+def test_a_full_disk_under_tensorboard_warns_once_and_training_goes_on(tmp_path: Path):
+    import errno
+
+    run = make_run(tmp_path, **FAST)
+
+    class Full:
+        closed = False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    def patch(trainer):
+        setup = trainer.setup
+
+        def setup_then_fill():
+            setup()
+            trainer.metrics.tb._file.close()
+            trainer.metrics.tb._file = Full()
+
+        trainer.setup = setup_then_fill
+
+    reason, trainer = train(run, max_steps=4, patch=patch)
+    assert reason == "completed" and trainer.step == 4
+    warnings = [e.message for e in load_all(run) if e.kind == "log" and "TensorBoard" in e.message]
+    assert len(warnings) == 1 and "No space left" in warnings[0] and "training goes on" in warnings[0]
+    assert sorted(losses(run)) == [1, 2, 3, 4]

@@ -120,6 +120,7 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.space_checked = -SPACE_CHECK_S
         self.commands_polled = -COMMAND_POLL_S
+        self.tb_warned = False
         self.metrics: Metrics | None = None
         config = settings.config
         model = config.get("model", {})
@@ -436,6 +437,9 @@ class Trainer:
             samples_per_s=it_per_s * self.s.global_batch, total_steps=self.total_steps,
             eta_s=self.timing.eta(self.total_steps - self.step, rounds), grad_norm=grad_norm))
         self.metrics.step(self.step, self.examples, loss, lr, grad_norm)
+        if self.metrics.tb.problem and not self.tb_warned:
+            self.tb_warned = True
+            self._log(f"{self.metrics.tb.problem}; training goes on, the monitor's charts are unaffected", "warning")
         every = int(self.s.config.get("steps_per_print", 1) or 1)
         if self.step % every == 0:
             print(f"steps: {self.step} loss: {loss:.4f} iter time (s): {seconds:.3f} "

@@ -39,6 +39,7 @@ class EventFile:
         self.path = folder / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
                               f"{os.getpid()}.{_serial}")
         self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the run, closed by close()
+        self.problem = ""  # why the file stopped being written ("" while it is)
         self._flushed = time.monotonic()
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:
@@ -52,17 +53,40 @@ class EventFile:
         self.write(Event(wall_time=time.time(), step=step, summary=summary))
 
     def write(self, event: Event) -> None:
+        if self.problem:
+            return
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
-        self._file.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
-                                   struct.pack("<I", masked_crc32c(data)))))
+        try:
+            self._file.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                                       struct.pack("<I", masked_crc32c(data)))))
+        except OSError as exc:
+            self._failed(exc)
+            return
         if time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
+        if self.problem:
+            return
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self._failed(exc)
         self._flushed = time.monotonic()
+
+    def _failed(self, exc: OSError) -> None:
+        """TensorBoard's file is a copy of what the events file holds: a full disk or a lost folder stops it, not
+        the run (whose saves say what is wrong and what to do)."""
+        self.problem = f"TensorBoard logging stopped: {self.path.name} could not be written ({exc})"
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the buffered rest cannot be written either
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._failed(exc)
