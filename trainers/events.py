@@ -125,9 +125,9 @@ class EventWriter:
     same file through their own writers: each event is one write on an ``O_APPEND`` descriptor)."""
 
     def __init__(self, run_dir: str | os.PathLike[str]):
+        self._fd: int | None = None  # opened at the first event and kept: a trainer writes one a step
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = None  # opened at the first event and kept: a trainer writes one a step
 
     def emit(self, event: Event) -> Event:
         data = (dump_event(event) + "\n").encode("utf-8")
