@@ -209,21 +209,9 @@ def test_stop_in_the_studio_then_resume_from_the_cli(tmp_path: Path, capsys):
 
 
 def test_a_full_disk_under_tensorboard_warns_once_and_training_goes_on(tmp_path: Path):
-    import errno
+    from tests.fixtures.full_disk import FullFile
 
     run = make_run(tmp_path, **FAST)
-
-    class Full:
-        closed = False
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def flush(self):
-            pass
-
-        def close(self):
-            self.closed = True
 
     def patch(trainer):
         setup = trainer.setup
@@ -231,7 +219,7 @@ def test_a_full_disk_under_tensorboard_warns_once_and_training_goes_on(tmp_path:
         def setup_then_fill():
             setup()
             trainer.metrics.tb._file.close()
-            trainer.metrics.tb._file = Full()
+            trainer.metrics.tb._file = FullFile()
 
         trainer.setup = setup_then_fill
 

@@ -106,24 +106,14 @@ def test_records_are_checksummed_tfrecords_visible_before_the_run_ends(tmp_path,
 
 
 def test_a_tensorboard_file_that_cannot_be_written_stops_logging_not_the_run(tmp_path, monkeypatch):
-    import errno
-
+    from tests.fixtures.full_disk import FullFile
     from trainers.native import tb_file
 
     monkeypatch.setattr(tb_file, "FLUSH_S", 0.0)
     metrics = Metrics(tmp_path, {})
     metrics.step(1, 4, 0.5, 1e-4, None)
-    real = metrics.tb._file
-
-    class Full:
-        closed = False
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        flush = close = lambda self: real.close()
-
-    metrics.tb._file = Full()
+    metrics.tb._file.close()
+    metrics.tb._file = FullFile()
     metrics.step(2, 8, 0.25, 1e-4, None)  # no exception
     assert "TensorBoard logging stopped" in metrics.tb.problem and "No space left" in metrics.tb.problem
     metrics.step(3, 12, 0.125, 1e-4, None)
