@@ -1,6 +1,7 @@
 """The native trainer's TensorBoard scalars (trainers/native/metrics.py): one event per step holding every scalar
-of that step reads back exactly as diffusion-pipe's one ``SummaryWriter.add_scalar`` per tag (train.py logs
-``train/loss`` per step, ``train/epoch_loss`` per epoch, the eval quantiles and ``eval/eval_time_sec``)."""
+of that step reads back exactly as diffusion-pipe's one ``SummaryWriter.add_scalar`` per tag (train.py:929-931
+``train/loss`` and ``train/grad_norm`` per step, :950 ``train/epoch_loss`` per epoch, :213-224 the eval quantiles,
+``<name>/loss`` and ``eval/eval_time_sec``)."""
 
 from __future__ import annotations
 
